@@ -1,0 +1,134 @@
+"""The event envelope (CloudEvents 1.0, structured JSON mode) and its one shared encoder.
+
+An event is encoded once, when it is stamped; every subscriber and every log line share those
+bytes (`Event.raw`).
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+# Event types of the contract (section 5).
+SESSION_CREATED = "session.created"
+SESSION_UPDATED = "session.updated"
+SESSION_DELETED = "session.deleted"
+SESSION_STATE_CHANGED = "session.state_changed"
+SOURCES_CHANGED = "sources.changed"
+RUN_QUEUED = "run.queued"
+RUN_STARTED = "run.started"
+STEP_STARTED = "step.started"
+STEP_PROGRESS = "step.progress"
+STEP_FINISHED = "step.finished"
+RUN_FINISHED = "run.finished"
+RUN_CANCELLED = "run.cancelled"
+RUN_INTERRUPTED = "run.interrupted"
+STREAM_GAP = "stream.gap"
+
+EVENT_TYPES = (
+    SESSION_CREATED, SESSION_UPDATED, SESSION_DELETED, SESSION_STATE_CHANGED, SOURCES_CHANGED,
+    RUN_QUEUED, RUN_STARTED, STEP_STARTED, STEP_PROGRESS, STEP_FINISHED, RUN_FINISHED,
+    RUN_CANCELLED, RUN_INTERRUPTED, STREAM_GAP,
+)  # fmt: skip
+# Exactly one of these ends every run.
+TERMINAL_RUN_TYPES = frozenset({RUN_FINISHED, RUN_CANCELLED, RUN_INTERRUPTED})
+
+
+class Envelope(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """CloudEvents 1.0 envelope. `subject` and `runid` are omitted when the event has no run."""
+
+    specversion: str
+    id: str  # "<epoch>-<seq>"
+    source: str  # "/v1/sessions/<sid>"
+    type: str
+    time: str  # RFC 3339, UTC
+    datacontenttype: str
+    sessionid: str
+    seq: int
+    data: dict[str, Any]
+    subject: str | None = None  # the run id
+    runid: str | None = None
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(Envelope)
+
+
+def encode(envelope: Envelope) -> bytes:
+    return _encoder.encode(envelope)
+
+
+def decode(raw: bytes | str) -> Envelope:
+    """Parse one envelope (raises `msgspec.ValidationError`/`DecodeError` on bad input)."""
+    return _decoder.decode(raw)
+
+
+def format_id(epoch: str, seq: int) -> str:
+    return f"{epoch}-{seq}"
+
+
+def parse_id(event_id: str) -> tuple[str, int]:
+    """Split `"<epoch>-<seq>"`. Raises ValueError for anything else (CR/LF/NUL included)."""
+    epoch, sep, seq_text = event_id.rpartition("-")
+    if not sep or not epoch or not seq_text.isdigit() or not seq_text.isascii():
+        raise ValueError(f"malformed event id {event_id!r}")
+    if any(c in epoch for c in "\r\n\x00") or not epoch.isascii():
+        raise ValueError(f"malformed event id {event_id!r}")
+    return epoch, int(seq_text)
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+class Event:
+    """A stamped event: envelope fields plus its encoded bytes, shared by every consumer."""
+
+    __slots__ = ("envelope", "raw", "seq", "session_id", "run_id", "type", "published_ns")
+
+    def __init__(self, envelope: Envelope, raw: bytes | None = None) -> None:
+        self.envelope = envelope
+        self.raw = raw if raw is not None else encode(envelope)
+        self.seq = envelope.seq
+        self.session_id = envelope.sessionid
+        self.run_id = envelope.runid
+        self.type = envelope.type
+        self.published_ns = time.monotonic_ns()
+
+    @property
+    def id(self) -> str:
+        return self.envelope.id
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        epoch: str,
+        seq: int,
+        type: str,
+        session_id: str,
+        data: dict[str, Any],
+        run_id: str | None = None,
+        time: str | None = None,
+    ) -> Event:
+        env = Envelope(
+            specversion="1.0",
+            id=format_id(epoch, seq),
+            source=f"/v1/sessions/{session_id}",
+            type=type,
+            time=time or utc_now(),
+            datacontenttype="application/json",
+            sessionid=session_id,
+            seq=seq,
+            data=data,
+            subject=run_id,
+            runid=run_id,
+        )
+        return cls(env)
+
+    @classmethod
+    def from_raw(cls, raw: bytes) -> Event:
+        return cls(decode(raw), raw)
