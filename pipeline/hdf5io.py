@@ -1,0 +1,209 @@
+"""HDF5 reading helpers (with `units` conversion) and the NXcanSAS writer.
+
+Every h5py/OS error is mapped here, once, to `SourceError` with a one-line message naming the
+file and the dataset, so steps never leak an h5py traceback to the user.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from .errors import SourceError
+
+# Factors converting a value in the named unit to the target unit (metres, nanometres).
+LENGTH_TO_M: dict[str, float] = {
+    "m": 1.0,
+    "metre": 1.0,
+    "meter": 1.0,
+    "cm": 1e-2,
+    "mm": 1e-3,
+    "um": 1e-6,
+    "µm": 1e-6,
+    "micron": 1e-6,
+}
+WAVELENGTH_TO_NM: dict[str, float] = {
+    "m": 1e9,
+    "nm": 1.0,
+    "angstrom": 0.1,
+    "a": 0.1,
+    "å": 0.1,
+    "ang": 0.1,
+    "pm": 1e-3,
+}
+TIME_TO_S: dict[str, float] = {"s": 1.0, "second": 1.0, "seconds": 1.0, "ms": 1e-3}
+
+
+@contextmanager
+def open_hdf5(path: str | os.PathLike[str]) -> Iterator[h5py.File]:
+    """Open an HDF5 file read-only, raising `SourceError` (naming the file) if that fails."""
+    p = Path(path)
+    if not p.exists():
+        raise SourceError(f"{p}: no such file")
+    try:
+        handle = h5py.File(p, "r")
+    except OSError as exc:
+        raise SourceError(f"{p}: not a readable HDF5 file ({_short(exc)})") from exc
+    with handle:
+        yield handle
+
+
+def get_dataset(handle: h5py.File, dataset: str) -> h5py.Dataset:
+    """The dataset at `dataset`, or `SourceError` naming file and path."""
+    obj = handle.get(dataset)
+    if obj is None:
+        raise SourceError(f"{handle.filename}: no dataset {dataset}")
+    if not isinstance(obj, h5py.Dataset):
+        raise SourceError(f"{handle.filename}: {dataset} is a group, not a dataset")
+    return obj
+
+
+def read_array(
+    handle: h5py.File, dataset: str, *, sum_frames: bool = True, numeric: bool = True
+) -> np.ndarray:
+    """Read a whole dataset; a 3-D stack is summed over its first axis when `sum_frames`."""
+    ds = get_dataset(handle, dataset)
+    if numeric and not _is_numeric(ds.dtype):
+        raise SourceError(f"{handle.filename}: dataset {dataset} is not numeric (dtype {ds.dtype})")
+    try:
+        data = ds[()]
+    except (OSError, ValueError, TypeError) as exc:
+        raise SourceError(f"{handle.filename}: cannot read {dataset} ({_short(exc)})") from exc
+    array = np.asarray(data)
+    if sum_frames and array.ndim == 3:
+        # Sum in a wide type: frames of uint16 counts overflow quickly.
+        wide = np.int64 if array.dtype.kind in "iub" else np.float64
+        array = array.sum(axis=0, dtype=wide)
+    return array
+
+
+def read_scalar(handle: h5py.File, dataset: str) -> float:
+    """A numeric scalar (a 1-element array is accepted), as a Python float."""
+    array = read_array(handle, dataset, sum_frames=False)
+    if array.size != 1:
+        raise SourceError(
+            f"{handle.filename}: dataset {dataset} should hold one number, has shape {array.shape}"
+        )
+    return float(array.reshape(-1)[0])
+
+
+def units_of(handle: h5py.File, dataset: str) -> str | None:
+    """The `units` attribute of a dataset as a str (None when absent)."""
+    raw = get_dataset(handle, dataset).attrs.get("units")
+    if raw is None:
+        return None
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8", "replace")
+    if isinstance(raw, np.ndarray):
+        raw = raw.reshape(-1)[0]
+        if isinstance(raw, bytes):
+            raw = raw.decode("utf-8", "replace")
+    return str(raw).strip()
+
+
+def read_quantity(
+    handle: h5py.File,
+    dataset: str,
+    table: Mapping[str, float],
+    *,
+    default_units: str | None = None,
+) -> float:
+    """A scalar converted with its `units` attribute through `table` (unit name -> factor).
+
+    A missing `units` attribute uses `default_units`; without a default it is an error, because
+    guessing between metres and millimetres silently gives a wrong q.
+    """
+    value = read_scalar(handle, dataset)
+    units = units_of(handle, dataset)
+    if units is None:
+        if default_units is None:
+            raise SourceError(f"{handle.filename}: dataset {dataset} has no units attribute")
+        units = default_units
+    factor = table.get(units.lower()) if units.lower() in table else table.get(units)
+    if factor is None:
+        known = ", ".join(sorted(set(table)))
+        raise SourceError(
+            f"{handle.filename}: dataset {dataset} has unsupported units {units!r} (known: {known})"
+        )
+    return value * factor
+
+
+def read_attr(handle: h5py.File, path: str, name: str) -> Any:
+    """An attribute of a group or dataset as a plain Python value (str for strings)."""
+    obj = handle.get(path)
+    if obj is None:
+        raise SourceError(f"{handle.filename}: no object {path}")
+    if name not in obj.attrs:
+        raise SourceError(f"{handle.filename}: {path} has no attribute {name!r}")
+    return to_python(obj.attrs[name])
+
+
+def to_python(value: Any) -> Any:
+    """h5py attribute/dataset values as JSON-friendly Python values."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, np.ndarray):
+        if value.ndim == 0:
+            return to_python(value[()])
+        return [to_python(v) for v in value.tolist()]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _is_numeric(dtype: np.dtype[Any]) -> bool:
+    return dtype.kind in "biuf"
+
+
+def _short(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+# ----------------------------------------------------------------------------------- writing
+
+
+def write_nxcansas(
+    path: Path,
+    q: np.ndarray,
+    i: np.ndarray,
+    idev: np.ndarray,
+    *,
+    title: str = "runwire reduction",
+    run: str = "",
+    i_units: str = "arbitrary",
+) -> None:
+    """Write a 1-D curve as NXcanSAS: `/sasentry01/sasdata01/{Q,I,Idev}` with canSAS attributes.
+
+    Q is in 1/nm. The file is written in full before the caller renames it into place.
+    """
+    with h5py.File(path, "w") as f:
+        f.attrs["default"] = "sasentry01"
+        f.attrs["creator"] = "runwire"
+        f.attrs["NX_class"] = "NXroot"
+        entry = f.create_group("sasentry01")
+        entry.attrs["NX_class"] = "NXentry"
+        entry.attrs["canSAS_class"] = "SASentry"
+        entry.attrs["version"] = "1.1"
+        entry.attrs["default"] = "sasdata01"
+        entry.create_dataset("definition", data="NXcanSAS")
+        entry.create_dataset("title", data=title)
+        entry.create_dataset("run", data=run)
+        data = entry.create_group("sasdata01")
+        data.attrs["NX_class"] = "NXdata"
+        data.attrs["canSAS_class"] = "SASdata"
+        data.attrs["signal"] = "I"
+        data.attrs["I_axes"] = "Q"
+        data.attrs["Q_indices"] = np.int32(0)
+        dq = data.create_dataset("Q", data=np.asarray(q, dtype=np.float64))
+        dq.attrs["units"] = "1/nm"
+        di = data.create_dataset("I", data=np.asarray(i, dtype=np.float64))
+        di.attrs["units"] = i_units
+        di.attrs["uncertainties"] = "Idev"
+        de = data.create_dataset("Idev", data=np.asarray(idev, dtype=np.float64))
+        de.attrs["units"] = i_units

@@ -1,0 +1,17 @@
+"""Built-in steps. Importing this package registers every one of them in `pipeline.step.REGISTRY`."""
+
+from __future__ import annotations
+
+from . import arrays, curves, diag, geometry, integrate, io, masks, normalise, writers
+
+__all__ = [
+    "arrays",
+    "curves",
+    "diag",
+    "geometry",
+    "integrate",
+    "io",
+    "masks",
+    "normalise",
+    "writers",
+]
