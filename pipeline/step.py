@@ -12,9 +12,10 @@ Steps never mutate their input values in place: that is what makes a partial run
 from __future__ import annotations
 
 import logging
-from pathlib import Path
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import msgspec
@@ -41,16 +42,38 @@ def _no_progress(fraction: float | None, message: str | None) -> None:
     return None
 
 
-@dataclass
 class StepContext:
-    """What a running step may use besides its inputs."""
+    """What a running step may use besides its inputs.
 
-    step_id: str  # full dotted id
-    sources: Mapping[str, SourceSpec]
-    cancel: CancelToken = field(default_factory=CancelToken)
-    report: ProgressFn = _no_progress
-    log: logging.Logger = field(default_factory=lambda: logging.getLogger("pipeline"))
-    artifacts_dir: Path | None = None  # where writer steps put files (temp name, then rename)
+    Reading `artifacts_dir` marks the step as a writer (`wrote_artifacts`): every run has its
+    own artifacts directory, so the runner never reuses a cached result of such a step for a
+    run with another directory (its files would be missing from the new run).
+    """
+
+    __slots__ = ("_artifacts_dir", "cancel", "log", "report", "sources", "step_id", "wrote_artifacts")
+
+    def __init__(
+        self,
+        step_id: str,  # full dotted id
+        sources: Mapping[str, SourceSpec],
+        cancel: CancelToken | None = None,
+        report: ProgressFn = _no_progress,
+        log: logging.Logger | None = None,
+        artifacts_dir: Path | None = None,  # where writer steps put files (temp name, then rename)
+    ) -> None:
+        self.step_id = step_id
+        self.sources = sources
+        self.cancel = cancel if cancel is not None else CancelToken()
+        self.report = report
+        self.log = log if log is not None else logging.getLogger("pipeline")
+        self._artifacts_dir = artifacts_dir
+        self.wrote_artifacts = False
+
+    @property
+    def artifacts_dir(self) -> Path | None:
+        """Where writer steps put their files (write a temp name, then rename)."""
+        self.wrote_artifacts = True
+        return self._artifacts_dir
 
     def progress(self, fraction: float | None = None, message: str | None = None) -> None:
         """Emit a `step.progress` event (fraction in 0..1, and/or a message)."""
@@ -74,21 +97,105 @@ class StepResult:
     meta: Mapping[str, Any] = field(default_factory=dict)
 
 
-@dataclass
-class CompletedState:
-    """What the orchestrator records for one step of one run (also for nested pipelines)."""
+def format_utc_ns(epoch_ns: int) -> str:
+    """RFC 3339 UTC timestamp with microseconds for nanoseconds since the epoch."""
+    seconds, ns = divmod(epoch_ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{ns // 1000:06d}Z"
 
-    success: bool
-    started_utc: str | None = None
-    finished_utc: str | None = None
-    duration_s: float = 0.0
-    status: str = "succeeded"  # "succeeded" | "skipped" | "failed" | "cancelled"
-    provides: tuple[str, ...] = ()
-    outputs: Mapping[str, Any] = field(default_factory=dict)  # context key -> value
-    error: str | None = None
-    exception_type: str | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
-    signature: str | None = None
+
+class CompletedState:
+    """What the orchestrator records for one step of one run (also for nested pipelines).
+
+    Timestamps are kept as integer nanoseconds since the epoch (`started_ns`, `finished_ns`) and
+    formatted to RFC 3339 only when `started_utc` / `finished_utc` are read: the runner records a
+    state per step on its hot path and formatting a date costs more than running a no-op step.
+    """
+
+    __slots__ = (
+        "_finished_utc",
+        "_started_utc",
+        "duration_s",
+        "error",
+        "exception_type",
+        "finished_ns",
+        "meta",
+        "outputs",
+        "provides",
+        "signature",
+        "started_ns",
+        "status",
+        "success",
+    )
+
+    def __init__(
+        self,
+        success: bool,
+        started_utc: str | None = None,
+        finished_utc: str | None = None,
+        duration_s: float = 0.0,
+        status: str = "succeeded",  # "succeeded" | "skipped" | "failed" | "cancelled"
+        provides: tuple[str, ...] = (),
+        outputs: Mapping[str, Any] | None = None,  # context key -> value
+        error: str | None = None,
+        exception_type: str | None = None,
+        meta: dict[str, Any] | None = None,
+        signature: str | None = None,
+        *,
+        started_ns: int = 0,
+        finished_ns: int = 0,
+    ) -> None:
+        self.success = success
+        self._started_utc = started_utc
+        self._finished_utc = finished_utc
+        self.duration_s = duration_s
+        self.status = status
+        self.provides = provides
+        self.outputs: Mapping[str, Any] = outputs if outputs is not None else {}
+        self.error = error
+        self.exception_type = exception_type
+        self.meta: dict[str, Any] = meta if meta is not None else {}
+        self.signature = signature
+        self.started_ns = started_ns
+        self.finished_ns = finished_ns
+
+    @property
+    def started_utc(self) -> str | None:
+        if self._started_utc is None and self.started_ns:
+            self._started_utc = format_utc_ns(self.started_ns)
+        return self._started_utc
+
+    @property
+    def finished_utc(self) -> str | None:
+        if self._finished_utc is None and self.finished_ns:
+            self._finished_utc = format_utc_ns(self.finished_ns)
+        return self._finished_utc
+
+    @property
+    def code(self) -> str | None:
+        """The `ExitCode` name of a failure (`STEP_EXCEPTION`, ...), None when it did not fail."""
+        code = self.meta.get("code")
+        return code if isinstance(code, str) else None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The contract's `step_states` entry: `{status, duration_s, error?}`."""
+        out: dict[str, Any] = {"status": self.status, "duration_s": self.duration_s}
+        if self.error is not None:
+            out["error"] = self.error
+        return out
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CompletedState):
+            return NotImplemented
+        return all(
+            getattr(self, name) == getattr(other, name)
+            for name in ("success", "status", "provides", "error", "exception_type", "signature")
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        extra = f", error={self.error!r}" if self.error else ""
+        return f"CompletedState(status={self.status!r}, duration_s={self.duration_s:.6f}{extra})"
 
 
 class PipelineStep:
@@ -114,6 +221,10 @@ class Step(PipelineStep):
     input_names: ClassVar[tuple[str, ...]] = ()  # required inputs
     optional_inputs: ClassVar[tuple[str, ...]] = ()  # may be absent from `inputs` or None
     output_names: ClassVar[tuple[str, ...]] = ()
+    # True for steps that write files under `ctx.artifacts_dir` (sinks): the runner always runs
+    # them, because every run has its own artifacts directory and a skipped writer would leave
+    # the new run without its files. A step without outputs is treated as a writer too.
+    writes_artifacts: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -124,7 +235,7 @@ class Step(PipelineStep):
         *,
         idempotent: bool = True,
         continue_on_error: bool = False,
-        version: str = "0",
+        version: str | None = None,
     ) -> None:
         self.id = id
         self.params = params if params is not None else self.Params()
@@ -134,7 +245,8 @@ class Step(PipelineStep):
         self.provides = tuple(self.outputs.values())
         self.idempotent = idempotent
         self.continue_on_error = continue_on_error
-        self.version = version
+        # The class attribute is the code's version; a pipeline file may override it per step.
+        self.version = version if version is not None else type(self).version
 
     def source_refs(self) -> tuple[str, ...]:
         ref = getattr(self.params, "source", None)

@@ -1,0 +1,502 @@
+"""The orchestrator: runs a pipeline's steps, records their states, notifies observers.
+
+`ProcessingRunner.run` goes through `prepare -> on_prepare -> execute -> on_execute -> finalize
+-> on_finalize`. The `on_*` hooks are no-ops for subclasses to override; they receive the
+`RunContext` and may raise (an exception in a hook is a bug in the subclass and propagates).
+
+The orchestrator alone owns timing, `step_states`, validation of what a step returned (every
+mapped output present, no undeclared output), logging (`logging.getLogger("pipeline")`),
+rollback (a failed nested pipeline's or group's partial outputs are removed from the context),
+reuse of clean results from the `IncrementalCache`, and cancellation (the token is checked
+before every step; long steps check it through `ctx`).
+
+Failure semantics: a failing step stops the run (exit code from its failure) unless it has
+`continue_on_error`, in which case it is recorded `failed` and the run goes on without its
+outputs: a step that needs one of them then fails with `MISSING_REQUIREMENT`, naming the key.
+A step that reads an optional source (`sources: {dark: {required: false}}`) which was not given
+is `skipped` and its outputs are None, so optional inputs downstream receive None.
+
+The hot path (one leaf step) is precompiled per runner (`compile_leaves`): no deep copies, no
+datetime (timestamps are one wall-clock anchor plus `perf_counter_ns` offsets, formatted lazily),
+no log formatting unless DEBUG is enabled, no signatures unless a cache is used.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Collection, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from .cancel import CancelToken
+from .composite import Pipeline, PipelineSpec, children
+from .errors import CancelledError, StepFailure
+from .exitcodes import ExitCode, exit_code_from
+from .group import StepGroup
+from .incremental import IncrementalCache, execution_signature, remember
+from .observer import ObserverFanout, RunInfo, RunObserver
+from .planning import LeafPlan, compile_leaves, pipeline_key, plan_run
+from .runstate import RunContext, RunErrorInfo, RunResult
+from .signatures import ABSENT
+from .step import CompletedState, PipelineStep, SourceSpec, StepContext, StepResult
+
+log = logging.getLogger("pipeline")
+
+__all__ = ["ProcessingRunner", "RunContext", "RunErrorInfo", "RunResult"]
+
+
+# Outcome of running one node: continue, continue past a tolerated failure, stop.
+_OK = 0
+_TOLERATED = 1
+_FAILED = 2
+_CANCELLED = 3
+_SUCCESS: tuple[int, None] = (_OK, None)
+perf_counter_ns = time.perf_counter_ns
+
+
+class _Composite:
+    __slots__ = ("full_id", "max_workers", "nodes", "parallel", "step")
+
+    def __init__(self, full_id: str, step: PipelineStep, nodes: list[_Leaf | _Composite]) -> None:
+        self.full_id = full_id
+        self.step = step
+        self.nodes = nodes
+        self.parallel = isinstance(step, StepGroup) and step.parallel
+        self.max_workers = step.max_workers if isinstance(step, StepGroup) else 1
+
+
+class _Leaf:
+    __slots__ = ("has_optional", "optional_source_refs", "output_names", "plan")
+
+    def __init__(self, plan: LeafPlan, optional_source_refs: tuple[str, ...]) -> None:
+        self.plan = plan
+        self.has_optional = bool(plan.optional or plan.unmapped_optional)
+        self.output_names = frozenset(type(plan.step).output_names)
+        self.optional_source_refs = optional_source_refs
+
+
+def _to_source_spec(value: Any) -> SourceSpec:
+    if isinstance(value, SourceSpec):
+        return value
+    return SourceSpec(type=value.type, location=value.location, options=dict(value.options or {}))
+
+
+class ProcessingRunner:
+    """Runs one pipeline, as many times as asked (one run at a time per cache)."""
+
+    def __init__(
+        self,
+        spec: PipelineSpec | Pipeline,
+        *,
+        observers: Sequence[RunObserver] = (),
+        cache: IncrementalCache | None = None,
+        artifacts_dir: Path | str | None = None,
+    ) -> None:
+        if isinstance(spec, Pipeline):
+            spec = PipelineSpec.from_pipeline(spec)
+        self.spec = spec
+        self.observers = ObserverFanout(observers)
+        self._observed = bool(observers)
+        self.cache = cache
+        self.artifacts_dir = Path(artifacts_dir) if artifacts_dir is not None else None
+        self._artifacts_key = str(self.artifacts_dir) if self.artifacts_dir is not None else None
+        self.leaves = compile_leaves(spec.pipeline, spec.version)
+        optional_refs = {ref for ref, required in spec.sources.items() if not required}
+        by_id = {leaf.full_id: leaf for leaf in self.leaves}
+        self._tree = self._build(spec.pipeline, "", by_id, optional_refs)
+
+    def _build(
+        self, node: PipelineStep, prefix: str, by_id: dict[str, LeafPlan], optional: set[str]
+    ) -> list[_Leaf | _Composite]:
+        out: list[_Leaf | _Composite] = []
+        for child in children(node):
+            full_id = prefix + child.id
+            if children(child):
+                out.append(_Composite(full_id, child, self._build(child, full_id + ".", by_id, optional)))
+            else:
+                plan = by_id[full_id]
+                out.append(_Leaf(plan, tuple(r for r in plan.source_refs if r in optional)))
+        return out
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def run(
+        self,
+        sources: Mapping[str, Any],
+        *,
+        mode: str = "auto",
+        changed_sources: Collection[str] = (),
+        cancel: CancelToken | None = None,
+        dry_run: bool = False,
+        cache_lost: bool = False,
+    ) -> RunResult:
+        """Plan and (unless `dry_run`) execute one run. Never raises for a step's failure: the
+        result says what happened. `sources` maps ref -> `SourceSpec` (or any object with
+        `type`, `location`, `options`)."""
+        run = RunContext(
+            sources={ref: _to_source_spec(s) for ref, s in sources.items()},
+            mode=mode,
+            changed_sources=tuple(changed_sources),
+            cancel=cancel if cancel is not None else CancelToken(),
+            cache_lost=cache_lost,
+            dry_run=dry_run,
+        )
+        self.prepare(run)
+        self.on_prepare(run)
+        if not dry_run:
+            self.execute(run)
+            self.on_execute(run)
+        self.finalize(run)
+        self.on_finalize(run)
+        assert run.result is not None
+        return run.result
+
+    def prepare(self, run: RunContext) -> None:
+        """Plan the run (source signatures, dirty steps, missing sources)."""
+        run.anchor_wall_ns = time.time_ns()
+        run.anchor_perf_ns = time.perf_counter_ns()
+        run.wall_offset_ns = run.anchor_wall_ns - run.anchor_perf_ns
+        run.plan = plan_run(
+            self.spec,
+            run.sources,
+            self.cache,
+            mode=run.mode,
+            changed_sources=run.changed_sources,
+            cache_lost=run.cache_lost,
+            leaves=self.leaves,
+        )
+        run.force = run.plan.effective_mode == "full" or self.cache is None
+        if run.plan.missing_required_sources:
+            missing = ", ".join(run.plan.missing_required_sources)
+            run.error = RunErrorInfo("MISSING_REQUIREMENT", f"missing required sources: {missing}")
+
+    def execute(self, run: RunContext) -> None:
+        """Run the steps (nothing when planning already failed)."""
+        assert run.plan is not None
+        plan = run.plan
+        self.observers.on_run_started(
+            RunInfo(
+                pipeline_name=self.spec.name,
+                pipeline_version=self.spec.version,
+                mode=run.mode,
+                effective_mode=plan.effective_mode,
+                dirty_steps=tuple(plan.dirty_steps),
+                skipped_steps=tuple(plan.skipped_steps),
+                reasons=plan.reasons,
+            )
+        )
+        if run.error is not None:
+            return
+        if self.cache is not None:
+            self.cache.bind(pipeline_key(self.spec))
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "run %s@%s: %s, %d dirty of %d steps",
+                self.spec.name, self.spec.version, plan.effective_mode,
+                len(plan.dirty_steps), len(self.leaves),
+            )  # fmt: skip
+        outcome, error = self._run_nodes(self._tree, run)
+        if outcome == _CANCELLED:
+            run.cancelled = True
+        elif outcome == _FAILED:
+            run.error = error
+
+    def finalize(self, run: RunContext) -> None:
+        """Build the `RunResult`, update the cache, list artifacts, notify observers."""
+        assert run.plan is not None
+        end_perf = time.perf_counter_ns()
+        if run.cancelled:
+            status, code = "cancelled", ExitCode.CANCELLED
+        elif run.error is not None:
+            status, code = "failed", ExitCode[run.error.code]
+        else:
+            status, code = "succeeded", ExitCode.OK
+        state = CompletedState(
+            success=status == "succeeded",
+            status=status,
+            duration_s=(end_perf - run.anchor_perf_ns) / 1e9,
+            error=run.error.message if run.error else ("cancelled" if run.cancelled else None),
+            exception_type=run.error.exception_type if run.error else None,
+            meta={"code": code.name} if code != ExitCode.OK else {},
+            started_ns=run.anchor_wall_ns,
+            finished_ns=run.anchor_wall_ns + end_perf - run.anchor_perf_ns,
+        )
+        if self.cache is not None and not run.dry_run and run.error is None:
+            self.cache.retain(leaf.full_id for leaf in self.leaves)
+        run.result = RunResult(
+            state=state,
+            exit_code=exit_code_from(state),
+            plan=run.plan,
+            effective_mode=run.plan.effective_mode,
+            dirty_steps=list(run.ran),
+            skipped_steps=list(run.reused),
+            step_states=dict(run.states),
+            step_durations_s={k: s.duration_s for k, s in run.states.items()},
+            values=run.values,
+            artifacts=self._artifacts() if not run.dry_run else [],
+            error=run.error,
+            dry_run=run.dry_run,
+        )
+        if not run.dry_run:
+            if log.isEnabledFor(logging.INFO):
+                log.info("run %s: %s in %.3f s", self.spec.name, status, state.duration_s)
+            self.observers.on_run_finished(run.result)
+
+    def on_prepare(self, run: RunContext) -> None:
+        """Hook after planning."""
+
+    def on_execute(self, run: RunContext) -> None:
+        """Hook after the steps ran (not called for a dry run)."""
+
+    def on_finalize(self, run: RunContext) -> None:
+        """Hook after the result is built (`run.result`) and observers were told."""
+
+    def _artifacts(self) -> list[str]:
+        root = self.artifacts_dir
+        if root is None or not root.is_dir():
+            return []
+        found: list[str] = []
+        for dirpath, _, files in os.walk(root):
+            for name in files:
+                if name.startswith(".") or name.endswith(".tmp"):
+                    continue  # a writer's temporary file
+                found.append(Path(dirpath, name).relative_to(root).as_posix())
+        return sorted(found)
+
+    # -- execution ---------------------------------------------------------------------------
+
+    def _run_nodes(
+        self, nodes: Sequence[_Leaf | _Composite], run: RunContext
+    ) -> tuple[int, RunErrorInfo | None]:
+        for node in nodes:
+            if isinstance(node, _Leaf):
+                outcome, error = self._run_leaf(node, run)
+            else:
+                outcome, error = self._run_composite(node, run)
+            if outcome >= _FAILED:
+                return outcome, error
+        return _OK, None
+
+    def _run_composite(self, node: _Composite, run: RunContext) -> tuple[int, RunErrorInfo | None]:
+        if run.is_cancelled():
+            return _CANCELLED, None
+        step_id = node.full_id
+        observers = self.observers
+        if self._observed:
+            observers.on_step_started(step_id)
+        t0 = time.perf_counter_ns()
+        if node.parallel and len(node.nodes) > 1:
+            outcome, error = self._run_parallel(node, run)
+        else:
+            outcome, error = self._run_nodes(node.nodes, run)
+        t1 = time.perf_counter_ns()
+        duration = (t1 - t0) / 1e9
+        start_ns = run.anchor_wall_ns + t0 - run.anchor_perf_ns
+        end_ns = run.anchor_wall_ns + t1 - run.anchor_perf_ns
+        provides = node.step.provides
+        if outcome in (_OK, _TOLERATED):
+            prefix = step_id + "."
+            kids = [s.status for k, s in run.states.items() if k.startswith(prefix)]
+            status = "skipped" if kids and all(s == "skipped" for s in kids) else "succeeded"
+            run.states[step_id] = CompletedState(
+                True, duration_s=duration, status=status, provides=provides,
+                started_ns=start_ns, finished_ns=end_ns,
+            )  # fmt: skip
+            if self._observed:
+                observers.on_step_finished(step_id, status, duration, None)
+            return _OK, None
+        # Roll back: the context must not keep a failed composite's partial outputs.
+        for key in provides:
+            run.values.pop(key, None)
+            run.signatures.pop(key, None)
+        cancelled = outcome == _CANCELLED
+        message = "cancelled" if cancelled else (error.message if error else "failed")
+        run.states[step_id] = CompletedState(
+            False, duration_s=duration, status="cancelled" if cancelled else "failed",
+            provides=provides, error=message,
+            meta={"code": "CANCELLED" if cancelled else (error.code if error else "STEP_FAILED")},
+            started_ns=start_ns, finished_ns=end_ns,
+        )  # fmt: skip
+        if self._observed:
+            observers.on_step_finished(step_id, "failed", duration, message)
+        if not cancelled and node.step.continue_on_error:
+            return _TOLERATED, None
+        return outcome, error
+
+    def _run_parallel(self, node: _Composite, run: RunContext) -> tuple[int, RunErrorInfo | None]:
+        stop = threading.Event()  # set on a failure that stops the group: unstarted children skip
+
+        def one(child: _Leaf | _Composite) -> tuple[int, RunErrorInfo | None]:
+            if stop.is_set():
+                return _FAILED, None
+            result = self._run_nodes((child,), run)
+            if result[0] >= _FAILED:
+                stop.set()
+            return result
+
+        with ThreadPoolExecutor(node.max_workers, thread_name_prefix=f"group-{node.full_id}") as pool:
+            results = list(pool.map(one, node.nodes))
+        # Report the first real failure (in child order); cancellation wins over failure.
+        if any(outcome == _CANCELLED for outcome, _ in results):
+            return _CANCELLED, None
+        for outcome, error in results:
+            if outcome == _FAILED and error is not None:
+                return outcome, error
+        return _OK, None
+
+    def _run_leaf(self, node: _Leaf, run: RunContext) -> tuple[int, RunErrorInfo | None]:
+        # The hot path: keep attribute lookups and calls to a minimum (see the module docstring).
+        if run.is_cancelled():
+            return _CANCELLED, None
+        leaf = node.plan
+        step_id = leaf.full_id
+        observers = self.observers if self._observed else None
+        if observers is not None:
+            observers.on_step_started(step_id)
+        t0 = perf_counter_ns()
+        values = run.values
+        cache = self.cache
+        # A reader of an optional source that was not given: skipped, outputs None.
+        if node.optional_source_refs and any(r not in run.sources for r in node.optional_source_refs):
+            produced = {key: None for _, key in leaf.outputs}
+            values.update(produced)
+            run.signatures.update(dict.fromkeys(produced, ABSENT))
+            run.reused.append(step_id)
+            return self._finish(node, run, t0, "skipped", produced, None)
+        try:
+            inputs = {name: values[key] for name, key in leaf.inputs}
+        except KeyError as exc:
+            return self._fail(
+                node, run, t0, "MISSING_REQUIREMENT", f"required key {exc.args[0]!r} has no value", None
+            )
+        if node.has_optional:
+            for name, key in leaf.optional:
+                inputs[name] = values.get(key)
+            for name in leaf.unmapped_optional:
+                inputs[name] = None
+        signature: str | None = None
+        if cache is not None:
+            psigs = run.plan.source_signatures if run.plan is not None else {}
+            signature = execution_signature(leaf, run.signatures, values, psigs)
+            entry = cache.get(step_id)
+            if (
+                not run.force
+                and not leaf.always_run
+                and entry is not None
+                and entry.signature == signature
+                and not (entry.wrote_artifacts and entry.artifacts_dir != self._artifacts_key)
+                and not (run.changed_sources and any(r in run.changed_sources for r in leaf.source_refs))
+            ):
+                values.update(entry.outputs)
+                run.signatures.update(entry.output_signatures)
+                run.reused.append(step_id)
+                return self._finish(node, run, t0, "skipped", entry.outputs, signature)
+        if observers is not None:
+
+            def report(fraction: float | None, message: str | None) -> None:
+                observers.on_step_progress(step_id, fraction, message)
+
+            ctx = StepContext(step_id, run.sources, run.cancel, report, log, self.artifacts_dir)
+        else:
+            ctx = StepContext(step_id, run.sources, run.cancel, _no_report, log, self.artifacts_dir)
+        try:
+            out = leaf.step.compute(inputs, ctx)
+        except CancelledError:
+            return self._fail(node, run, t0, "CANCELLED", "cancelled", "CancelledError")
+        except KeyboardInterrupt:
+            # Ctrl-C while a step runs (main thread only): a cancellation, with states recorded.
+            run.cancel.cancel()
+            return self._fail(node, run, t0, "CANCELLED", "interrupted", "KeyboardInterrupt")
+        except StepFailure as exc:  # expected failure: its message says it all, no traceback
+            return self._fail(node, run, t0, "STEP_EXCEPTION", str(exc), type(exc).__name__)
+        except Exception as exc:
+            log.error("step %s raised", step_id, exc_info=exc)
+            return self._fail(node, run, t0, "STEP_EXCEPTION", f"{type(exc).__name__}: {exc}", type(exc).__name__)
+        if type(out) is not dict:  # the common case (a plain dict) skips the checks below
+            if isinstance(out, StepResult):
+                if not out.success:
+                    return self._fail(node, run, t0, "STEP_FAILED", out.message or "step reported failure", None)
+                out = out.outputs
+            if not isinstance(out, Mapping):
+                return self._fail(
+                    node, run, t0, "INVALID_RETURN",
+                    f"returned {type(out).__name__}, expected a mapping of outputs", None,
+                )  # fmt: skip
+        try:
+            produced = {key: out[name] for name, key in leaf.outputs}
+        except KeyError as exc:
+            return self._fail(node, run, t0, "INVALID_RETURN", f"did not return output {exc.args[0]!r}", None)
+        if len(out) > len(produced):
+            extra = sorted(str(n) for n in out if n not in node.output_names)
+            if extra:
+                return self._fail(node, run, t0, "INVALID_RETURN", f"returned undeclared outputs {extra}", None)
+        values.update(produced)
+        if signature is not None:
+            assert cache is not None and run.plan is not None
+            remember(
+                cache, leaf, signature, produced, run.signatures,
+                source_signatures=run.plan.source_signatures,
+                changed=bool(run.changed_sources) and any(r in run.changed_sources for r in leaf.source_refs),
+                wrote_artifacts=ctx.wrote_artifacts, artifacts_dir=self._artifacts_key,
+            )  # fmt: skip
+        run.ran.append(step_id)
+        t1 = perf_counter_ns()
+        duration = (t1 - t0) / 1e9
+        offset = run.wall_offset_ns
+        run.states[step_id] = CompletedState(
+            True, None, None, duration, "succeeded", leaf.step.provides, produced, None, None, None,
+            signature, started_ns=offset + t0, finished_ns=offset + t1,
+        )  # fmt: skip
+        if observers is not None:
+            observers.on_step_finished(step_id, "succeeded", duration, None)
+        return _SUCCESS
+
+    def _finish(
+        self, node: _Leaf, run: RunContext, t0: int, status: str, produced: Mapping[str, Any],
+        signature: str | None,
+    ) -> tuple[int, RunErrorInfo | None]:  # fmt: skip
+        t1 = perf_counter_ns()
+        duration = (t1 - t0) / 1e9
+        leaf = node.plan
+        offset = run.wall_offset_ns
+        run.states[leaf.full_id] = CompletedState(
+            True, None, None, duration, status, leaf.step.provides, produced, None, None, None,
+            signature, started_ns=offset + t0, finished_ns=offset + t1,
+        )  # fmt: skip
+        if self._observed:
+            self.observers.on_step_finished(leaf.full_id, status, duration, None)
+        return _SUCCESS
+
+    def _fail(
+        self, node: _Leaf, run: RunContext, t0: int, code: str, message: str, exc_type: str | None
+    ) -> tuple[int, RunErrorInfo | None]:
+        t1 = time.perf_counter_ns()
+        duration = (t1 - t0) / 1e9
+        leaf = node.plan
+        step_id = leaf.full_id
+        if self.cache is not None:
+            self.cache.discard(step_id)
+        cancelled = code == "CANCELLED"
+        offset = run.wall_offset_ns
+        run.states[step_id] = CompletedState(
+            False, duration_s=duration, status="cancelled" if cancelled else "failed",
+            provides=leaf.step.provides, error=message, exception_type=exc_type,
+            meta={"code": code}, started_ns=offset + t0, finished_ns=offset + t1,
+        )  # fmt: skip
+        if not cancelled:
+            log.warning("step %s failed (%s): %s", step_id, code, message)
+        if self._observed:
+            self.observers.on_step_finished(step_id, "failed", duration, message)
+        if cancelled:
+            return _CANCELLED, None
+        if leaf.step.continue_on_error:
+            return _TOLERATED, None
+        return _FAILED, RunErrorInfo(code, message, step_id, exc_type)
+
+
+def _no_report(fraction: float | None, message: str | None) -> None:
+    return None

@@ -1,0 +1,76 @@
+"""The records of a run: `RunContext` while it runs (what the runner's hooks see), then
+`RunResult` and, for a failed run, `RunErrorInfo`. Re-exported by `pipeline.runner`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .cancel import CancelToken
+from .exitcodes import ExitCode
+from .planning import Plan
+from .step import CompletedState, SourceSpec
+
+
+@dataclass(frozen=True)
+class RunErrorInfo:
+    """Why a run failed: `code` is the `ExitCode` name."""
+
+    code: str
+    message: str
+    failed_step: str | None = None
+    exception_type: str | None = None
+
+
+@dataclass
+class RunResult:
+    """The outcome of one run."""
+
+    state: CompletedState  # the run as a whole: succeeded | failed | cancelled
+    exit_code: ExitCode
+    plan: Plan
+    effective_mode: str
+    dirty_steps: list[str]  # leaf steps actually executed
+    skipped_steps: list[str]  # leaf steps whose cached (or absent-source) results were reused
+    step_states: dict[str, CompletedState]  # full dotted id -> state (nested pipelines too)
+    step_durations_s: dict[str, float]
+    values: dict[str, Any]  # context key -> value at the end of the run
+    artifacts: list[str] = field(default_factory=list)  # relative to artifacts_dir
+    error: RunErrorInfo | None = None
+    dry_run: bool = False
+
+    @property
+    def status(self) -> str:
+        return self.state.status
+
+    @property
+    def elapsed_s(self) -> float:
+        return self.state.duration_s
+
+
+@dataclass
+class RunContext:
+    """Everything about one run in progress; passed to the hooks."""
+
+    sources: dict[str, SourceSpec]
+    mode: str
+    changed_sources: tuple[str, ...]
+    cancel: CancelToken
+    cache_lost: bool
+    dry_run: bool
+    plan: Plan | None = None
+    values: dict[str, Any] = field(default_factory=dict)
+    signatures: dict[str, str] = field(default_factory=dict)  # context key -> value signature
+    states: dict[str, CompletedState] = field(default_factory=dict)
+    ran: list[str] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)
+    error: RunErrorInfo | None = None
+    cancelled: bool = False
+    force: bool = True
+    anchor_wall_ns: int = 0
+    anchor_perf_ns: int = 0
+    wall_offset_ns: int = 0  # add to a perf_counter_ns reading to get ns since the epoch
+    result: RunResult | None = None
+
+    def __post_init__(self) -> None:
+        self.is_cancelled = self.cancel.is_cancelled
