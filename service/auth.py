@@ -1,0 +1,107 @@
+"""Bearer-token authentication for every HTTP, SSE and WebSocket endpoint but `/v1/health`,
+and the `Origin` checks of the streaming handshakes (contract section 8).
+
+The token comes from `Authorization: Bearer <token>`, or, for clients that cannot set headers
+(a browser's `EventSource` and `WebSocket`), from the `access_token` query parameter (RFC 6750
+section 2.3). It is compared with `hmac.compare_digest`, so the time taken does not reveal how
+much of a guess was right.
+
+Refusals: HTTP answers 401 `UNAUTHORIZED` (problem+json, `WWW-Authenticate: Bearer`). A
+WebSocket is accepted and at once closed with 1008 (policy violation): closing before the
+accept would turn into an HTTP 403 from which a browser client learns nothing.
+"""
+
+from __future__ import annotations
+
+import hmac
+from urllib.parse import parse_qsl
+
+from starlette.datastructures import Headers
+from starlette.requests import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.websockets import WebSocket
+
+from streaming.security import origin_allowed
+
+from .errors import ServiceError
+from .problems import problem_response
+
+__all__ = [
+    "PUBLIC_PATHS",
+    "WS_POLICY_VIOLATION",
+    "AuthMiddleware",
+    "check_sse_origin",
+    "reject_websocket",
+    "token_matches",
+    "websocket_origin_ok",
+]
+
+# Open without a token: liveness probes come from load balancers that hold no secret.
+PUBLIC_PATHS = frozenset({"/v1/health"})
+WS_POLICY_VIOLATION = 1008
+
+
+def _presented_token(scope: Scope) -> str | None:
+    authorization = Headers(scope=scope).get("authorization")
+    if authorization is not None:
+        scheme, _, credentials = authorization.partition(" ")
+        return credentials.strip() if scheme.lower() == "bearer" else None
+    query = scope.get("query_string", b"").decode("latin-1")
+    for name, value in parse_qsl(query):
+        if name == "access_token":
+            return value
+    return None
+
+
+def token_matches(expected: str, presented: str | None) -> bool:
+    """Constant-time comparison of the configured token with what the client presented."""
+    if presented is None:
+        return False
+    return hmac.compare_digest(expected.encode("utf-8"), presented.encode("utf-8"))
+
+
+async def reject_websocket(websocket: WebSocket, reason: str) -> None:
+    """Accept the handshake and close with 1008, so the client sees why it was refused."""
+    await websocket.accept()
+    await websocket.close(code=WS_POLICY_VIOLATION, reason=reason)
+
+
+class AuthMiddleware:
+    """Requires `token` on every HTTP and WebSocket request outside `PUBLIC_PATHS`.
+
+    With `token=None` (loopback-only deployments) everything passes.
+    """
+
+    def __init__(self, app: ASGIApp, *, token: str | None) -> None:
+        self.app = app
+        self.token = token
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            self.token is None
+            or scope["type"] not in ("http", "websocket")
+            or scope["path"] in PUBLIC_PATHS
+            or token_matches(self.token, _presented_token(scope))
+        ):
+            await self.app(scope, receive, send)
+            return
+        if scope["type"] == "websocket":
+            await reject_websocket(WebSocket(scope, receive, send), "unauthorized")
+            return
+        error = ServiceError(
+            "UNAUTHORIZED",
+            "a valid bearer token is required (Authorization: Bearer <token>)",
+            headers={"WWW-Authenticate": 'Bearer realm="runwire"'},
+        )
+        await problem_response(error)(scope, receive, send)
+
+
+def websocket_origin_ok(websocket: WebSocket, allowed_origins: tuple[str, ...]) -> bool:
+    """Whether a WebSocket handshake's `Origin` is allowed (same-origin and no-Origin are)."""
+    return origin_allowed(websocket.headers, allowed_origins)
+
+
+def check_sse_origin(request: Request, allowed_origins: tuple[str, ...]) -> None:
+    """Raise 403 `FORBIDDEN` when an SSE request's `Origin` is not allowed."""
+    if not origin_allowed(request.headers, allowed_origins):
+        raise ServiceError("FORBIDDEN", f"origin {request.headers.get('origin')!r} is not allowed")

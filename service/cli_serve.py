@@ -1,0 +1,222 @@
+"""`runwire serve`: settings from flags and environment, uvicorn run programmatically, and an
+orderly shutdown on SIGTERM/SIGINT.
+
+Each flag has an environment variable (contract section 1); a flag wins over its variable,
+which wins over the default in `service.config.Config`. Binding beyond loopback without a
+token is refused before anything starts.
+
+Shutdown: uvicorn, on a signal, first waits for every open connection to close and only then
+runs the lifespan shutdown, so a subscriber holding a WebSocket or an SSE stream would hold
+the server up forever. `RunwireServer` therefore reacts to the first signal itself: it runs
+`service.app.drain` at once (stop accepting runs, let running runs finish or cancel them after
+the grace period, close WebSockets with 1001 and end SSE streams), and only then lets uvicorn
+shut down. A second signal forces the exit. The process exits 0 after a signal.
+
+Only the standard library is imported at module level: the CLI parser is built for every
+`runwire` command, including client commands that must start quickly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .cli_errors import EXIT_USAGE, CliError
+
+if TYPE_CHECKING:
+    from .config import Config
+
+__all__ = ["add_parsers", "build_config", "is_loopback", "log_config", "run_serve"]
+
+# flag dest -> environment variable
+ENV_VARS = {
+    "data_dir": "RUNWIRE_DATA_DIR",
+    "host": "RUNWIRE_HOST",
+    "port": "RUNWIRE_PORT",
+    "workers": "RUNWIRE_WORKERS",
+    "queue_size": "RUNWIRE_QUEUE_SIZE",
+    "replay_size": "RUNWIRE_REPLAY_SIZE",
+    "token": "RUNWIRE_TOKEN",
+    "allowed_origins": "RUNWIRE_ALLOWED_ORIGINS",
+    "shutdown_grace": "RUNWIRE_SHUTDOWN_GRACE",
+    "read_root": "RUNWIRE_READ_ROOT",
+    "write_root": "RUNWIRE_WRITE_ROOT",
+    "demo": "RUNWIRE_DEMO",
+    "log_level": "RUNWIRE_LOG_LEVEL",
+}
+
+
+def add_parsers(sub: Any) -> None:
+    """Add `serve` to the `runwire` command tree."""
+    p = sub.add_parser(
+        "serve",
+        help="run the service (HTTP API, WebSocket and SSE events)",
+        description="Run the runwire service. Every flag also reads an environment variable.",
+    )
+    p.add_argument("--data-dir", help="data directory (RUNWIRE_DATA_DIR, default ./runwire-data)")
+    p.add_argument("--host", help="address to bind (RUNWIRE_HOST, default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (RUNWIRE_PORT, default 8000)")
+    p.add_argument("--workers", type=int, help="worker threads (RUNWIRE_WORKERS, default 2)")
+    p.add_argument(
+        "--queue-size",
+        type=int,
+        help="runs waiting across sessions (RUNWIRE_QUEUE_SIZE, default 64)",
+    )
+    p.add_argument(
+        "--replay-size",
+        type=int,
+        help="events kept in memory per session (RUNWIRE_REPLAY_SIZE, default 1000)",
+    )
+    p.add_argument("--token", help="bearer token required by every endpoint but /v1/health")
+    p.add_argument(
+        "--allowed-origins",
+        help="comma-separated origins allowed for WebSocket/SSE (RUNWIRE_ALLOWED_ORIGINS)",
+    )
+    p.add_argument(
+        "--shutdown-grace",
+        type=float,
+        help="seconds running runs may take to finish on shutdown (RUNWIRE_SHUTDOWN_GRACE, 10)",
+    )
+    p.add_argument(
+        "--read-root",
+        action="append",
+        help="confine source locations to this directory (repeatable; RUNWIRE_READ_ROOT, "
+        "os.pathsep-separated)",
+    )
+    p.add_argument(
+        "--write-root",
+        action="append",
+        help="confine sink locations to this directory (repeatable; RUNWIRE_WRITE_ROOT)",
+    )
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        default=None,
+        help="run session `demo` fed by a simulated instrument (RUNWIRE_DEMO=1)",
+    )
+    p.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        help="log level (RUNWIRE_LOG_LEVEL, default info)",
+    )
+    p.set_defaults(func=run_serve)
+
+
+def _setting(args: argparse.Namespace, env: Mapping[str, str], dest: str) -> Any:
+    value = getattr(args, dest, None)
+    if value is not None:
+        return value
+    return env.get(ENV_VARS[dest]) or None
+
+
+def _number(kind: type[int] | type[float], dest: str, raw: Any, minimum: float) -> Any:
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise CliError(f"{ENV_VARS[dest]}: expected a number, got {raw!r}", EXIT_USAGE) from None
+    if value < minimum:
+        flag = "--" + dest.replace("_", "-")
+        raise CliError(f"{flag} must be at least {minimum}, got {value}", EXIT_USAGE)
+    return value
+
+
+def _paths(raw: Any) -> tuple[Path, ...]:
+    items = raw if isinstance(raw, list) else str(raw).split(os.pathsep)
+    return tuple(Path(item).expanduser().resolve() for item in items if item)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` only accepts connections from this machine."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost: assume it is reachable from outside
+
+
+def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
+    """The `Config` for these flags and environment; raises `CliError` (exit 64) for bad
+    values and for a non-loopback host without a token."""
+    from .config import Config
+
+    defaults = Config()
+    values: dict[str, Any] = {}
+    if (raw := _setting(args, env, "data_dir")) is not None:
+        values["data_dir"] = Path(raw).expanduser()
+    if (raw := _setting(args, env, "host")) is not None:
+        values["host"] = str(raw)
+    for dest, kind, minimum in (
+        ("port", int, 0),
+        ("workers", int, 1),
+        ("queue_size", int, 1),
+        ("replay_size", int, 1),
+        ("shutdown_grace", float, 0),
+    ):
+        if (raw := _setting(args, env, dest)) is not None:
+            values[dest] = _number(kind, dest, raw, minimum)
+    if (raw := _setting(args, env, "token")) is not None:
+        values["token"] = str(raw)
+    if (raw := _setting(args, env, "allowed_origins")) is not None:
+        values["allowed_origins"] = tuple(o.strip() for o in str(raw).split(",") if o.strip())
+    if (raw := _setting(args, env, "read_root")) is not None:
+        values["read_roots"] = _paths(raw)
+    if (raw := _setting(args, env, "write_root")) is not None:
+        values["write_roots"] = _paths(raw)
+    demo = _setting(args, env, "demo")
+    values["demo"] = demo is True or str(demo).lower() in ("1", "true", "yes", "on")
+    config = Config(**{**defaults.__dict__, **values})
+    if not is_loopback(config.host) and not config.token:
+        raise CliError(
+            f"refusing to bind {config.host}: a non-loopback address needs a token "
+            "(--token or RUNWIRE_TOKEN)",
+            EXIT_USAGE,
+        )
+    return config
+
+
+def log_config(level: str) -> dict[str, Any]:
+    """One plain format on stderr for uvicorn's loggers and ours; access log at the same level."""
+    handler = {"class": "logging.StreamHandler", "formatter": "plain", "stream": "ext://sys.stderr"}
+    ours = {"handlers": ["stderr"], "level": level.upper(), "propagate": False}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {
+            "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+        },
+        "handlers": {"stderr": handler},
+        "loggers": {
+            name: dict(ours)
+            for name in ("uvicorn", "uvicorn.access", "runwire", "service", "streaming", "pipeline")
+        },
+    }
+
+
+def _check_data_dir(config: Config) -> None:
+    """Open the store once before serving, so that an unusable data directory is one clear
+    line and exit 1 rather than a traceback from the server's startup."""
+    from .store import SessionStore, StoreError
+
+    try:
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        SessionStore(config.store_path).close()
+    except (StoreError, OSError) as exc:
+        raise CliError(f"cannot start: {exc}") from None
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """`runwire serve`: run until SIGTERM/SIGINT, then shut down in order and return 0."""
+    config = build_config(args, os.environ)
+    level = str(_setting(args, os.environ, "log_level") or "info").lower()
+    _check_data_dir(config)
+    from .server import serve
+
+    serve(config, log_config=log_config(level), log_level=level)
+    logging.shutdown()  # flush every handler before the process exits
+    return 0

@@ -1,0 +1,163 @@
+"""Request body limits, as pure ASGI middleware in front of every HTTP handler.
+
+For a request that carries a body (POST, PUT, PATCH, DELETE with content):
+
+- size: more than `max_body_bytes` is 413 `PAYLOAD_TOO_LARGE`. A `Content-Length` over the limit
+  is refused before anything is read; a chunked or streamed body is counted while it arrives
+  and refused as soon as it passes the limit, so memory held per request is bounded by the
+  limit whatever the client claims.
+- media type: a non-empty body must be JSON (`application/json` or any `+json` type), else 415
+  `UNSUPPORTED_MEDIA_TYPE`.
+- shape: JSON nested deeper than `max_depth` or with a number literal longer than
+  `max_number_chars` is 422 `INVALID_REQUEST`. These bounds keep decoding cost linear and stop
+  numbers that overflow or take quadratic time to parse.
+
+The body is read here (bounded) and handed to the app unchanged; later `receive()` calls go to
+the server, so handlers still see `http.disconnect`.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import partial
+
+import anyio.to_thread
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .errors import ServiceError
+from .problems import problem_response
+
+__all__ = ["BodyLimitMiddleware", "check_json_shape"]
+
+DEFAULT_MAX_DEPTH = 32
+DEFAULT_MAX_NUMBER_CHARS = 64
+_SCAN_ON_LOOP_MAX = 64 * 1024  # bodies this small are scanned in well under 1 ms
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# A JSON string literal (with escapes); removed before counting brackets so that brackets and
+# digits inside strings do not count.
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKET = re.compile(rb"[^\[\]{}]+")
+
+
+def _number_run(limit: int) -> re.Pattern[bytes]:
+    return re.compile(rb"[-+0-9.eE]{%d,}" % (limit + 1))
+
+
+def check_json_shape(body: bytes, *, max_depth: int, max_number_chars: int) -> str | None:
+    """Why `body` is too deep or has too large a number, or None when it is within bounds.
+
+    Syntax errors are left to the decoder (it names the position); this only bounds shape.
+    Typical bodies take the fast path: too few brackets to be deep and no long digit run at
+    all; only a suspicious body pays for the exact scan with string literals removed.
+    """
+    few_brackets = body.count(b"[") + body.count(b"{") <= max_depth
+    if few_brackets and not _number_run(max_number_chars).search(body):
+        return None
+    without_strings = _STRING.sub(b'""', body)
+    if _number_run(max_number_chars).search(without_strings):
+        return f"a number literal is longer than {max_number_chars} characters"
+    depth = 0
+    for bracket in _NOT_BRACKET.sub(b"", without_strings):
+        if bracket in b"[{":
+            depth += 1
+            if depth > max_depth:
+                return f"JSON is nested deeper than {max_depth} levels"
+        else:
+            depth -= 1
+    return None
+
+
+def _is_json(content_type: str | None) -> bool:
+    if not content_type:
+        return False
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
+
+
+class BodyLimitMiddleware:
+    """Bounds request bodies (see the module docstring). WebSocket traffic passes untouched:
+    its message size limit is the WebSocket layer's (close 1009)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int = 1 << 20,
+        max_depth: int = DEFAULT_MAX_DEPTH,
+        max_number_chars: int = DEFAULT_MAX_NUMBER_CHARS,
+    ) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.max_depth = max_depth
+        self.max_number_chars = max_number_chars
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in _BODY_METHODS:
+            await self.app(scope, receive, send)
+            return
+        try:
+            body = await self._checked_body(scope, receive)
+        except ServiceError as exc:
+            response = problem_response(exc)
+            if exc.code == "PAYLOAD_TOO_LARGE":
+                # The rest of the body is not read: tell the client the connection ends.
+                response.headers["Connection"] = "close"
+            await response(scope, receive, send)
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _checked_body(self, scope: Scope, receive: Receive) -> bytes:
+        headers = Headers(scope=scope)
+        limit = self.max_body_bytes
+        too_large = ServiceError("PAYLOAD_TOO_LARGE", f"request body is larger than {limit} bytes")
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise too_large
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        if not body.strip():
+            return body
+        if not _is_json(headers.get("content-type")):
+            raise ServiceError(
+                "UNSUPPORTED_MEDIA_TYPE",
+                f"request bodies must be application/json, not {headers.get('content-type')!r}",
+            )
+        check = partial(
+            check_json_shape,
+            body,
+            max_depth=self.max_depth,
+            max_number_chars=self.max_number_chars,
+        )
+        # A large body takes milliseconds to scan: off the event loop.
+        problem = (
+            check() if len(body) < _SCAN_ON_LOOP_MAX else await anyio.to_thread.run_sync(check)
+        )
+        if problem is not None:
+            raise ServiceError(
+                "INVALID_REQUEST", problem, errors=[{"path": "$", "message": problem}]
+            )
+        return body
