@@ -1,0 +1,125 @@
+"""`DurableIO`: the runtime's one I/O thread — store commits, run directories, journalled events.
+
+Everything the runtime must not do on the event loop (SQLite, file writes, event journal lines)
+goes through `DurableIO.io`, which runs the call on one dedicated thread. One thread, not a pool:
+commits and journal lines then happen in exactly the order the loop asked for them (a run's
+`run.queued` line can never be written before the commit that created the run), and the store,
+which serialises its callers anyway, is never contended.
+
+The executor's queue is unbounded in principle but bounded in practice: every caller awaits its
+call, so there are at most as many pending calls as concurrent requests and runs.
+
+Records crossing to the thread must be snapshots (`snapshot`): the loop keeps mutating its own
+copies while the thread encodes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+
+from pipeline.rundir import RunDirectory
+from streaming.envelope import utc_now
+
+from .publisher import EventPublisher, EventSink
+from .records import RunRecord, SessionRecord
+from .store import SessionStore, StoreError
+
+__all__ = ["DurableIO", "snapshot"]
+
+T = TypeVar("T")
+S = TypeVar("S", bound=msgspec.Struct)
+
+
+def snapshot(record: S) -> S:
+    """A deep copy of a record, safe to hand to another thread (or to a client)."""
+    return msgspec.json.decode(msgspec.json.encode(record), type=type(record))
+
+
+class DurableIO:
+    """The I/O thread and the synchronous work done on it."""
+
+    def __init__(self, store: SessionStore, broker: EventSink, runs_dir: Path) -> None:
+        self.store = store
+        self.runs_dir = Path(runs_dir)
+        self.publisher = EventPublisher(broker, self.runs_dir)
+        self.store_ok = True  # false after a store failure, until a store call succeeds again
+        self.last_updated_utc: str | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="runwire-io")
+
+    async def io(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a synchronous call in the I/O thread and return its result (or raise)."""
+        loop = asyncio.get_running_loop()
+        try:
+            result = await loop.run_in_executor(self._pool, partial(fn, *args))
+        except StoreError:
+            self.store_ok = False
+            raise
+        # A store call that worked means the store is usable again (readiness recovers without
+        # a restart once, say, the disk has space again).
+        self.store_ok = True
+        self.last_updated_utc = utc_now()
+        return result
+
+    async def emit(
+        self, type: str, session_id: str, data: dict[str, Any], run_id: str | None = None
+    ) -> None:
+        """Journal and publish an event from the loop (see `EventPublisher.emit`)."""
+        await self.io(self.publisher.emit, type, session_id, data, run_id)
+
+    def run_dir(self, session_id: str, run_id: str) -> RunDirectory:
+        """`runs/<session_id>/<run_id>/`."""
+        return RunDirectory(self.runs_dir / session_id / run_id)
+
+    async def close(self) -> None:
+        """Close the journals, then let the thread finish what is queued (no new calls)."""
+        await self.io(self.publisher.close)
+        self._pool.shutdown(wait=False)
+
+    # -- synchronous work, on the I/O thread ---------------------------------------------------
+
+    def save_new_run(
+        self,
+        record: RunRecord,
+        session: SessionRecord,
+        pipeline_text: str,
+        request: dict[str, Any],
+        idempotency_key: str | None,
+    ) -> None:
+        """Save a new run, its session and its idempotency key in one commit."""
+        with self.store.transaction():
+            self.store.save_run(record, request)
+            self.store.save_session(session, pipeline_text)
+            if idempotency_key is not None:
+                self.store.save_idempotency(session.session_id, idempotency_key, record.run_id)
+
+    @staticmethod
+    def write_new_run_dir(
+        run_dir: RunDirectory, record: RunRecord, request: dict[str, Any]
+    ) -> None:
+        """Create the run directory with `run-request.json` (any thread: touches no shared state)."""
+        run_dir.create()
+        run_dir.write_request({"run_id": record.run_id, "session_id": record.session_id, **request})
+
+    def commit(
+        self,
+        runs: list[RunRecord],
+        sessions: list[tuple[SessionRecord, str]],
+        summaries: list[tuple[RunDirectory, RunRecord]],
+    ) -> None:
+        """Write run summaries, then save runs and sessions in one transaction."""
+        # Summaries first: a crash between the two leaves the store saying `running`, which the
+        # next start turns into `interrupted` (and rewrites the summary); never the reverse.
+        for run_dir, record in summaries:
+            run_dir.write_summary(msgspec.to_builtins(record))
+        with self.store.transaction():
+            for record in runs:
+                self.store.save_run(record)
+            for session, text in sessions:
+                self.store.save_session(session, text)

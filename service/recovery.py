@@ -1,0 +1,123 @@
+"""Restart recovery (contract section 7, issue 5): rebuild the runtime's memory from the store.
+
+On start, for every stored session: its pipeline is loaded again (it was valid when stored; if a
+step it names is gone now, the session is kept in the store but not served, and the log says
+why); runs that were `running` or `cancelling` become `interrupted` (summary written,
+`run.interrupted` published); `queued` runs are queued again in their original order; and since
+in-memory caches did not survive, the next run of every session that has run before is full with
+`fallback_reason: "cache_lost"`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pipeline.errors import PipelineError
+from streaming import envelope as ev
+from streaming.envelope import utc_now
+
+from .errors import ServiceError
+from .records import RunError, RunRecord, RunStatus, SessionRecord, SessionState
+from .scheduler import LiveRun, Scheduler, SessionEntry
+from .sessions import error_state, run_transition
+from .validation import parse_pipeline
+
+__all__ = ["recover"]
+
+log = logging.getLogger("service.recovery")
+
+INTERRUPTED_ERROR = RunError(
+    code="INTERRUPTED", message="the service stopped while this run was active"
+)
+
+
+def _resting_state(record: SessionRecord) -> SessionState:
+    last = record.last_run
+    if last is not None and last.status is RunStatus.FAILED:
+        return error_state(last.effective_mode or "full")
+    return SessionState.IDLE
+
+
+async def recover(scheduler: Scheduler) -> None:
+    """Load sessions, interrupt runs that were active, re-queue waiting runs."""
+    store = scheduler.store
+    rows = await scheduler.io(store.load_sessions)
+    for record, text in rows:
+        try:
+            spec = await scheduler.io(parse_pipeline, text)
+        except (ServiceError, PipelineError) as exc:
+            log.error(
+                "session %s not restored: its pipeline no longer loads: %s", record.session_id, exc
+            )
+            continue
+        entry = SessionEntry(record, spec, text, cache_lost=record.last_run is not None)
+        record.active_run_id = None
+        record.queued_run_ids = []
+        scheduler.sessions[record.session_id] = entry
+
+    active = await scheduler.io(
+        store.list_runs, None, [RunStatus.RUNNING.value, RunStatus.CANCELLING.value]
+    )
+    for run in active:
+        await _interrupt(scheduler, run)
+
+    queued = await scheduler.io(store.list_runs, None, [RunStatus.QUEUED.value])
+    for run in queued:
+        owner = scheduler.sessions.get(run.session_id)
+        if owner is None:
+            continue
+        scheduler.queue.push(run.run_id, run.session_id, force=True)
+        request = await scheduler.io(store.get_run_request, run.run_id)
+        changed: tuple[str, ...] = ()
+        if isinstance(request, dict) and isinstance(request.get("changed_sources"), list):
+            changed = tuple(str(ref) for ref in request["changed_sources"])
+        live = LiveRun(run, changed, scheduler.run_dir(run.session_id, run.run_id))
+        if isinstance(request, dict):
+            # The directory is written after the commit that queued the run: a crash in between
+            # leaves it missing, so it is completed now from the store's copy of the request.
+            await scheduler.io(_complete_run_dir, live, request)
+        scheduler.live[run.run_id] = live
+        owner.record.queued_run_ids.append(run.run_id)
+
+    for entry in scheduler.sessions.values():
+        old = entry.record.state
+        # A session stored as running has no active run now; it rests in the state its last run
+        # left it in. (Assigned directly: recovery rebuilds state, it is not a transition.)
+        if entry.record.state in (SessionState.RUNNING_PARTIAL, SessionState.RUNNING_FULL):
+            entry.record.state = _resting_state(entry.record)
+        entry.record.updated_utc = (
+            utc_now() if old != entry.record.state else entry.record.updated_utc
+        )
+        await scheduler.commit(sessions=(entry,))
+        await scheduler.announce_state(entry, old)
+    if rows or active or queued:
+        log.info(
+            "recovered %d sessions, interrupted %d runs, re-queued %d runs",
+            len(scheduler.sessions),
+            len(active),
+            len(queued),
+        )
+
+
+def _complete_run_dir(live: LiveRun, request: dict[str, object]) -> None:
+    if not live.run_dir.request_path.exists():
+        live.run_dir.create()
+        live.run_dir.write_request(
+            {"run_id": live.record.run_id, "session_id": live.record.session_id, **request}
+        )
+
+
+async def _interrupt(scheduler: Scheduler, run: RunRecord) -> None:
+    run.status = run_transition(run.status, RunStatus.INTERRUPTED)
+    run.finished_utc = utc_now()
+    if run.error is None:
+        run.error = INTERRUPTED_ERROR
+    entry = scheduler.sessions.get(run.session_id)
+    run_dir = scheduler.run_dir(run.session_id, run.run_id)
+    await scheduler.io(run_dir.create)
+    if entry is not None:
+        entry.record.last_run = run
+        entry.cache_lost = True
+    await scheduler.commit(runs=(run,), summaries=((run_dir, run),))
+    data = {"status": RunStatus.INTERRUPTED.value, "elapsed_s": run.elapsed_s}
+    await scheduler.emit(ev.RUN_INTERRUPTED, run.session_id, data, run.run_id)

@@ -1,0 +1,415 @@
+"""`Runtime`: the facade the HTTP routes and the WebSocket control handler call.
+
+Every method validates the whole request before changing anything (unknown profile, invalid
+pipeline, location outside the roots, unreadable file, missing required source), then commits the
+change to the store before returning, then publishes the event that announces it. The run
+lifecycle itself (queue, workers, events, fallback) lives in `service.scheduler`; restart
+recovery in `service.recovery`. Errors are `ServiceError`s with the contract's codes.
+
+All methods are called on the event loop; none of them blocks it (file system and SQLite work
+goes through the scheduler's I/O thread, planning through a worker thread).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+
+from streaming import envelope as ev
+from streaming.broker import Broker
+from streaming.envelope import utc_now
+
+from . import inspection
+from .config import Config
+from .errors import ServiceError
+from .models import (
+    CreateSessionRequest,
+    DryRunResult,
+    LatestErrors,
+    ProcessRequest,
+    SampleRequest,
+    SinkInput,
+    SourceInput,
+    SourceTemplate,
+    SubmitResult,
+)
+from .profiles import get_template, required_refs, source_templates
+from .records import (
+    FINAL_RUN_STATUSES,
+    RETRYABLE_RUN_STATUSES,
+    PipelineInfo,
+    RunRecord,
+    RunStatus,
+    SessionRecord,
+    SessionState,
+    SourceRecord,
+)
+from .recovery import recover
+from .scheduler import Scheduler, SessionEntry, snapshot
+from .session_sources import as_records, change, session_entry
+from .sessions import is_error, is_running
+from .store import SessionStore
+from .validation import load_pipeline, validate_sources
+
+__all__ = ["Runtime"]
+
+
+class Runtime:
+    """Sessions, sources, sinks and runs (see the module docstring)."""
+
+    def __init__(self, config: Config, store: SessionStore, broker: Broker) -> None:
+        self.config = config
+        self.store = store
+        self.broker = broker
+        self._sched = Scheduler(config, store, broker)
+        self._creating: set[str] = set()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Recover sessions and runs from the store, then start dispatching runs."""
+        await recover(self._sched)
+        self._sched.start_dispatcher()
+
+    async def shutdown(self, grace: float) -> None:
+        """Stop accepting runs; active runs get `grace` seconds, then are cancelled."""
+        await self._sched.shutdown(grace)
+
+    @property
+    def accepting(self) -> bool:
+        """False once shutdown has begun: submits answer SERVICE_UNAVAILABLE."""
+        return self._sched.accepting
+
+    @property
+    def scheduler(self) -> Scheduler:
+        """The scheduler (queue, live runs); for the demo, metrics and tests."""
+        return self._sched
+
+    # -- sessions ------------------------------------------------------------------------------
+
+    def _entry(self, sid: str) -> SessionEntry:
+        return session_entry(self._sched, sid)
+
+    async def create_session(self, req: CreateSessionRequest) -> SessionRecord:
+        """Load and validate the pipeline, store the session, publish `session.created`."""
+        sid = req.session_id or f"session-{secrets.token_hex(4)}"
+        if sid in self._sched.sessions or sid in self._creating:
+            raise ServiceError("SESSION_EXISTS", f"session {sid!r} already exists")
+        if req.source_profile is not None:
+            get_template(req.source_profile)
+        self._creating.add(sid)
+        try:
+            spec, text = await self._sched.io(load_pipeline, req.pipeline, self.config.read_roots)
+            now = utc_now()
+            record = SessionRecord(
+                session_id=sid,
+                name=req.name,
+                source_profile=req.source_profile,
+                required_source_refs=required_refs(spec.sources, req.source_profile),
+                pipeline=PipelineInfo(name=spec.name, version=spec.version),
+                created_utc=now,
+                updated_utc=now,
+                auto_fallback=req.auto_fallback,
+            )
+            entry = SessionEntry(record, spec, text)
+            await self._sched.commit(sessions=(entry,))
+            self._sched.sessions[sid] = entry
+        finally:
+            self._creating.discard(sid)
+        data = {"name": record.name, "pipeline": msgspec.to_builtins(record.pipeline)}
+        await self._sched.emit(ev.SESSION_CREATED, sid, data)
+        return snapshot(record)
+
+    async def list_sessions(self) -> list[SessionRecord]:
+        """Every session, oldest first."""
+        return [snapshot(e.record) for e in self._sched.sessions.values() if not e.deleted]
+
+    async def get_session(self, sid: str) -> SessionRecord:
+        """The session; SESSION_NOT_FOUND."""
+        return snapshot(self._entry(sid).record)
+
+    async def delete_session(self, sid: str) -> None:
+        """Cancel the session's queued and active runs and forget it (run directories stay)."""
+        entry = self._entry(sid)
+        async with entry.lock:
+            entry.deleted = True
+            for run_id in self._sched.queue.waiting_for(sid):
+                live = self._sched.live.get(run_id)
+                if live is not None:
+                    await self._sched.cancel_queued(entry, live)
+            active = entry.record.active_run_id
+            if active is not None and active in self._sched.live:
+                await self._sched.cancel_running(entry, self._sched.live[active])
+            await self._sched.io(self.store.delete_session, sid)
+            self._sched.sessions.pop(sid, None)
+        await self._sched.emit(ev.SESSION_DELETED, sid, {})
+
+    # -- sources and sinks ---------------------------------------------------------------------
+
+    async def put_sources(self, sid: str, sources: list[SourceInput]) -> SessionRecord:
+        """Replace every source (each file confined and checked first)."""
+        return await change(
+            self._sched, self.config, sid, "source", as_records(sources, "source"), replace=True
+        )
+
+    async def patch_source(self, sid: str, source: SourceInput) -> SessionRecord:
+        """Add or replace one source."""
+        return await change(self._sched, self.config, sid, "source", as_records([source], "source"))
+
+    async def delete_source(self, sid: str, ref: str) -> SessionRecord:
+        """Remove one source; NOT_FOUND if the session has no such ref."""
+        return await change(self._sched, self.config, sid, "source", {}, remove=ref)
+
+    async def put_sinks(self, sid: str, sinks: list[SinkInput]) -> SessionRecord:
+        """Replace every sink (locations confined to the write roots)."""
+        return await change(
+            self._sched, self.config, sid, "sink", as_records(sinks, "sink"), replace=True
+        )
+
+    async def patch_sink(self, sid: str, sink: SinkInput) -> SessionRecord:
+        """Add or replace one sink."""
+        return await change(self._sched, self.config, sid, "sink", as_records([sink], "sink"))
+
+    async def delete_sink(self, sid: str, ref: str) -> SessionRecord:
+        """Remove one sink; NOT_FOUND if the session has no such ref."""
+        return await change(self._sched, self.config, sid, "sink", {}, remove=ref)
+
+    async def set_sample(
+        self, sid: str, req: SampleRequest
+    ) -> tuple[SessionRecord, SubmitResult | None]:
+        """Set source `sample`; with `process`, also submit a run that treats it as changed.
+
+        With `process` the new sample and the run are committed together (one commit on the
+        path from a new frame to its result), and nothing changes if the run is refused.
+        """
+        sample = SourceRecord(type=req.type, location=req.location, options=dict(req.options))
+        if not req.process:
+            return await change(self._sched, self.config, sid, "source", {"sample": sample}), None
+        self._check_accepting()
+        entry = self._entry(sid)
+        self._check_required(entry, extra=("sample",))
+        # One pass validates the new sample and every other source the run will read.
+        checked = await self._sched.io(
+            validate_sources, {**entry.record.sources, "sample": sample}, self.config.read_roots
+        )
+        async with entry.lock:
+            entry = self._entry(sid)
+            before = entry.record.sources
+            after = {**before, "sample": checked["sample"]}
+            changed = [] if before.get("sample") == after["sample"] else ["sample"]
+            entry.record.sources = after
+            entry.record.updated_utc = utc_now()
+            data = {"changed": changed, "sources": msgspec.to_builtins(after)}
+            try:
+                result = await self._sched.enqueue(
+                    entry,
+                    mode="auto",
+                    changed_sources=("sample",),
+                    request={"mode": "auto", "changed_sources": ["sample"]},
+                    announce=((ev.SOURCES_CHANGED, data),),
+                )
+            except BaseException:
+                entry.record.sources = before
+                raise
+            return snapshot(entry.record), result
+
+    # -- runs ----------------------------------------------------------------------------------
+
+    def _check_accepting(self) -> None:
+        if not self._sched.accepting:
+            raise ServiceError("SERVICE_UNAVAILABLE", "the service is shutting down")
+
+    def _check_required(self, entry: SessionEntry, extra: Iterable[str] = ()) -> None:
+        present = set(entry.record.sources) | set(extra)
+        missing = [ref for ref in entry.record.required_source_refs if ref not in present]
+        if missing:
+            raise ServiceError(
+                "MISSING_SOURCES",
+                f"required sources not set: {', '.join(missing)}",
+                errors=[{"path": f"$.sources.{ref}", "message": "required"} for ref in missing],
+            )
+
+    async def _existing(self, sid: str, run_id: str) -> SubmitResult:
+        record = await self.get_run(run_id)
+        return SubmitResult(
+            run_id=run_id, status=record.status.value, position=self._sched.position(run_id)
+        )
+
+    async def submit(
+        self, sid: str, req: ProcessRequest, *, idempotency_key: str | None = None
+    ) -> SubmitResult:
+        """Queue a run (202). QUEUE_FULL with Retry-After, MISSING_SOURCES, INVALID_REQUEST."""
+        self._check_accepting()
+        entry = self._entry(sid)
+        store = self.store
+        if idempotency_key is not None:
+            first = await self._sched.io(store.idempotent_run, sid, idempotency_key)
+            if first is not None:
+                return await self._existing(sid, first)
+        self._check_required(entry)
+        known = set(entry.spec.sources) | set(entry.record.sources)
+        unknown = [ref for ref in req.changed_sources if ref not in known]
+        if unknown:
+            raise ServiceError(
+                "INVALID_REQUEST",
+                f"changed_sources names unknown refs: {', '.join(unknown)}",
+                errors=[
+                    {"path": "$.changed_sources", "message": f"unknown ref {r!r}"} for r in unknown
+                ],
+            )
+        # Files may have gone since the sources were set: refuse now rather than fail the run.
+        await self._sched.io(validate_sources, entry.record.sources, self.config.read_roots)
+        async with entry.lock:
+            entry = self._entry(sid)
+            if idempotency_key is not None:
+                first = await self._sched.io(store.idempotent_run, sid, idempotency_key)
+                if first is not None:
+                    return await self._existing(sid, first)
+            if req.coalesce:
+                merged = await self._coalesce(entry, req, idempotency_key)
+                if merged is not None:
+                    return merged
+            return await self._sched.enqueue(
+                entry,
+                mode=req.mode,
+                changed_sources=tuple(req.changed_sources),
+                run_name=req.run_name,
+                request=msgspec.to_builtins(req),
+                idempotency_key=idempotency_key,
+            )
+
+    async def _coalesce(
+        self, entry: SessionEntry, req: ProcessRequest, idempotency_key: str | None
+    ) -> SubmitResult | None:
+        """Merge into the session's newest waiting run, if any (called with the lock held)."""
+        sid = entry.record.session_id
+        waiting = self._sched.queue.waiting_for(sid)
+        if not waiting:
+            return None
+        live = self._sched.live[waiting[-1]]
+        record = live.record
+        live.changed_sources = tuple(dict.fromkeys((*live.changed_sources, *req.changed_sources)))
+        if "full" in (record.mode, req.mode):
+            record.mode = "full"
+        elif record.mode == "auto":
+            record.mode = req.mode
+        await self._sched.commit(runs=(record,))
+        if idempotency_key is not None:
+            await self._sched.io(self.store.save_idempotency, sid, idempotency_key, record.run_id)
+        return SubmitResult(
+            run_id=record.run_id,
+            status=record.status.value,
+            position=self._sched.position(record.run_id),
+        )
+
+    async def dry_run(self, sid: str, req: ProcessRequest) -> DryRunResult:
+        """What a run would do now: effective mode, dirty steps with reasons; runs nothing."""
+        return await inspection.dry_run(self._entry(sid), req)
+
+    async def reset(self, sid: str, mode: str) -> SessionRecord:
+        """`partial`: clear the error state; `full`: also drop the incremental cache."""
+        entry = self._entry(sid)
+        async with entry.lock:
+            old = entry.record.state
+            if is_running(old):
+                # The active run decides the state when it ends; make it rest in idle.
+                entry.resting = SessionState.IDLE
+                entry.clear_cache_after_run = entry.clear_cache_after_run or mode == "full"
+            else:
+                if is_error(old):
+                    await self._sched.set_state(entry, SessionState.IDLE)
+                if mode == "full":
+                    entry.cache.clear()
+                    entry.cache_lost = False  # an empty cache: the next run is full anyway
+            entry.record.updated_utc = utc_now()
+            await self._sched.commit(sessions=(entry,))
+            await self._sched.announce_state(entry, old)
+            return snapshot(entry.record)
+
+    async def latest_errors(self, sid: str) -> LatestErrors:
+        """The session's current and most recent error (`errors/latest`)."""
+        return await inspection.latest_errors(self._sched, self._entry(sid))
+
+    async def list_runs(self, sid: str) -> list[RunRecord]:
+        """The session's runs in submission order (live ones as the runtime holds them now)."""
+        self._entry(sid)
+        runs = await self._sched.io(self.store.list_runs, sid, None)
+        live = self._sched.live
+        return [snapshot(live[r.run_id].record) if r.run_id in live else r for r in runs]
+
+    async def get_run(self, run_id: str) -> RunRecord:
+        """A run, live or stored; RUN_NOT_FOUND."""
+        live = self._sched.live.get(run_id)
+        if live is not None:
+            return snapshot(live.record)
+        record = await self._sched.io(self.store.get_run, run_id)
+        if record is None:
+            raise ServiceError("RUN_NOT_FOUND", f"no run {run_id!r}")
+        return record
+
+    async def cancel_run(self, run_id: str) -> RunRecord:
+        """Queued: cancelled at once. Running: `cancelling`, then `cancelled` at a step boundary."""
+        live = self._sched.live.get(run_id)
+        if live is None or live.record.status in FINAL_RUN_STATUSES:
+            record = await self.get_run(run_id)
+            raise ServiceError(
+                "RUN_NOT_CANCELLABLE", f"run {run_id!r} is {record.status.value}: already final"
+            )
+        entry = self._entry(live.record.session_id)
+        async with entry.lock:
+            status = live.record.status
+            if status is RunStatus.QUEUED:
+                if run_id in self._sched.queue.waiting_for(entry.record.session_id):
+                    await self._sched.cancel_queued(entry, live)
+                else:  # left the queue, about to start: the scheduler sees the token
+                    live.cancel.cancel()
+            elif status is RunStatus.RUNNING:
+                await self._sched.cancel_running(entry, live)
+            return snapshot(live.record)
+
+    async def retry_run(self, run_id: str) -> SubmitResult:
+        """A new run of the same session and mode, with `retry_of` (failed/cancelled/interrupted)."""
+        self._check_accepting()
+        record = await self.get_run(run_id)
+        if record.status not in RETRYABLE_RUN_STATUSES:
+            raise ServiceError(
+                "RUN_NOT_RETRYABLE",
+                f"run {run_id!r} is {record.status.value}; only failed, cancelled or "
+                "interrupted runs can be retried",
+            )
+        entry = self._entry(record.session_id)
+        self._check_required(entry)
+        request = await self._sched.io(self.store.get_run_request, run_id)
+        changed: tuple[str, ...] = ()
+        if isinstance(request, dict) and isinstance(request.get("changed_sources"), list):
+            changed = tuple(str(r) for r in request["changed_sources"])
+        async with entry.lock:
+            return await self._sched.enqueue(
+                self._entry(record.session_id),
+                mode=record.mode,
+                changed_sources=changed,
+                run_name=record.run_name,
+                request={"mode": record.mode, "changed_sources": list(changed), "retry_of": run_id},
+                retry_of=run_id,
+            )
+
+    # -- descriptions --------------------------------------------------------------------------
+
+    def source_templates(self) -> list[SourceTemplate]:
+        """The built-in source profiles."""
+        return source_templates()
+
+    def readiness(self) -> dict[str, Any]:
+        """Readiness and queue figures (contract `GET /readiness`)."""
+        return inspection.readiness(self._sched, self.broker.subscriber_count)
+
+    async def refresh_readiness(self) -> dict[str, Any]:
+        """`readiness()` after probing the store for writing (in the I/O thread)."""
+        try:
+            self._sched.durable.store_ok = bool(await self._sched.io(self.store.writable))
+        except Exception:
+            self._sched.durable.store_ok = False
+        return self.readiness()

@@ -1,0 +1,132 @@
+"""Checks on what a request names, done before anything is queued (contract section 4).
+
+Everything here is synchronous (it touches the file system or parses YAML) and is called by the
+runtime from its I/O thread, never on the event loop. Each check raises a `ServiceError` with the
+contract's code: FORBIDDEN (403) for a location outside the configured roots, INVALID_REQUEST
+(422) for an unreadable file, PIPELINE_INVALID (422) with every problem of a pipeline file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from pipeline.errors import PipelineFileError
+from pipeline.loader import PipelineSpec, load_pipeline_text
+
+from .errors import ServiceError
+from .models import PipelineInput
+from .records import SourceRecord
+
+__all__ = [
+    "check_readable",
+    "confine",
+    "load_pipeline",
+    "validate_sinks",
+    "validate_sources",
+]
+
+# A pipeline file is YAML text; the HTTP layer already caps bodies at 1 MiB, and a file named by
+# path gets the same cap so that `path` is not a way around it.
+MAX_PIPELINE_BYTES = 1 << 20
+
+
+def confine(location: str | os.PathLike[str], roots: Iterable[Path], *, what: str) -> Path:
+    """Resolve `location` (symlinks included) and require it inside one of `roots`.
+
+    No roots configured means no confinement. Raises FORBIDDEN naming `what` and the location.
+    """
+    path = Path(location).expanduser()
+    resolved = path.resolve(strict=False)
+    roots = tuple(roots)
+    if not roots:
+        return resolved
+    for root in roots:
+        if resolved.is_relative_to(Path(root).resolve(strict=False)):
+            return resolved
+    raise ServiceError("FORBIDDEN", f"{what} {str(location)!r} is outside the allowed roots")
+
+
+def check_readable(path: Path, *, what: str) -> None:
+    """Raise INVALID_REQUEST naming the file if it is missing, not a file, or unreadable."""
+    try:
+        with open(path, "rb") as handle:
+            handle.read(1)
+    except IsADirectoryError:
+        raise ServiceError(
+            "INVALID_REQUEST", f"{what}: {path} is a directory, not a file"
+        ) from None
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ServiceError("INVALID_REQUEST", f"{what}: cannot read {path}: {reason}") from None
+
+
+def load_pipeline(pipeline: PipelineInput, read_roots: Iterable[Path]) -> tuple[PipelineSpec, str]:
+    """Load a pipeline given inline or by path; returns the spec and its text.
+
+    Every problem of the file is listed in `errors` as `{"path", "message"}`.
+    """
+    if pipeline.path is not None:
+        path = confine(pipeline.path, read_roots, what="pipeline path")
+        check_readable(path, what="pipeline")
+        if path.stat().st_size > MAX_PIPELINE_BYTES:
+            raise ServiceError("INVALID_REQUEST", f"pipeline file {path} is larger than 1 MiB")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ServiceError("PIPELINE_INVALID", f"pipeline file {path} is not UTF-8") from exc
+        filename = str(path)
+    else:
+        assert pipeline.yaml_text is not None  # PipelineInput enforces exactly one
+        text = pipeline.yaml_text
+        filename = "<pipeline>"
+    return parse_pipeline(text, filename=filename), text
+
+
+def parse_pipeline(text: str, *, filename: str = "<pipeline>") -> PipelineSpec:
+    """`load_pipeline_text`, with its problems turned into a PIPELINE_INVALID error."""
+    try:
+        return load_pipeline_text(text, filename=filename)
+    except PipelineFileError as exc:
+        problems = [{"path": p.path, "message": p.message} for p in exc.problems]
+        raise ServiceError(
+            "PIPELINE_INVALID",
+            f"pipeline is invalid ({len(problems)} problem{'s' if len(problems) != 1 else ''})",
+            errors=problems,
+        ) from None
+
+
+def validate_sources(
+    sources: Mapping[str, SourceRecord], read_roots: Iterable[Path]
+) -> dict[str, SourceRecord]:
+    """Confine and check every source file; returns them with resolved absolute locations."""
+    roots = tuple(read_roots)
+    checked: dict[str, SourceRecord] = {}
+    for ref, source in sources.items():
+        what = f"source {ref!r}"
+        path = confine(source.location, roots, what=what)
+        check_readable(path, what=what)
+        checked[ref] = SourceRecord(type=source.type, location=str(path), options=source.options)
+    return checked
+
+
+def validate_sinks(
+    sinks: Mapping[str, SourceRecord], write_roots: Iterable[Path]
+) -> dict[str, SourceRecord]:
+    """Confine every sink location to the write roots; returns them with resolved locations.
+
+    The file itself is written after a successful run; here we only check that its directory
+    exists (or is the location itself), so a typo is reported now and not as a failed run.
+    """
+    roots = tuple(write_roots)
+    checked: dict[str, SourceRecord] = {}
+    for ref, sink in sinks.items():
+        path = confine(sink.location, roots, what=f"sink {ref!r}")
+        directory = path if path.is_dir() else path.parent
+        if not directory.is_dir():
+            raise ServiceError(
+                "INVALID_REQUEST", f"sink {ref!r}: directory {directory} does not exist"
+            )
+        checked[ref] = SourceRecord(type=sink.type, location=str(path), options=sink.options)
+    return checked

@@ -1,0 +1,145 @@
+"""Restart recovery (contract section 7): what a crash leaves in the store is repaired at start.
+
+Phase 1 runs a real runtime (so sessions, a finished run and an idempotency key are stored the
+normal way); then the store is edited the way a crash mid-run leaves it (a run `running`, others
+`queued`); phase 2 starts a new runtime on the same data directory.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import msgspec
+import pytest
+from runtime_harness import create_request, noop_step, pipeline_text, process, running
+
+from pipeline.rundir import read_ndjson
+from service.config import Config
+from service.records import RunRecord, RunStatus, SessionState
+from service.store import SessionStore
+from streaming.envelope import utc_now
+
+
+def _crash_leftovers(config: Config) -> tuple[str, str, str]:
+    """Edit the store as a crash would leave it; returns (running, queued a, queued b) ids."""
+    store = SessionStore(config.store_path)
+    try:
+        sessions = {record.session_id: (record, text) for record, text in store.load_sessions()}
+        record_a, text_a = sessions["a"]
+        record_b, text_b = sessions["b"]
+        now = utc_now()
+        running = RunRecord(
+            run_id="r-crash-running", session_id="a", status=RunStatus.RUNNING,
+            queued_utc=now, started_utc=now, effective_mode="partial",
+        )  # fmt: skip
+        queued_a = RunRecord(run_id="r-crash-queued-a", session_id="a", queued_utc=now)
+        queued_b = RunRecord(run_id="r-crash-queued-b", session_id="b", queued_utc=now)
+        with store.transaction():
+            store.save_run(running, {"mode": "auto"})
+            store.save_run(queued_a, {"mode": "auto", "changed_sources": []})
+            store.save_run(queued_b, {"mode": "auto"})
+            record_a.state = SessionState.RUNNING_PARTIAL
+            record_a.active_run_id = running.run_id
+            record_a.queued_run_ids = [queued_a.run_id]
+            record_b.queued_run_ids = [queued_b.run_id]
+            store.save_session(record_a, text_a)
+            store.save_session(record_b, text_b)
+    finally:
+        store.close()
+    return running.run_id, queued_a.run_id, queued_b.run_id
+
+
+@pytest.mark.anyio
+async def test_restart_interrupts_running_requeues_queued_and_marks_cache_lost(
+    make_config: Callable[..., Config],
+) -> None:
+    config = make_config(workers=1)
+    async with running(config) as h:
+        for sid in ("a", "b"):
+            await h.runtime.create_session(create_request(sid, pipeline_text(noop_step())))
+        first = await h.runtime.submit("a", process(), idempotency_key="key-1")
+        await h.recorder.wait_event("run.finished", first.run_id)
+        seq_before = max(e.seq for e in h.recorder.events)
+
+    crashed, queued_a, queued_b = _crash_leftovers(config)
+
+    async with running(config) as h:
+        rt = h.runtime
+        interrupted = await h.recorder.wait_event("run.interrupted", crashed)
+        assert interrupted.seq > seq_before  # seq continues across the restart
+        run = await rt.get_run(crashed)
+        assert run.status == "interrupted" and run.finished_utc is not None
+        summary = json.loads((config.runs_dir / "a" / crashed / "summary.json").read_text())
+        assert summary["status"] == "interrupted"
+        journal = read_ndjson(config.runs_dir / "a" / crashed / "events.ndjson")
+        assert msgspec.json.decode(journal[-1])["type"] == "run.interrupted"
+
+        # queued runs run again, in their original order; the first run of a session that ran
+        # before the restart is full because its cache is gone
+        for run_id in (queued_a, queued_b):
+            await h.recorder.wait_terminal(run_id)
+        started = [e.runid for e in h.recorder.events if e.type == "run.started"]
+        assert started == [queued_a, queued_b]
+        # a queued run whose directory the crash prevented is completed from the store
+        request = json.loads((config.runs_dir / "a" / queued_a / "run-request.json").read_text())
+        assert request["run_id"] == queued_a
+        after_a = await rt.get_run(queued_a)
+        assert (after_a.status, after_a.effective_mode) == ("succeeded", "full")
+        assert after_a.fallback_reason == "cache_lost"
+        assert after_a.dirty_steps == ["n"]
+        after_b = await rt.get_run(queued_b)
+        assert after_b.status == "succeeded"
+        # b never ran before the restart: nothing was lost, its first run is simply full
+        assert (after_b.effective_mode, after_b.fallback_reason) == ("full", None)
+
+        # the session came back and is idle; the idempotency key survived
+        session = await rt.get_session("a")
+        assert (session.state, session.active_run_id, session.queued_run_ids) == ("idle", None, [])
+        again = await rt.submit("a", process(), idempotency_key="key-1")
+        assert again.run_id == first.run_id
+        # the next run after the cache_lost one is an ordinary incremental run
+        nxt = await rt.submit("a", process())
+        await h.recorder.wait_event("run.finished", nxt.run_id)
+        assert (await rt.get_run(nxt.run_id)).fallback_reason is None
+
+
+@pytest.mark.anyio
+async def test_restart_interrupts_cancelling_runs_and_skips_unloadable_sessions(
+    make_config: Callable[..., Config],
+) -> None:
+    config = make_config()
+    async with running(config) as h:
+        await h.runtime.create_session(create_request("c", pipeline_text(noop_step())))
+        await h.runtime.create_session(create_request("gone", pipeline_text(noop_step())))
+    store = SessionStore(config.store_path)
+    try:
+        sessions = {record.session_id: (record, text) for record, text in store.load_sessions()}
+        record, text = sessions["c"]
+        now = utc_now()
+        stuck = RunRecord(
+            run_id="r-stuck", session_id="c", status=RunStatus.CANCELLING, queued_utc=now,
+            started_utc=now, effective_mode="full",
+        )  # fmt: skip
+        record.state = SessionState.RUNNING_FULL
+        record.active_run_id = stuck.run_id
+        with store.transaction():
+            store.save_run(stuck)
+            store.save_session(record, text)
+            # a pipeline that no longer loads (say, a step plugin was removed)
+            gone, _ = sessions["gone"]
+            store.save_session(gone, "name: x\nsteps:\n  - {id: a, use: plugin.removed}\n")
+    finally:
+        store.close()
+
+    async with running(config) as h:
+        rt = h.runtime
+        await h.recorder.wait_event("run.interrupted", "r-stuck")
+        assert (await rt.get_run("r-stuck")).status == "interrupted"
+        session = await rt.get_session("c")
+        assert (session.state, session.active_run_id) == ("idle", None)
+        assert session.last_run is not None and session.last_run.run_id == "r-stuck"
+        changed = await h.recorder.wait_event("session.state_changed")
+        assert (changed.data["from"], changed.data["to"]) == ("running_full", "idle")
+        assert [s.session_id for s in await rt.list_sessions()] == ["c"]
+        assert rt.readiness()["ready"]
