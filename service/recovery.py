@@ -10,13 +10,17 @@ in-memory caches did not survive, the next run of every session that has run bef
 
 from __future__ import annotations
 
+import json
 import logging
+
+import msgspec
 
 from pipeline.errors import PipelineError
 from streaming import envelope as ev
 from streaming.envelope import utc_now
 
 from .errors import ServiceError
+from .retained import RetainedRuns
 from .records import RunError, RunRecord, RunStatus, SessionRecord, SessionState
 from .scheduler import LiveRun, Scheduler, SessionEntry
 from .sessions import error_state, run_transition
@@ -79,6 +83,7 @@ async def recover(scheduler: Scheduler) -> None:
         scheduler.live[run.run_id] = live
         owner.record.queued_run_ids.append(run.run_id)
 
+    orphans = await scheduler.io(_close_orphan_run_dirs, scheduler)
     for entry in scheduler.sessions.values():
         old = entry.record.state
         # A session stored as running has no active run now; it rests in the state its last run
@@ -92,11 +97,48 @@ async def recover(scheduler: Scheduler) -> None:
         await scheduler.announce_state(entry, old)
     if rows or active or queued:
         log.info(
-            "recovered %d sessions, interrupted %d runs, re-queued %d runs",
+            "recovered %d sessions, interrupted %d runs, re-queued %d runs, closed %d orphans",
             len(scheduler.sessions),
             len(active),
             len(queued),
+            orphans,
         )
+
+
+def _close_orphan_run_dirs(scheduler: Scheduler) -> int:
+    """Give a summary to run directories that no stored run owns and that will never finish.
+
+    The store commit comes before the run directory is written, so a crash cannot normally leave
+    one behind; but a directory from an older version, or one whose store row was lost with a
+    restored backup, would otherwise be listed as `queued` forever. It is kept (it is evidence)
+    and marked `interrupted`.
+    """
+    closed = 0
+    for session_id, run_id in RetainedRuns(scheduler.config.runs_dir).unfinished():
+        if scheduler.store.get_run(run_id) is not None or run_id in scheduler.live:
+            continue
+        run_dir = scheduler.run_dir(session_id, run_id)
+        request = {}
+        if run_dir.request_path.exists():
+            try:
+                request = json.loads(run_dir.request_path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                request = {}
+        now = utc_now()
+        record = RunRecord(
+            run_id=run_id,
+            session_id=session_id,
+            run_name=request.get("run_name") if isinstance(request, dict) else None,
+            status=RunStatus.INTERRUPTED,
+            queued_utc=str(request.get("queued_utc", now)) if isinstance(request, dict) else now,
+            finished_utc=now,
+            error=INTERRUPTED_ERROR,
+        )
+        run_dir.write_summary(msgspec.to_builtins(record))
+        for stale in run_dir.path.glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
+        closed += 1
+    return closed
 
 
 def _complete_run_dir(live: LiveRun, request: dict[str, object]) -> None:

@@ -143,7 +143,7 @@ def serve_in_thread(
     Yields `(base_url, app, server)`. On exit the server drains and stops as on SIGTERM.
     Used by the test suite's `live_server` fixture and by benchmarks.
     """
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((config.host, 0))
     port = sock.getsockname()[1]

@@ -143,3 +143,24 @@ async def test_restart_interrupts_cancelling_runs_and_skips_unloadable_sessions(
         assert (changed.data["from"], changed.data["to"]) == ("running_full", "idle")
         assert [s.session_id for s in await rt.list_sessions()] == ["c"]
         assert rt.readiness()["ready"]
+
+
+@pytest.mark.anyio
+async def test_restart_closes_run_directories_that_no_stored_run_owns(
+    make_config: Callable[..., Config],
+) -> None:
+    # A directory left by an interrupted submit whose store row never committed: without a
+    # summary it would be listed as `queued` forever by the retained-runs endpoints.
+    config = make_config(workers=1)
+    orphan = config.runs_dir / "a" / "r-orphan"
+    orphan.mkdir(parents=True)
+    (orphan / "run-request.json").write_text(json.dumps({"run_name": "lost", "mode": "auto"}))
+    (orphan / ".summary.json.123.tmp").write_text("{")
+
+    async with running(config) as h:
+        assert await h.runtime.list_sessions() == []
+
+    summary = json.loads((orphan / "summary.json").read_text())
+    assert summary["status"] == "interrupted"
+    assert summary["run_name"] == "lost"
+    assert not list(orphan.glob(".*.tmp"))
