@@ -20,8 +20,8 @@ from streaming import envelope as ev
 from streaming.envelope import utc_now
 
 from .errors import ServiceError
-from .retained import RetainedRuns
 from .records import RunError, RunRecord, RunStatus, SessionRecord, SessionState
+from .retained import RetainedRuns
 from .scheduler import LiveRun, Scheduler, SessionEntry
 from .sessions import error_state, run_transition
 from .validation import parse_pipeline

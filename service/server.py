@@ -54,6 +54,7 @@ def uvicorn_config(
         port=config.port,
         lifespan="on",
         ws_max_size=WS_MAX_SIZE,
+        ws_per_message_deflate=False,  # frames are pre-built once per event and sent uncompressed
         ws_ping_interval=WS_PING_INTERVAL_S,
         ws_ping_timeout=WS_PING_INTERVAL_S,
         timeout_graceful_shutdown=int(GRACEFUL_CONNECTIONS_TIMEOUT_S),

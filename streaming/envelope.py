@@ -12,6 +12,9 @@ from typing import Any
 
 import msgspec
 
+from streaming.errors import InvalidEventId
+from streaming.framing import http_chunk, ws_text_frame
+
 # Event types of the contract (section 5).
 SESSION_CREATED = "session.created"
 SESSION_UPDATED = "session.updated"
@@ -80,6 +83,19 @@ def parse_id(event_id: str) -> tuple[str, int]:
     return epoch, int(seq_text)
 
 
+def parse_since(value: str | None) -> tuple[str | None, int] | None:
+    """A resume point: `None` -> None (live only); `"0"` -> (None, 0) (everything retained);
+    an event id -> (epoch, seq). Raises `streaming.errors.InvalidEventId` for anything else."""
+    if value is None:
+        return None
+    if value == "0":
+        return (None, 0)
+    try:
+        return parse_id(value)
+    except ValueError:
+        raise InvalidEventId(value) from None
+
+
 def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
@@ -87,7 +103,19 @@ def utc_now() -> str:
 class Event:
     """A stamped event: envelope fields plus its encoded bytes, shared by every consumer."""
 
-    __slots__ = ("envelope", "raw", "seq", "session_id", "run_id", "type", "published_ns")
+    __slots__ = (
+        "_chunk",
+        "_sse",
+        "_text",
+        "_ws",
+        "envelope",
+        "published_ns",
+        "raw",
+        "run_id",
+        "seq",
+        "session_id",
+        "type",
+    )
 
     def __init__(self, envelope: Envelope, raw: bytes | None = None) -> None:
         self.envelope = envelope
@@ -97,6 +125,43 @@ class Event:
         self.run_id = envelope.runid
         self.type = envelope.type
         self.published_ns = time.monotonic_ns()
+        self._sse: bytes | None = None
+        self._text: str | None = None
+        self._ws: bytes | None = None
+        self._chunk: bytes | None = None
+
+    def ws_frame(self) -> bytes:
+        """The event as a complete WebSocket text frame; built once, shared."""
+        frame = self._ws
+        if frame is None:
+            frame = self._ws = ws_text_frame(self.raw)
+        return frame
+
+    def sse_chunk(self) -> bytes:
+        """`sse_frame()` as one HTTP/1.1 body chunk; built once, shared."""
+        chunk = self._chunk
+        if chunk is None:
+            chunk = self._chunk = http_chunk(self.sse_frame())
+        return chunk
+
+    def text(self) -> str:
+        """`raw` as str (a WebSocket text frame's payload); decoded once, shared."""
+        text = self._text
+        if text is None:
+            text = self._text = self.raw.decode()
+        return text
+
+    def sse_frame(self) -> bytes:
+        """The event as one SSE frame (`id:`, `event:`, `data:` on one line); built once, on
+        first use, and shared by every SSE subscriber."""
+        frame = self._sse
+        if frame is None:
+            frame = b"".join(
+                (b"id: ", self.id.encode(), b"\nevent: ", self.type.encode(), b"\ndata: ",
+                 self.raw, b"\n\n")
+            )  # fmt: skip
+            self._sse = frame
+        return frame
 
     @property
     def id(self) -> str:
