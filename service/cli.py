@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -59,10 +60,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         # The reader went away (`runwire steps | head`): not an error worth a message.
         # Point stdout at devnull so the interpreter's final flush does not raise again.
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except Exception as exc:
+        # The contract promises one-line errors, never a traceback. A failure nobody mapped
+        # to a CliError is a bug: say so on one line; RUNWIRE_DEBUG=1 shows the traceback.
+        if os.environ.get("RUNWIRE_DEBUG"):
+            raise
+        print(f"error: unexpected {type(exc).__name__}: {exc} (RUNWIRE_DEBUG=1 shows where)",
+              file=sys.stderr)  # fmt: skip
+        return 1
     return status
 
 

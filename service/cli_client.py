@@ -96,6 +96,16 @@ def key_value(text: str) -> tuple[str, Any]:
         return key, value
 
 
+def client_path(text: str) -> str:
+    """A LOCATION argument: relative paths are made absolute against this shell's directory.
+
+    The server resolves locations on its own file system, against its own working directory,
+    so `set-source s sample frames/x.h5` would otherwise name a different file than the user
+    sees. Absolute paths pass unchanged (they are what a remote server needs anyway).
+    """
+    return os.path.abspath(os.path.expanduser(text))
+
+
 def _connection(parser: argparse.ArgumentParser, *, inner: bool) -> None:
     # Inner (per-command) copies default to SUPPRESS so they never overwrite a value given
     # right after the group name.
@@ -104,6 +114,13 @@ def _connection(parser: argparse.ArgumentParser, *, inner: bool) -> None:
         "--url", default=default, help="server URL (env RUNWIRE_URL, default http://127.0.0.1:8000)"
     )
     parser.add_argument("--token", default=default, help="bearer token (env RUNWIRE_TOKEN)")
+    # `--json` too may come right after the group name (`runwire session --json list`).
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS if inner else False,
+        help="print the JSON body (for scripts)",
+    )
 
 
 def leaf(
@@ -114,7 +131,6 @@ def leaf(
 ) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text, description=help_text)
     _connection(parser, inner=True)
-    parser.add_argument("--json", action="store_true", help="print the JSON body (for scripts)")
     parser.set_defaults(func=command(handler))
     return parser
 

@@ -18,10 +18,14 @@ def add_parsers(sub: Any) -> None:
                            description="Documentation of the step registry, generated from the step classes.")  # fmt: skip
     steps.add_argument("names", nargs="*", metavar="NAME", help="only these steps")
     steps.add_argument("--markdown", action="store_true", help="print docs/steps.md (all steps)")
+    steps.add_argument("--json", action="store_true", help="print the documentation as JSON")
     steps.set_defaults(func=steps_command)
 
     examples = sub.add_parser("examples", help="list the bundled example pipelines, or print one")
     examples.add_argument("name", nargs="?", metavar="NAME", help="print this example's YAML")
+    examples.add_argument(
+        "--json", action="store_true", help='list as JSON: {"examples": [{name, summary}]}'
+    )
     examples.set_defaults(func=examples_command)
 
     demo = sub.add_parser("demo-data", help="write synthetic detector frames for the examples",
@@ -48,6 +52,15 @@ def steps_command(args: argparse.Namespace) -> int:
         raise CliError(
             f"unknown step(s): {', '.join(unknown)} (`runwire steps` lists them)", EXIT_USAGE
         )
+    if args.json:
+        import dataclasses
+        import json
+
+        from pipeline.docs import step_docs
+
+        docs = [dataclasses.asdict(doc) for doc in step_docs(args.names or None)]
+        print(json.dumps({"steps": docs}, indent=2))
+        return 0
     sys.stdout.write(render_steps_text(args.names or None))
     return 0
 
@@ -57,8 +70,8 @@ def examples_command(args: argparse.Namespace) -> int:
 
     names = example_names()
     if args.name is None:
-        for name in names:
-            first = next(
+        summaries = {
+            name: next(
                 (
                     ln.lstrip("# ").strip()
                     for ln in example_text(name).splitlines()
@@ -66,6 +79,15 @@ def examples_command(args: argparse.Namespace) -> int:
                 ),
                 "",
             )
+            for name in names
+        }
+        if args.json:
+            import json
+
+            listed = [{"name": name, "summary": text} for name, text in summaries.items()]
+            print(json.dumps({"examples": listed}, indent=2))
+            return 0
+        for name, first in summaries.items():
             print(f"{name}\t{first}" if first else name)
         return 0
     if args.name not in names:

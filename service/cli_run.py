@@ -266,9 +266,15 @@ def make_observer(run_id: str, run_dir: Any, events_out: IO[bytes] | None, progr
             if result.status == "cancelled":
                 self.emit("run.cancelled", {"status": "cancelled", "elapsed_s": result.elapsed_s})
                 return
-            self.emit("run.finished", {"status": result.status, "elapsed_s": result.elapsed_s,
-                                       "dirty_steps": result.dirty_steps,
-                                       "skipped_steps": result.skipped_steps})  # fmt: skip
+            data: dict[str, Any] = {"status": result.status, "elapsed_s": result.elapsed_s,
+                                    "dirty_steps": result.dirty_steps,
+                                    "skipped_steps": result.skipped_steps}  # fmt: skip
+            if result.error is not None:
+                # As the service's run.finished does: what failed, without fetching the run.
+                data["error"] = {"code": result.error.code, "message": result.error.message,
+                                 "failed_step": result.error.failed_step,
+                                 "exception_type": result.error.exception_type}  # fmt: skip
+            self.emit("run.finished", data)
 
     return LocalEvents()
 

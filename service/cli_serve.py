@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 
 __all__ = ["add_parsers", "build_config", "is_loopback", "log_config", "run_serve"]
 
+_MAX_PORT = 65535
+
 # flag dest -> environment variable
 ENV_VARS = {
     "data_dir": "RUNWIRE_DATA_DIR",
@@ -72,7 +74,11 @@ def add_parsers(sub: Any) -> None:
         type=int,
         help="events kept in memory per session (RUNWIRE_REPLAY_SIZE, default 1000)",
     )
-    p.add_argument("--token", help="bearer token required by every endpoint but /v1/health")
+    p.add_argument(
+        "--token",
+        help="bearer token required by every endpoint but /v1/health (RUNWIRE_TOKEN); "
+        "needed to bind a non-loopback --host",
+    )
     p.add_argument(
         "--allowed-origins",
         help="comma-separated origins allowed for WebSocket/SSE (RUNWIRE_ALLOWED_ORIGINS)",
@@ -160,6 +166,8 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
     ):
         if (raw := _setting(args, env, dest)) is not None:
             values[dest] = _number(kind, dest, raw, minimum)
+    if values.get("port", 0) > _MAX_PORT:
+        raise CliError(f"--port must be at most {_MAX_PORT}, got {values['port']}", EXIT_USAGE)
     if (raw := _setting(args, env, "token")) is not None:
         values["token"] = str(raw)
     if (raw := _setting(args, env, "allowed_origins")) is not None:
@@ -198,6 +206,23 @@ def log_config(level: str) -> dict[str, Any]:
     }
 
 
+def _check_bind(config: Config) -> None:
+    """Try the address once before serving, so that a port in use or an unknown host name is
+    one clear line and exit 1, not a log record and uvicorn's own exit status. (The socket is
+    closed again at once; uvicorn binds its own.)"""
+    import socket
+
+    where = f"{config.host}:{config.port}"
+    try:
+        infos = socket.getaddrinfo(config.host, config.port, type=socket.SOCK_STREAM)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+            probe.bind(address)
+    except OSError as exc:
+        raise CliError(f"cannot bind {where}: {exc.strerror or exc}") from None
+
+
 def _check_data_dir(config: Config) -> None:
     """Open the store once before serving, so that an unusable data directory is one clear
     line and exit 1 rather than a traceback from the server's startup."""
@@ -214,6 +239,7 @@ def run_serve(args: argparse.Namespace) -> int:
     """`runwire serve`: run until SIGTERM/SIGINT, then shut down in order and return 0."""
     config = build_config(args, os.environ)
     level = str(_setting(args, os.environ, "log_level") or "info").lower()
+    _check_bind(config)
     _check_data_dir(config)
     from .server import serve
 

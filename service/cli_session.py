@@ -11,7 +11,16 @@ import argparse
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .cli_client import Handler, emit, group, key_value, leaf, path_seg, wait_for
+from .cli_client import (
+    Handler,
+    client_path,
+    emit,
+    group,
+    key_value,
+    leaf,
+    path_seg,
+    wait_for,
+)
 from .cli_errors import CliError
 
 if TYPE_CHECKING:
@@ -32,6 +41,8 @@ def _pipeline_body(args: argparse.Namespace) -> dict[str, str]:
                 return {"yaml_text": handle.read()}
         except OSError as exc:
             raise CliError(f"cannot read {args.pipeline}: {exc.strerror or exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise CliError(f"cannot read {args.pipeline}: not UTF-8 text ({exc.reason})") from exc
     if args.example is not None:
         import importlib
 
@@ -123,7 +134,9 @@ def _session_set_sample(args: argparse.Namespace, client: RunwireClient) -> int:
         body["type"] = args.type
     if args.option:
         body["options"] = dict(args.option)
-    answer = client.post(f"/sessions/{path_seg(args.session)}/sample", body)
+    key = args.idempotency_key if body["process"] else None
+    headers = {"Idempotency-Key": key} if key else None
+    answer = client.post(f"/sessions/{path_seg(args.session)}/sample", body, headers=headers)
     if isinstance(answer, dict) and "run_id" in answer:
         if args.wait:
             return wait_for(args, client, answer)
@@ -231,7 +244,7 @@ def add_session_parsers(subparsers: argparse._SubParsersAction) -> None:
         p = leaf(sub, f"set-{noun}", _set_ref(kind), f"Set (add or replace) one {noun}.")
         p.add_argument("session", metavar="SESSION")
         p.add_argument("ref", metavar="REF")
-        p.add_argument("location", metavar="LOCATION")
+        p.add_argument("location", metavar="LOCATION", type=client_path)
         p.add_argument("--type", default=default_type, help=f"default {default_type}")
         p.add_argument("--option", action="append", type=key_value, metavar="KEY=VALUE")
         p = leaf(sub, f"delete-{noun}", _delete_ref(kind), f"Delete one {noun}.")
@@ -240,11 +253,16 @@ def add_session_parsers(subparsers: argparse._SubParsersAction) -> None:
 
     p = leaf(sub, "set-sample", _session_set_sample, "Set the `sample` source (and process).")
     p.add_argument("session", metavar="SESSION")
-    p.add_argument("location", metavar="LOCATION")
+    p.add_argument("location", metavar="LOCATION", type=client_path)
     p.add_argument("--type", help="source type (server default: hdf5)")
     p.add_argument("--option", action="append", type=key_value, metavar="KEY=VALUE")
     p.add_argument("--process", action="store_true", help="also submit a run")
     p.add_argument("--wait", action="store_true", help="submit a run and wait for its end")
+    p.add_argument(
+        "--idempotency-key",
+        metavar="KEY",
+        help="with --process/--wait: a repeated submit with this key returns the first run",
+    )
 
     for name, handler, text in (
         ("process", _session_process, "Submit a run."),

@@ -38,11 +38,15 @@ STREAM_READ_TIMEOUT_S = 45.0
 
 
 def resolve_url(url: str | None) -> str:
-    """`--url`, else `RUNWIRE_URL`, else `DEFAULT_URL`; without a trailing slash."""
+    """`--url`, else `RUNWIRE_URL`, else `DEFAULT_URL`; without a trailing slash.
+
+    The server's root is meant, but a URL ending in the API's base path (`.../v1`, as the HTTP
+    docs show it) names the same server, so that suffix is dropped rather than doubled.
+    """
     chosen = url or os.environ.get("RUNWIRE_URL") or DEFAULT_URL
     if "://" not in chosen:
         chosen = "http://" + chosen
-    return chosen.rstrip("/")
+    return chosen.rstrip("/").removesuffix(API_PREFIX)
 
 
 def resolve_token(token: str | None) -> str | None:

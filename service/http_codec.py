@@ -13,6 +13,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
+from .errors import ServiceError
 from .problems import validation_problems
 
 __all__ = ["decode_body", "json_response"]
@@ -39,7 +40,14 @@ async def decode_body(request: Request, type_: type[T], *, empty_ok: bool = Fals
     Raises `ServiceError("INVALID_REQUEST")` with `errors: [{path, message}]`.
     """
     body = await request.body()
-    if not body.strip() and empty_ok:
+    if not body.strip():
+        if not empty_ok:
+            # msgspec would say "Input data was truncated", which reads like a network fault.
+            raise ServiceError(
+                "INVALID_REQUEST",
+                "a JSON request body is required",
+                errors=[{"path": "$", "message": "request body is empty"}],
+            )
         body = b"{}"
     try:
         return _decoder(type_).decode(body)

@@ -141,10 +141,11 @@ class BodyLimitMiddleware:
         body = b"".join(chunks)
         if not body.strip():
             return body
-        if not _is_json(headers.get("content-type")):
+        content_type = headers.get("content-type")
+        if not _is_json(content_type):
+            given = f"not {content_type!r}" if content_type else "but no Content-Type was sent"
             raise ServiceError(
-                "UNSUPPORTED_MEDIA_TYPE",
-                f"request bodies must be application/json, not {headers.get('content-type')!r}",
+                "UNSUPPORTED_MEDIA_TYPE", f"request bodies must be application/json, {given}"
             )
         check = partial(
             check_json_shape,

@@ -15,7 +15,7 @@ Sources of errors and what they become:
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable
 from contextlib import suppress
 from typing import Any
 
@@ -23,6 +23,7 @@ import msgspec
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, ExceptionHandler, Message, Receive, Scope, Send
 
 from .errors import ServiceError
@@ -97,7 +98,7 @@ def validation_problems(exc: msgspec.ValidationError | msgspec.DecodeError) -> S
     return ServiceError("INVALID_REQUEST", detail, errors=[{"path": path, "message": message}])
 
 
-def _http_exception_problem(exc: HTTPException) -> Response:
+def _http_exception_problem(exc: HTTPException, *, allow: str | None = None) -> Response:
     if exc.status_code == 405:
         # Not one of the contract's codes (the contract never lists 405), but still a problem.
         body: dict[str, Any] = {
@@ -107,7 +108,9 @@ def _http_exception_problem(exc: HTTPException) -> Response:
             "detail": "this method is not allowed on this resource",
             "code": "METHOD_NOT_ALLOWED",
         }
-        headers: Mapping[str, str] = exc.headers or {}
+        headers: dict[str, str] = dict(exc.headers or {})
+        if allow is not None:
+            headers["Allow"] = allow
         return Response(
             _encoder.encode(body), 405, media_type=PROBLEM_MEDIA_TYPE, headers=dict(headers)
         )
@@ -137,9 +140,31 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     return problem_response(validation_problems(exc))
 
 
+def _allowed_methods(routes: Iterable[BaseRoute], path: str) -> set[str]:
+    """Every method some route serves at `path` (Mounts followed by prefix).
+
+    Starlette's own 405 names only the first route whose path matched, but each of our routes
+    carries one method, so `DELETE /v1/sessions` would claim `Allow: POST` although `GET` works
+    too. RFC 9110 asks for the full set.
+    """
+    methods: set[str] = set()
+    for route in routes:
+        if isinstance(route, Mount):
+            prefix = route.path
+            if path == prefix or path.startswith(prefix + "/"):
+                methods |= _allowed_methods(route.routes, path[len(prefix) :] or "/")
+        elif isinstance(route, Route) and route.methods and route.path_regex.match(path):
+            methods |= route.methods
+    return methods
+
+
 async def _http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    return _http_exception_problem(exc)
+    allow = None
+    if exc.status_code == 405:
+        methods = _allowed_methods(request.app.router.routes, request.scope["path"])
+        allow = ", ".join(sorted(methods)) if methods else None
+    return _http_exception_problem(exc, allow=allow)
 
 
 class InternalErrorMiddleware:

@@ -211,12 +211,14 @@ _SUBMIT_ERRORS = ("SESSION_NOT_FOUND", "MISSING_SOURCES", "QUEUE_FULL", "SERVICE
     response=SessionRecord,
     alt_responses=((202, SubmitResult),),
     errors=(*_SUBMIT_ERRORS, "FORBIDDEN"),
+    params=(_IDEMPOTENCY,),
     path_descriptions=_SID,
 )
 async def set_sample(request: Request) -> Response:
     """Set source `sample`: 200 with the session, or with `process: true` 202 with the run."""
     body = await decode_body(request, SampleRequest)
-    record, result = await _runtime(request).set_sample(_sid(request), body)
+    key = _idempotency_key(request) if body.process else None
+    record, result = await _runtime(request).set_sample(_sid(request), body, idempotency_key=key)
     if result is not None:
         return submitted(result)
     return _session_response(record)

@@ -178,18 +178,24 @@ class Runtime:
         return await change(self._sched, self.config, sid, "sink", {}, remove=ref)
 
     async def set_sample(
-        self, sid: str, req: SampleRequest
+        self, sid: str, req: SampleRequest, *, idempotency_key: str | None = None
     ) -> tuple[SessionRecord, SubmitResult | None]:
         """Set source `sample`; with `process`, also submit a run that treats it as changed.
 
         With `process` the new sample and the run are committed together (one commit on the
-        path from a new frame to its result), and nothing changes if the run is refused.
+        path from a new frame to its result), and nothing changes if the run is refused. A
+        repeated `idempotency_key` (with `process`) changes nothing and returns the first run,
+        as `submit` does: an instrument that re-sends after a lost answer queues one run.
         """
         sample = SourceRecord(type=req.type, location=req.location, options=dict(req.options))
         if not req.process:
             return await change(self._sched, self.config, sid, "source", {"sample": sample}), None
         self._check_accepting()
         entry = self._entry(sid)
+        if idempotency_key is not None:
+            first = await self._sched.io(self.store.idempotent_run, sid, idempotency_key)
+            if first is not None:
+                return snapshot(entry.record), await self._existing(sid, first)
         self._check_required(entry, extra=("sample",))
         # One pass validates the new sample and every other source the run will read.
         checked = await self._sched.io(
@@ -197,6 +203,11 @@ class Runtime:
         )
         async with entry.lock:
             entry = self._entry(sid)
+            if idempotency_key is not None:
+                # Checked again under the lock: two racing re-sends must not both enqueue.
+                first = await self._sched.io(self.store.idempotent_run, sid, idempotency_key)
+                if first is not None:
+                    return snapshot(entry.record), await self._existing(sid, first)
             before = entry.record.sources
             after = {**before, "sample": checked["sample"]}
             changed = [] if before.get("sample") == after["sample"] else ["sample"]
@@ -210,6 +221,7 @@ class Runtime:
                     changed_sources=("sample",),
                     request={"mode": "auto", "changed_sources": ["sample"]},
                     announce=((ev.SOURCES_CHANGED, data),),
+                    idempotency_key=idempotency_key,
                 )
             except BaseException:
                 entry.record.sources = before
@@ -232,6 +244,18 @@ class Runtime:
                 errors=[{"path": f"$.sources.{ref}", "message": "required"} for ref in missing],
             )
 
+    def _check_changed_sources(self, entry: SessionEntry, req: ProcessRequest) -> None:
+        known = set(entry.spec.sources) | set(entry.record.sources)
+        unknown = [ref for ref in req.changed_sources if ref not in known]
+        if unknown:
+            raise ServiceError(
+                "INVALID_REQUEST",
+                f"changed_sources names unknown refs: {', '.join(unknown)}",
+                errors=[
+                    {"path": "$.changed_sources", "message": f"unknown ref {r!r}"} for r in unknown
+                ],
+            )
+
     async def _existing(self, sid: str, run_id: str) -> SubmitResult:
         record = await self.get_run(run_id)
         return SubmitResult(
@@ -250,16 +274,7 @@ class Runtime:
             if first is not None:
                 return await self._existing(sid, first)
         self._check_required(entry)
-        known = set(entry.spec.sources) | set(entry.record.sources)
-        unknown = [ref for ref in req.changed_sources if ref not in known]
-        if unknown:
-            raise ServiceError(
-                "INVALID_REQUEST",
-                f"changed_sources names unknown refs: {', '.join(unknown)}",
-                errors=[
-                    {"path": "$.changed_sources", "message": f"unknown ref {r!r}"} for r in unknown
-                ],
-            )
+        self._check_changed_sources(entry, req)
         # Files may have gone since the sources were set: refuse now rather than fail the run.
         await self._sched.io(validate_sources, entry.record.sources, self.config.read_roots)
         async with entry.lock:
@@ -306,8 +321,23 @@ class Runtime:
         )
 
     async def dry_run(self, sid: str, req: ProcessRequest) -> DryRunResult:
-        """What a run would do now: effective mode, dirty steps with reasons; runs nothing."""
-        return await inspection.dry_run(self._entry(sid), req)
+        """What a run would do now: effective mode, dirty steps with reasons; runs nothing.
+
+        The body is checked as `submit` checks it (an unknown `changed_sources` ref is 422 for
+        both), and `can_process` is false, with a warning, when a source file can no longer be
+        read: a dry run never approves a request that `process` would refuse.
+        """
+        entry = self._entry(sid)
+        self._check_changed_sources(entry, req)
+        plan = await inspection.dry_run(entry, req)
+        try:
+            # `submit` refuses a source file that went away or left the read roots; the plan
+            # reports it instead of failing, so a client sees every reason at once.
+            await self._sched.io(validate_sources, entry.record.sources, self.config.read_roots)
+        except ServiceError as exc:
+            plan.warnings.append(exc.detail)
+            plan.can_process = False
+        return plan
 
     async def reset(self, sid: str, mode: str) -> SessionRecord:
         """`partial`: clear the error state; `full`: also drop the incremental cache."""

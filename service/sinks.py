@@ -9,8 +9,8 @@ Runs in the run's worker thread (h5py and file I/O).
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 from pathlib import Path
@@ -47,9 +47,26 @@ def _target(location: str, session_id: str, run_id: str, ext: str) -> Path:
     return path / f"{session_id}_{run_id}.{ext}" if path.is_dir() else path
 
 
+def _temp_beside(target: Path) -> str:
+    """A new empty file next to `target`, with the permissions of any file created here.
+
+    Not `tempfile.mkstemp`: its files are 0600, which the rename would hand on to the delivered
+    file, so colleagues (other accounts of the beamline group) could not read the results. Here
+    the process umask decides, as for any file a program writes.
+    """
+    for _ in range(100):
+        tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return str(tmp)
+    raise FileExistsError(f"no free temporary name next to {target}")
+
+
 def _write_atomic(target: Path, write: Callable[[Path], None]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
+    tmp = _temp_beside(target)
     try:
         write(Path(tmp))
         os.replace(tmp, target)

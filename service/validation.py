@@ -3,7 +3,8 @@
 Everything here is synchronous (it touches the file system or parses YAML) and is called by the
 runtime from its I/O thread, never on the event loop. Each check raises a `ServiceError` with the
 contract's code: FORBIDDEN (403) for a location outside the configured roots, INVALID_REQUEST
-(422) for an unreadable file, PIPELINE_INVALID (422) with every problem of a pipeline file.
+(422) for an unreadable file, PIPELINE_INVALID (422) with every problem of a pipeline file,
+PAYLOAD_TOO_LARGE (413) for a pipeline file over 1 MiB.
 """
 
 from __future__ import annotations
@@ -71,7 +72,9 @@ def load_pipeline(pipeline: PipelineInput, read_roots: Iterable[Path]) -> tuple[
         path = confine(pipeline.path, read_roots, what="pipeline path")
         check_readable(path, what="pipeline")
         if path.stat().st_size > MAX_PIPELINE_BYTES:
-            raise ServiceError("INVALID_REQUEST", f"pipeline file {path} is larger than 1 MiB")
+            # The contract's 1 MiB limit covers pipeline YAML however it arrives: a file named
+            # by `path` gets the same 413 as inline `yaml_text` in an over-long body.
+            raise ServiceError("PAYLOAD_TOO_LARGE", f"pipeline file {path} is larger than 1 MiB")
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as exc:

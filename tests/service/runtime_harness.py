@@ -6,18 +6,23 @@ Tests synchronise on events (`Recorder.wait_for`), never on sleeps.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import anyio
 import anyio.to_thread
 import msgspec
+import pytest
 import yaml
 
 from service.config import Config
+from service.errors import ServiceError
 from service.models import CreateSessionRequest, PipelineInput, ProcessRequest
+from service.records import RunRecord
 from service.runtime import Runtime
 from service.store import SessionStore
 from streaming.broker import Broker
@@ -141,3 +146,40 @@ def create_request(sid: str, text: str, **kw: Any) -> CreateSessionRequest:
 
 def process(**kw: Any) -> ProcessRequest:
     return msgspec.convert(kw, ProcessRequest)
+
+
+LONG = sleep_step(seconds=60, ticks=600)
+JSON_PIPELINE = pipeline_text(
+    {
+        "id": "read",
+        "use": "json.read",
+        "params": {"source": "cfg"},
+        "outputs": {"value": "cfg.value"},
+    },
+    {
+        "id": "use",
+        "use": "diag.noop",
+        "inputs": {"value": "cfg.value"},
+        "outputs": {"value": "out"},
+    },
+    sources={"cfg": {"required": True}},
+)
+
+
+def json_source(tmp_path: Path, value: object = 1, name: str = "cfg.json") -> Path:
+    """A JSON source file `{"value": value}` under `tmp_path`."""
+    path = tmp_path / name
+    path.write_text(json.dumps({"value": value}))
+    return path
+
+
+async def wait_finished(h: Harness, run_id: str) -> RunRecord:
+    """The run record once the run's terminal event has been published."""
+    await h.recorder.wait_terminal(run_id)
+    return await h.runtime.get_run(run_id)
+
+
+def expect_problem(exc: pytest.ExceptionInfo[ServiceError], code: str) -> ServiceError:
+    """Assert a raised `ServiceError` has `code`; return it."""
+    assert exc.value.code == code, exc.value.detail
+    return exc.value
