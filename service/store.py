@@ -18,6 +18,7 @@ operator decides. Errors during later calls (disk full, I/O) are raised as `Stor
 
 from __future__ import annotations
 
+import secrets
 import sqlite3
 import threading
 import time
@@ -127,7 +128,9 @@ class SessionStore:
             row = conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
             if row is not None:
                 return str(row[0])
-            epoch = str(int(time.time()))
+            # Seconds plus six random digits: two data directories made in the same second
+            # (tests, a fleet provisioned at once) must not hand out look-alike event ids.
+            epoch = f"{int(time.time())}{secrets.randbelow(10**6):06d}"
             conn.execute("INSERT INTO meta (key, value) VALUES ('epoch', ?)", (epoch,))
             conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('seq_reserved', '0')")
             conn.execute(

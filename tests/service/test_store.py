@@ -138,6 +138,8 @@ def test_epoch_made_once_and_seq_never_goes_back(tmp_path: Path) -> None:
         assert store.seq_floor() == 100_001
     with SessionStore(tmp_path / "other" / "runwire.sqlite3") as other:
         assert other.seq_floor() == 1
+        # a new data directory is a new history, even when made in the same second
+        assert other.epoch != epoch
 
 
 def test_transaction_groups_saves_and_rolls_back_on_error(store: SessionStore) -> None:
