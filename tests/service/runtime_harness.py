@@ -27,6 +27,7 @@ from service.runtime import Runtime
 from service.store import SessionStore
 from streaming.broker import Broker
 from streaming.envelope import TERMINAL_RUN_TYPES, Envelope, Event
+from streaming.subscription import Subscription
 
 WAIT_S = 20.0  # generous: a 2-core machine shared with other test runs
 
@@ -38,8 +39,7 @@ class Recorder:
     events: list[Envelope] = field(default_factory=list)
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
 
-    async def pump(self, broker: Broker) -> None:
-        sub = await broker.subscribe(queue_size=100_000)
+    async def pump(self, sub: Subscription) -> None:
         while True:
             batch = await sub.get_batch()
             if not batch:
@@ -108,8 +108,8 @@ async def running(config: Config, *, grace: float = 5.0) -> AsyncIterator[Harnes
     )
     await broker.start()
     recorder = Recorder()
-    pump = asyncio.create_task(recorder.pump(broker))
-    await asyncio.sleep(0)  # let the recorder subscribe before anything is published
+    # Subscribed before the runtime starts, so the recorder sees every event it publishes.
+    pump = asyncio.create_task(recorder.pump(await broker.subscribe(queue_size=100_000)))
     runtime = Runtime(config, store, broker)
     try:
         await runtime.start()
