@@ -14,6 +14,7 @@ import argparse
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from types import FrameType
 from typing import IO, TYPE_CHECKING, Any
@@ -52,7 +53,11 @@ def add_parsers(sub: Any) -> None:
         metavar="DIR",
         help="where the run directory is created (default ./runwire-runs)",
     )
-    p.add_argument("--dry-run", action="store_true", help="print the plan as JSON; run nothing")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan as JSON; run nothing (exit 1 if it could not run)",
+    )
     p.add_argument(
         "--events", metavar="FILE|-", help="also write the events as NDJSON (- = stdout)"
     )
@@ -180,14 +185,50 @@ def parse_sources(items: list[str], spec: PipelineSpec) -> dict[str, SourceSpec]
 
 
 class Progress:
-    """Progress on stderr: a one-line bar on a terminal, plain lines otherwise."""
+    """Progress on stderr: a one-line bar on a terminal, plain lines otherwise.
 
-    def __init__(self, stream: IO[str], total: int) -> None:
+    On a terminal the bar also moves while a long step runs: its start and its progress
+    reports (`fraction`, `message`) redraw the line, at most every `redraw_s` seconds so that
+    a step reporting thousands of times a second does not spend its time on the terminal.
+    Plain output has one line per finished step only (a log, not an animation).
+    """
+
+    def __init__(self, stream: IO[str], total: int, *, redraw_s: float = 0.1) -> None:
         self.stream = stream
         self.tty = stream.isatty()
         self.total = max(total, 1)
         self.done = 0
+        self.redraw_s = redraw_s
+        self._last_draw = 0.0
         self.lock = threading.Lock()
+
+    def _draw(self, units: float, label: str) -> None:
+        width = 30
+        filled = int(width * min(units, self.total) / self.total)
+        bar = "#" * filled + "-" * (width - filled)
+        self.stream.write(f"\r[{bar}] {self.done}/{self.total} {label[:40]:<40}")
+
+    def step_started(self, step_id: str, leaf: bool) -> None:
+        if self.tty and leaf:
+            with self.lock:
+                self._draw(self.done, step_id)
+                self.stream.flush()
+                self._last_draw = time.monotonic()
+
+    def step_progress(self, step_id: str, fraction: float | None, message: str | None) -> None:
+        if not self.tty:
+            return
+        now = time.monotonic()
+        if now - self._last_draw < self.redraw_s:
+            return  # throttled: the next report or the step's end redraws
+        with self.lock:
+            self._last_draw = now
+            share = min(max(fraction, 0.0), 1.0) if fraction is not None else 0.0
+            label = step_id + (f" {share:.0%}" if fraction is not None else "")
+            if message:
+                label += f" {message}"
+            self._draw(self.done + share, label)
+            self.stream.flush()
 
     def step_finished(
         self, step_id: str, status: str, duration_s: float, error: str | None, leaf: bool
@@ -196,10 +237,7 @@ class Progress:
             if leaf:
                 self.done += 1
             if self.tty:
-                width = 30
-                filled = int(width * self.done / self.total)
-                bar = "#" * filled + "-" * (width - filled)
-                self.stream.write(f"\r[{bar}] {self.done}/{self.total} {step_id[:40]:<40}")
+                self._draw(self.done, step_id)
                 if error is not None:
                     self.stream.write(f"\n{step_id}: {status}: {error}\n")
             else:
@@ -242,6 +280,7 @@ def make_observer(run_id: str, run_dir: Any, events_out: IO[bytes] | None, progr
 
         def on_step_started(self, step_id: str) -> None:
             self.emit("step.started", {"step": step_id})
+            progress.step_started(step_id, step_id in leaf_ids)
 
         def on_step_progress(
             self, step_id: str, fraction: float | None, message: str | None
@@ -252,6 +291,7 @@ def make_observer(run_id: str, run_dir: Any, events_out: IO[bytes] | None, progr
             if message is not None:
                 data["message"] = message
             self.emit("step.progress", data)
+            progress.step_progress(step_id, fraction, message)
 
         def on_step_finished(
             self, step_id: str, status: str, duration_s: float, error: str | None
@@ -332,6 +372,7 @@ def run_command(args: argparse.Namespace) -> int:
 
     from pipeline.cancel import CancelToken
     from pipeline.composite import leaves
+    from pipeline.exitcodes import ExitCode
     from pipeline.rundir import RunDirectory, new_run_id
     from pipeline.runner import ProcessingRunner
 
@@ -342,7 +383,9 @@ def run_command(args: argparse.Namespace) -> int:
         runner = ProcessingRunner(spec)
         result = runner.run(sources, mode="full", dry_run=True)
         print(json.dumps(result.plan.as_dict(), indent=2))
-        return 0
+        # The plan is printed either way; the status says whether the run could go ahead, as
+        # the real run's would (1: a required source is missing), so scripts can check it.
+        return 0 if result.plan.can_process else int(ExitCode.MISSING_REQUIREMENT)
     missing = [ref for ref, required in spec.sources.items() if required and ref not in sources]
     if missing:
         raise CliError(
@@ -380,20 +423,23 @@ def run_command(args: argparse.Namespace) -> int:
     def on_sigint(signum: int, frame: FrameType | None) -> None:
         if interrupted:  # a second Ctrl-C: stop waiting for the running step
             raise KeyboardInterrupt
-        interrupted.append("SIGINT")
+        interrupted.append(signal.Signals(signum).name)
         cancel.cancel()
 
+    # SIGTERM too (a batch system or `timeout` ending the job): the run is cancelled the same
+    # way, so its directory still gets a summary saying so, instead of the process vanishing.
+    handled = (signal.SIGINT, signal.SIGTERM)
     previous = (
-        signal.signal(signal.SIGINT, on_sigint)
+        {sig: signal.signal(sig, on_sigint) for sig in handled}
         if threading.current_thread() is threading.main_thread()
-        else None
+        else {}
     )
     try:
         runner = ProcessingRunner(spec, observers=(observer,), artifacts_dir=run_dir.artifacts_dir)
         result = runner.run(sources, mode="full", cancel=cancel)
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         progress.end()
         if events_out is not None and events_out is not sys.stdout.buffer:
             events_out.close()

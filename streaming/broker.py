@@ -16,7 +16,16 @@ Resume (`Subscription.add`) is atomic on the loop: history is read first (in a w
 up to the seq `top` the loop had delivered when the read began), then, without an await, the
 subscription is registered and the in-memory buffers snapshotted and merged by seq with that
 history. Events published during the history read are in the buffers; events published after
-the registration arrive live; none is lost or sent twice.
+the registration arrive live; none is lost or sent twice. Sessions a subscription already
+receives live are left out of a later resume's replay (it has had those events already).
+
+Memory. Each session's replay buffer holds at most `replay_size` events, and at most
+`max_session_buffers` buffers exist: a session's buffer is dropped when its `session.deleted`
+event has been delivered, and when a new session would exceed the cap the buffer whose newest
+event is oldest goes. A resume that needs a dropped buffer's events reads them from the
+history (or, without one, gets a `stream.gap`): the highest seq each dropped buffer held is
+remembered (for the last `max_session_buffers * 8` dropped sessions; beyond that one
+broker-wide high-water mark stands in for them).
 """
 
 from __future__ import annotations
@@ -33,7 +42,7 @@ from typing import Any
 
 import anyio.to_thread
 
-from streaming.envelope import RUN_QUEUED, Event, parse_since
+from streaming.envelope import RUN_QUEUED, SESSION_DELETED, Event, parse_since
 from streaming.errors import BrokerClosed, BrokerNotStarted
 from streaming.replay import HistorySource, ReplayBuffer, make_gap_event, read_history
 from streaming.subscription import CloseReason, ReplayInfo, Subscription
@@ -52,7 +61,8 @@ class Broker:
     service can persist a high-water mark and restart above it; blocks are `seq_block` long.
     `replay_limit` bounds one replay (older events are announced by a `stream.gap`).
     `on_overflow(subscription)` is called on the loop when a subscriber is cut off for being
-    too slow (metrics, benchmarks); `overflow_count` counts those.
+    too slow (metrics, benchmarks); `overflow_count` counts those. `max_session_buffers`
+    bounds how many per-session replay buffers exist (see the module docstring).
     """
 
     def __init__(
@@ -68,9 +78,12 @@ class Broker:
         stamp_timeout: float = 5.0,
         replay_limit: int = 100_000,
         on_overflow: Callable[[Subscription], None] | None = None,
+        max_session_buffers: int = 256,
     ) -> None:
-        if start_seq < 1 or seq_block < 1 or replay_size < 1:
-            raise ValueError("start_seq, seq_block and replay_size must be >= 1")
+        if start_seq < 1 or seq_block < 1 or replay_size < 1 or max_session_buffers < 1:
+            raise ValueError(
+                "start_seq, seq_block, replay_size and max_session_buffers must be >= 1"
+            )
         self.epoch = epoch
         self.replay_size = replay_size
         self.subscriber_queue_size = subscriber_queue_size
@@ -99,6 +112,13 @@ class Broker:
         self._held: list[tuple[int, Event]] = []  # heap: published, waiting for a lower seq
         self._retry: asyncio.TimerHandle | None = None
         self._buffers: dict[str, ReplayBuffer] = {}
+        self.max_session_buffers = max_session_buffers
+        # Dropped buffers: session -> the highest seq its buffer held (bounded, oldest drop
+        # forgotten first, its seq then folded into `_dropped_floor`, which stands in for
+        # every forgotten session).
+        self._dropped: OrderedDict[str, int] = OrderedDict()
+        self._dropped_limit = max_session_buffers * 8
+        self._dropped_floor = self._floor
         self._evicted_max = self._floor
         self._subs: set[Subscription] = set()
         self._by_session: dict[str, set[Subscription]] = {}
@@ -258,7 +278,7 @@ class Broker:
         sid = event.session_id
         buf = self._buffers.get(sid)
         if buf is None:
-            buf = self._buffers[sid] = ReplayBuffer(self.replay_size, evicted_upto=self._floor)
+            buf = self._new_buffer(sid)
         buf.append(event)
         if buf.evicted_upto > self._evicted_max:
             self._evicted_max = buf.evicted_upto
@@ -277,6 +297,40 @@ class Broker:
             if subs:
                 for sub in subs:
                     sub.deliver(event)
+        if event.type == SESSION_DELETED:
+            self._drop_buffer(sid)  # the session is gone: its history is on disk
+
+    def _new_buffer(self, sid: str) -> ReplayBuffer:
+        """A buffer for `sid`, evicting the stalest buffer beyond `max_session_buffers`."""
+        if len(self._buffers) >= self.max_session_buffers:
+            # Rare (a new session at the cap): a linear scan beats bookkeeping per event.
+            stalest = min(self._buffers.items(), key=lambda item: item[1].newest_seq or 0)[0]
+            self._drop_buffer(stalest)
+        lost = self._dropped.pop(sid, self._dropped_floor)
+        buf = self._buffers[sid] = ReplayBuffer(
+            self.replay_size, evicted_upto=max(self._floor, lost)
+        )
+        return buf
+
+    def _drop_buffer(self, sid: str) -> None:
+        """Forget `sid`'s replay buffer, remembering the highest seq it held (see
+        `_floor_for`): a resume into that range goes to the history or gets a gap."""
+        buf = self._buffers.pop(sid, None)
+        if buf is None:
+            return
+        held = max(buf.newest_seq or 0, buf.evicted_upto)
+        self._dropped[sid] = held
+        self._dropped.move_to_end(sid)
+        if len(self._dropped) > self._dropped_limit:
+            _, seq = self._dropped.popitem(last=False)
+            self._dropped_floor = max(self._dropped_floor, seq)
+        if held > self._evicted_max:
+            self._evicted_max = held
+
+    @property
+    def session_buffer_count(self) -> int:
+        """How many per-session replay buffers are held (at most `max_session_buffers`)."""
+        return len(self._buffers)
 
     # -- subscriptions (loop) ---------------------------------------------------------------
 
@@ -335,8 +389,12 @@ class Broker:
         floor = self._floor
         for sid in sessions:
             buf = self._buffers.get(sid)
-            if buf is not None and buf.evicted_upto > floor:
-                floor = buf.evicted_upto
+            lost = (
+                buf.evicted_upto if buf is not None
+                else self._dropped.get(sid, self._dropped_floor)
+            )  # fmt: skip
+            if lost > floor:
+                floor = lost
         return floor
 
     async def _replay(
@@ -345,9 +403,12 @@ class Broker:
         run_id: str | None,
         target: tuple[str | None, int],
         register: Callable[[], None],
+        exclude: Collection[str] = (),
     ) -> tuple[list[Event], Event | None]:
         """Everything retained after `target` (plus a `stream.gap` event when something is
-        missing), computed atomically with `register()`; see the module docstring."""
+        missing), computed atomically with `register()`; see the module docstring.
+        Events of the sessions in `exclude` are left out (with `sessions` None: "every other
+        session")."""
         epoch, seq = target
         gap = epoch is not None and (epoch != self.epoch or seq > self._top)
         after = 0 if gap else seq
@@ -379,6 +440,8 @@ class Broker:
         # After a gap, only what is complete: every matching event above `cut` (a session
         # whose buffer reaches further back would otherwise hide another's hole).
         events = [merged[s] for s in sorted(merged) if s > cut]
+        if exclude:
+            events = [e for e in events if e.session_id not in exclude]
         if len(events) > self.replay_limit:
             events = events[-self.replay_limit :]
             gap = True

@@ -6,12 +6,15 @@ from these same Structs, so the description cannot drift from what the server ac
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
 RequestId = str | int | None  # chosen by the client, echoed in the reply
-Sessions = list[str] | Literal["*"]
+# A session id as the contract defines it (section 4): a malformed one in `subscribe` is an
+# INVALID_REQUEST error reply, not a silent subscription to a session that can never exist.
+SessionId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+Sessions = list[SessionId] | Literal["*"]
 Mode = Literal["auto", "partial", "full"]
 
 

@@ -212,6 +212,9 @@ class Subscription:
     ) -> ReplayInfo:
         """Also receive `sessions` (None: all), replaying what is retained after `since`.
 
+        Only sessions not subscribed before are replayed: the others were delivered live
+        already, so a repeated `subscribe` with `since` never repeats an event.
+
         `before_replay(info)` runs synchronously after registration and before the replay is
         queued (the WebSocket queues its reply there, so the reply precedes the replay).
         Raises `InvalidEventId` (nothing subscribed) for a malformed `since`.
@@ -238,7 +241,20 @@ class Subscription:
         if target is None:
             register()
             return self._queued([], None, before_replay)
-        events, gap = await broker._replay(wanted, None, target, register)
+        # Sessions already subscribed have been delivered live all along: replaying them
+        # again would repeat events (the contract: no duplicates). Replay only the new ones.
+        current = self._sessions
+        exclude: Collection[str] = ()
+        if current is None:
+            replay_for: list[str] | None = []  # already every session: nothing to replay
+        elif wanted is None:
+            replay_for, exclude = None, frozenset(current)
+        else:
+            replay_for = [s for s in wanted if s not in current]
+        if replay_for == []:
+            register()
+            return self._queued([], None, before_replay)
+        events, gap = await broker._replay(replay_for, None, target, register, exclude)
         return self._queued(events, gap, before_replay)
 
     async def add_run(

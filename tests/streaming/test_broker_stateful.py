@@ -1,5 +1,6 @@
 """Stateful property test of the broker core (no sockets): random publishes (in and out of seq
-order), subscribes, consumes, disconnects, resumes and evictions.
+order), subscribes, consumes, disconnects, resumes, evictions of events and of whole session
+buffers (capped count, dropped on `session.deleted`).
 
 Invariants, per logical client (a chain of connections, each resuming from the last id the
 previous one received): events in strictly increasing seq order, no duplicates, only matching
@@ -18,7 +19,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from streaming.broker import Broker
-from streaming.envelope import STREAM_GAP, Event, parse_id
+from streaming.envelope import SESSION_DELETED, STREAM_GAP, Event, parse_id
 from streaming.subscription import Subscription
 
 SESSIONS = ("a", "b", "c")
@@ -74,12 +75,17 @@ class BrokerMachine(RuleBasedStateMachine):
         for _ in range(3):
             self.run(asyncio.sleep(0))
 
-    @initialize(with_history=st.booleans(), replay_size=st.integers(1, 4))
-    def start(self, with_history: bool, replay_size: int) -> None:
+    @initialize(
+        with_history=st.booleans(), replay_size=st.integers(1, 4), buffers=st.integers(1, 4)
+    )
+    def start(self, with_history: bool, replay_size: int, buffers: int) -> None:
         self.history = ListHistory() if with_history else None
+        # Fewer buffers than sessions: whole sessions' buffers get evicted (and dropped on
+        # session.deleted) and resumes must still be complete or announce a gap.
         self.broker = Broker(
-            epoch="E", replay_size=replay_size, subscriber_queue_size=3, history=self.history
-        )
+            epoch="E", replay_size=replay_size, subscriber_queue_size=3, history=self.history,
+            max_session_buffers=buffers,
+        )  # fmt: skip
         self.run(self.broker.start())
 
     def _published(self, event: Event) -> None:
@@ -91,6 +97,12 @@ class BrokerMachine(RuleBasedStateMachine):
     def emit(self, session: str) -> None:
         self._published(self.broker.emit("step.progress", session, {"n": len(self.published)}))
         self.settle()
+
+    @rule(session=st.sampled_from(SESSIONS))
+    def delete_session(self, session: str) -> None:
+        self._published(self.broker.emit(SESSION_DELETED, session, {}))
+        self.settle()
+        assert self.broker.session_buffer_count <= self.broker.max_session_buffers
 
     @rule(s1=st.sampled_from(SESSIONS), s2=st.sampled_from(SESSIONS))
     def publish_out_of_order(self, s1: str, s2: str) -> None:
