@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,22 +14,50 @@ import msgspec
 _encoder = msgspec.json.Encoder()
 
 
+def temp_path_beside(target: Path) -> Path:
+    """A new, empty, uniquely named file next to `target` (same directory, so a rename is atomic).
+
+    Not `tempfile.mkstemp`: its files are 0600, which the rename would hand on to the final file,
+    so colleagues (other accounts of the beamline group) could not read summaries, artifacts or
+    delivered results. Here the process umask decides, as for any file a program writes.
+    """
+    for _ in range(100):
+        tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(f"no free temporary name next to {target}")
+
+
+def replace_atomically(target: str | Path, write: Callable[[Path], None]) -> None:
+    """Call `write(temp_path)`, then rename the temp file onto `target`; on any failure the temp
+    file is removed and `target` is left as it was. A reader never sees half a file."""
+    target = Path(target)
+    tmp = temp_path_beside(target)
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     """Write `data` to a temp file in the same directory, fsync it, rename it over `path`, and
     fsync the directory so that the rename itself survives a power loss."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
+
+    replace_atomically(path, write)
+    fsync_dir(Path(path).parent)
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:

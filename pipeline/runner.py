@@ -403,6 +403,7 @@ class ProcessingRunner:
             ctx = StepContext(step_id, run.sources, run.cancel, report, log, self.artifacts_dir)
         else:
             ctx = StepContext(step_id, run.sources, run.cancel, _no_report, log, self.artifacts_dir)
+        run.ran.append(step_id)  # executed, whatever its outcome: a failed step was dirty too
         try:
             out = leaf.step.compute(inputs, ctx)
         except CancelledError:
@@ -443,7 +444,6 @@ class ProcessingRunner:
                 changed=bool(run.changed_sources) and any(r in run.changed_sources for r in leaf.source_refs),
                 wrote_artifacts=ctx.wrote_artifacts, artifacts_dir=self._artifacts_key,
             )  # fmt: skip
-        run.ran.append(step_id)
         t1 = perf_counter_ns()
         duration = (t1 - t0) / 1e9
         offset = run.wall_offset_ns

@@ -30,7 +30,7 @@ class RunResult:
     exit_code: ExitCode
     plan: Plan
     effective_mode: str
-    dirty_steps: list[str]  # leaf steps actually executed
+    dirty_steps: list[str]  # leaf steps actually executed (failed ones included)
     skipped_steps: list[str]  # leaf steps whose cached (or absent-source) results were reused
     step_states: dict[str, CompletedState]  # full dotted id -> state (nested pipelines too)
     step_durations_s: dict[str, float]

@@ -8,15 +8,15 @@ Runs in the run's worker thread (h5py and file I/O).
 
 from __future__ import annotations
 
-import os
-import secrets
 import shutil
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from functools import partial
 from pathlib import Path
 
 import h5py
 import numpy as np
+
+from pipeline.atomic import replace_atomically
 
 from .records import SourceRecord
 from .validation import confine
@@ -45,34 +45,6 @@ def find_nxcansas(artifacts_dir: Path, artifacts: Iterable[str]) -> Path | None:
 def _target(location: str, session_id: str, run_id: str, ext: str) -> Path:
     path = Path(location)
     return path / f"{session_id}_{run_id}.{ext}" if path.is_dir() else path
-
-
-def _temp_beside(target: Path) -> str:
-    """A new empty file next to `target`, with the permissions of any file created here.
-
-    Not `tempfile.mkstemp`: its files are 0600, which the rename would hand on to the delivered
-    file, so colleagues (other accounts of the beamline group) could not read the results. Here
-    the process umask decides, as for any file a program writes.
-    """
-    for _ in range(100):
-        tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        except FileExistsError:
-            continue
-        os.close(fd)
-        return str(tmp)
-    raise FileExistsError(f"no free temporary name next to {target}")
-
-
-def _write_atomic(target: Path, write: Callable[[Path], None]) -> None:
-    tmp = _temp_beside(target)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_csv(source: Path, tmp: Path) -> None:
@@ -108,9 +80,9 @@ def write_sinks(
             # Confined again at write time: a symlink may have changed since the sink was set.
             confine(target, roots, what=f"sink {ref!r}")
             if sink.type == "csv":
-                _write_atomic(target, partial(write_csv, source))
+                replace_atomically(target, partial(write_csv, source))
             else:
-                _write_atomic(target, partial(shutil.copyfile, source))
+                replace_atomically(target, partial(shutil.copyfile, source))
         except SinkError:
             raise
         except Exception as exc:

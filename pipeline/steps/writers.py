@@ -7,8 +7,7 @@ artifacts directory.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any
 
@@ -16,6 +15,7 @@ import msgspec
 import numpy as np
 
 from .. import hdf5io
+from ..atomic import replace_atomically
 from ..errors import StepFailure
 from ..step import Step, StepContext, register
 from ..uarray import Curve
@@ -30,17 +30,6 @@ def _target(ctx: StepContext, filename: str) -> tuple[Path, str]:
     path = Path(ctx.artifacts_dir, *rel.parts)
     path.parent.mkdir(parents=True, exist_ok=True)
     return path, rel.as_posix()
-
-
-def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """Call `write(temp_path)` then rename the temp file onto `path` (removing it on failure)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _curve(inputs: Mapping[str, Any]) -> Curve:
@@ -69,7 +58,7 @@ class WriteNXcanSAS(Step):
         assert isinstance(p, WriteNXcanSAS.Params)
         curve = _curve(inputs)
         path, rel = _target(ctx, p.filename)
-        write_atomically(
+        replace_atomically(
             path,
             lambda tmp: hdf5io.write_nxcansas(
                 tmp, curve.q, curve.i, curve.idev, title=p.title, run=ctx.step_id
@@ -108,5 +97,5 @@ class WriteCSV(Step):
                 fmt=["%.10g", "%.10g", "%.10g", "%d"],
             )
 
-        write_atomically(path, write)
+        replace_atomically(path, write)
         return {"path": rel}

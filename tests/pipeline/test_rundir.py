@@ -99,3 +99,21 @@ def test_atomic_write_that_cannot_rename_cleans_up(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         write_bytes_atomic(target, b"{}")
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"] and target.is_dir()
+
+
+def test_atomic_writes_follow_the_umask_not_mkstemps_0600(tmp_path: Path) -> None:
+    # Summaries and artifacts are read by colleagues' accounts: a file that only its writer can
+    # read would silently hide results from the rest of the beamline group.
+    import os
+    import stat
+
+    from pipeline.atomic import write_json_atomic
+
+    old = os.umask(0o022)
+    try:
+        write_json_atomic(tmp_path / "summary.json", {"status": "succeeded"})
+    finally:
+        os.umask(old)
+    mode = stat.S_IMODE((tmp_path / "summary.json").stat().st_mode)
+    assert mode == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]  # no temp file left

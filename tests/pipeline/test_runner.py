@@ -238,3 +238,20 @@ def test_keyboard_interrupt_in_a_step_cancels_the_run() -> None:
     assert result.exit_code == ExitCode.CANCELLED and token.cancelled
     assert result.step_states["i"].status == "cancelled"
     assert list(result.step_states) == ["s0", "i"]
+
+
+def test_a_failed_step_counts_as_dirty_and_later_steps_do_not() -> None:
+    # run.finished and the Run object report dirty_steps: a step that ran and failed must be in
+    # it (a client would otherwise see a failed run that "ran nothing").
+    from pipeline.loader import load_pipeline_text
+
+    spec = load_pipeline_text(
+        "name: t\nsteps:\n"
+        "  - {id: a, use: diag.noop}\n"
+        "  - {id: f, use: diag.fail, params: {message: boom}}\n"
+        "  - {id: c, use: diag.noop}\n"
+    )
+    result = ProcessingRunner(spec).run({})
+    assert result.exit_code == ExitCode.STEP_EXCEPTION
+    assert result.dirty_steps == ["a", "f"]
+    assert result.error is not None and result.error.failed_step == "f"
