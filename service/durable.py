@@ -28,7 +28,7 @@ from pipeline.rundir import RunDirectory
 from streaming.envelope import utc_now
 
 from .publisher import EventPublisher, EventSink
-from .records import RunRecord, SessionRecord
+from .records import FINAL_RUN_STATUSES, RunRecord, SessionRecord
 from .store import SessionStore, StoreError
 
 __all__ = ["DurableIO", "snapshot"]
@@ -117,6 +117,11 @@ class DurableIO:
         # Summaries first: a crash between the two leaves the store saying `running`, which the
         # next start turns into `interrupted` (and rewrites the summary); never the reverse.
         for run_dir, record in summaries:
+            if record.status in FINAL_RUN_STATUSES and not run_dir.manifest_path.exists():
+                # Runs that never reached the end of execution (cancelled while queued,
+                # interrupted by a restart) get a manifest too: the retained-runs API would
+                # otherwise call them "no-manifest", the marker reserved for older layouts.
+                run_dir.write_manifest()
             run_dir.write_summary(msgspec.to_builtins(record))
         with self.store.transaction():
             for record in runs:

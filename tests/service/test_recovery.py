@@ -72,6 +72,9 @@ async def test_restart_interrupts_running_requeues_queued_and_marks_cache_lost(
         assert run.status == "interrupted" and run.finished_utc is not None
         summary = json.loads((config.runs_dir / "a" / crashed / "summary.json").read_text())
         assert summary["status"] == "interrupted"
+        # a manifest too, so retained runs do not call it an old "no-manifest" layout
+        manifest = json.loads((config.runs_dir / "a" / crashed / "manifest.json").read_text())
+        assert manifest["artifacts"] == []
         journal = read_ndjson(config.runs_dir / "a" / crashed / "events.ndjson")
         assert msgspec.json.decode(journal[-1])["type"] == "run.interrupted"
 
