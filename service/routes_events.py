@@ -53,7 +53,7 @@ async def _sse(request: Request, sessions: list[str] | None, run_id: str | None 
         raise ServiceError(
             "INVALID_REQUEST",
             str(exc),
-            errors=[{"path": "header:Last-Event-ID", "message": str(exc)}],
+            errors=[{"path": exc.where or "header:Last-Event-ID", "message": str(exc)}],
         ) from exc
 
 

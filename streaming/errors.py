@@ -17,6 +17,8 @@ class InvalidEventId(StreamingError, ValueError):
     def __init__(self, value: str) -> None:
         super().__init__(f"malformed event id {value!r}: expected '<epoch>-<seq>' or '0'")
         self.value = value
+        # where the id came from ("header:Last-Event-ID", "query:since", ...), when known
+        self.where: str | None = None
 
 
 class ControlError(StreamingError):

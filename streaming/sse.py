@@ -26,7 +26,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from streaming.broker import Broker
 from streaming.envelope import Event, parse_since
-from streaming.errors import BrokerClosed
+from streaming.errors import BrokerClosed, InvalidEventId
 from streaming.framing import http_chunk
 from streaming.subscription import CloseReason, Subscription
 from streaming.transport import abort, abort_later_unless_closed
@@ -51,14 +51,19 @@ def resume_point(request: Request) -> str | None:
 
     Empty values count as absent. Raises `InvalidEventId` when malformed.
     """
-    value = (
-        request.headers.get("last-event-id")
-        or request.query_params.get("since")
-        or request.query_params.get("last_event_id")
-        or None
-    )
-    parse_since(value)  # validate now: the service answers 422 before the stream starts
-    return value
+    for where, value in (
+        ("header:Last-Event-ID", request.headers.get("last-event-id")),
+        ("query:since", request.query_params.get("since")),
+        ("query:last_event_id", request.query_params.get("last_event_id")),
+    ):
+        if value:
+            try:
+                parse_since(value)  # validate now: the service answers 422 before the stream
+            except InvalidEventId as exc:
+                exc.where = where
+                raise
+            return value
+    return None
 
 
 def sse_response(

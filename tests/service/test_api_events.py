@@ -32,8 +32,10 @@ async def test_unknown_session_or_run_stream_is_404(api: Api) -> None:
 async def test_malformed_last_event_id_is_422(api: Api) -> None:
     r = await api.client.get("/v1/events", headers={**SSE, "Last-Event-ID": "not-an-id"})
     assert_problem(r, 422, "INVALID_REQUEST")
+    assert r.json()["errors"][0]["path"] == "header:Last-Event-ID"
     r = await api.client.get("/v1/events", params={"since": "x-y-z"}, headers=SSE)
     assert_problem(r, 422, "INVALID_REQUEST")
+    assert r.json()["errors"][0]["path"] == "query:since"  # names what the client sent
 
 
 async def test_sse_from_disallowed_origin_is_403(make_api: MakeApi) -> None:
