@@ -255,10 +255,10 @@ class Progress:
 def make_observer(run_id: str, run_dir: Any, events_out: IO[bytes] | None, progress: Progress,
                   leaf_ids: set[str]) -> RunObserver:  # fmt: skip
     """The observer turning runner notifications into CloudEvents (session `local`)."""
-    from pipeline.observer import RunObserver
+    from service.step_events import StepEventObserver
     from streaming.envelope import Event
 
-    class LocalEvents(RunObserver):
+    class LocalEvents(StepEventObserver):
         def __init__(self) -> None:
             self.seq = 0
             self.lock = threading.Lock()
@@ -279,27 +279,19 @@ def make_observer(run_id: str, run_dir: Any, events_out: IO[bytes] | None, progr
                                       "skipped_steps": list(info.skipped_steps)})  # fmt: skip
 
         def on_step_started(self, step_id: str) -> None:
-            self.emit("step.started", {"step": step_id})
+            super().on_step_started(step_id)
             progress.step_started(step_id, step_id in leaf_ids)
 
         def on_step_progress(
             self, step_id: str, fraction: float | None, message: str | None
         ) -> None:
-            data: dict[str, Any] = {"step": step_id}
-            if fraction is not None:
-                data["fraction"] = fraction
-            if message is not None:
-                data["message"] = message
-            self.emit("step.progress", data)
+            super().on_step_progress(step_id, fraction, message)
             progress.step_progress(step_id, fraction, message)
 
         def on_step_finished(
             self, step_id: str, status: str, duration_s: float, error: str | None
         ) -> None:
-            data: dict[str, Any] = {"step": step_id, "status": status, "duration_s": duration_s}
-            if error is not None:
-                data["error"] = error
-            self.emit("step.finished", data)
+            super().on_step_finished(step_id, status, duration_s, error)
             progress.step_finished(step_id, status, duration_s, error, step_id in leaf_ids)
 
         def on_run_finished(self, result: RunResult) -> None:

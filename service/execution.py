@@ -26,15 +26,15 @@ from pipeline.cancel import CancelToken
 from pipeline.exitcodes import ExitCode
 from pipeline.incremental import IncrementalCache
 from pipeline.loader import PipelineSpec
-from pipeline.observer import RunInfo, RunObserver
+from pipeline.observer import RunInfo
 from pipeline.rundir import RunDirectory
 from pipeline.runner import ProcessingRunner, RunResult
 from pipeline.step import SourceSpec
-from streaming import envelope as ev
 
 from .publisher import EventPublisher
 from .records import RunError, RunStatus, SourceRecord, StepStateRecord
 from .sinks import SinkError, write_sinks
+from .step_events import StepEventObserver
 
 __all__ = ["PublishingObserver", "RunJob", "RunOutcome", "execute_run"]
 
@@ -77,38 +77,19 @@ class RunOutcome:
     started: bool = False  # on_started was called (the run passed planning)
 
 
-class PublishingObserver(RunObserver):
+class PublishingObserver(StepEventObserver):
     """Turns runner notifications into `step.*` events of one run (see the module docstring)."""
 
     def __init__(self, job: RunJob) -> None:
         self._job = job
         self.started = False
 
-    def _emit(self, type: str, data: dict[str, Any]) -> None:
+    def emit(self, type: str, data: dict[str, Any]) -> None:
         self._job.publisher.emit(type, self._job.session_id, data, self._job.run_id)
 
     def on_run_started(self, info: RunInfo) -> None:
         self.started = True
         self._job.on_started(info)
-
-    def on_step_started(self, step_id: str) -> None:
-        self._emit(ev.STEP_STARTED, {"step": step_id})
-
-    def on_step_progress(self, step_id: str, fraction: float | None, message: str | None) -> None:
-        data: dict[str, Any] = {"step": step_id}
-        if fraction is not None:
-            data["fraction"] = fraction
-        if message is not None:
-            data["message"] = message
-        self._emit(ev.STEP_PROGRESS, data)
-
-    def on_step_finished(
-        self, step_id: str, status: str, duration_s: float, error: str | None
-    ) -> None:
-        data: dict[str, Any] = {"step": step_id, "status": status, "duration_s": duration_s}
-        if error is not None:
-            data["error"] = error
-        self._emit(ev.STEP_FINISHED, data)
 
 
 def _status_of(result: RunResult) -> RunStatus:
