@@ -33,6 +33,14 @@ def infer_contract(
     return tuple(requires), tuple(provided)
 
 
+def collect_source_refs(steps: Sequence[PipelineStep]) -> tuple[str, ...]:
+    """Source refs read by any of `steps`, in first-seen order (a composite's `source_refs`)."""
+    refs: dict[str, None] = {}
+    for step in steps:
+        refs.update(dict.fromkeys(step.source_refs()))
+    return tuple(refs)
+
+
 def check_unique_ids(steps: Sequence[PipelineStep], where: str) -> None:
     """Raise `PipelineFileError` when two siblings share an id or an id contains a dot."""
     seen: set[str] = set()
@@ -70,10 +78,7 @@ class Pipeline(PipelineStep):
         self.requires, self.provides = infer_contract(self.steps)
 
     def source_refs(self) -> tuple[str, ...]:
-        refs: dict[str, None] = {}
-        for step in self.steps:
-            refs.update(dict.fromkeys(step.source_refs()))
-        return tuple(refs)
+        return collect_source_refs(self.steps)
 
     def __repr__(self) -> str:
         return f"<Pipeline {self.id!r} ({len(self.steps)} steps)>"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .composite import check_unique_ids, infer_contract
+from .composite import check_unique_ids, collect_source_refs, infer_contract
 from .errors import PipelineFileError, Problem
 from .step import PipelineStep
 
@@ -47,10 +47,7 @@ class StepGroup(PipelineStep):
         self.requires, self.provides = infer_contract(self.steps, concurrent=parallel)
 
     def source_refs(self) -> tuple[str, ...]:
-        refs: dict[str, None] = {}
-        for step in self.steps:
-            refs.update(dict.fromkeys(step.source_refs()))
-        return tuple(refs)
+        return collect_source_refs(self.steps)
 
     def __repr__(self) -> str:
         kind = "parallel" if self.parallel else "sequential"
