@@ -7,7 +7,8 @@ sessions and runs are 404 before the stream starts; a malformed `Last-Event-ID`/
 
 WebSocket: `/v1/ws` (multiplexed) and `/v1/sessions/{sid}/events` (the SSE path; Starlette
 routes by scope type), which subscribes to that session at once (`?since=` honoured). A
-disallowed `Origin` or an unknown session is accepted and closed with 1008. Control ops
+disallowed `Origin` is accepted and closed with 1008 (policy); an unknown session is refused
+before the handshake completes with the same 404 problem+json as over SSE. Control ops
 (`process`, `set_sample`, `cancel`, `dry_run`) go to the runtime through `RuntimeControl`.
 """
 
@@ -29,6 +30,7 @@ from .auth import check_sse_origin, reject_websocket, websocket_origin_ok
 from .errors import ServiceError
 from .models import ProcessRequest, SampleRequest
 from .openapi import OperationTable, Param
+from .problems import problem_response
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -190,7 +192,12 @@ async def ws_session(websocket: WebSocket) -> None:
     try:
         record = await state.runtime.get_session(websocket.path_params["sid"])
     except ServiceError as exc:
-        await reject_websocket(websocket, f"{exc.code}: {exc.detail}"[:120])
+        # 1008 is for auth and origin: an unknown session is answered as over SSE, a 404
+        # problem before the handshake completes, where the server can send one.
+        if "websocket.http.response" in websocket.scope.get("extensions", {}):
+            await websocket.send_denial_response(problem_response(exc))
+        else:
+            await reject_websocket(websocket, f"{exc.code}: {exc.detail}"[:120])
         return
     since = websocket.query_params.get("since") or websocket.query_params.get("last_event_id")
     await _serve(websocket, [record.session_id], since)

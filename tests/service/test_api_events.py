@@ -13,7 +13,7 @@ import httpx
 import pytest
 from api_support import Api, LiveServer, assert_problem, session_body, sleep_step, sse_events
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 pytestmark = pytest.mark.anyio
 MakeApi = Callable[..., AbstractAsyncContextManager[Api]]
@@ -115,13 +115,17 @@ async def test_session_websocket_subscribes_at_once(live_server: LiveServer) -> 
             assert first["type"] == "session.created" and first["sessionid"] == "s"
 
 
-async def test_session_websocket_for_unknown_session_is_closed_1008(
+async def test_session_websocket_for_unknown_session_is_refused_with_404(
     live_server: LiveServer,
 ) -> None:
-    async with connect(live_server.ws_url + "/v1/sessions/nope/events") as ws:
-        with pytest.raises(ConnectionClosed) as info:
-            await ws_json(ws)
-    assert info.value.rcvd is not None and info.value.rcvd.code == 1008
+    # As over SSE: the handshake is refused with a 404 problem, not a 1008 (auth/origin) close.
+    with pytest.raises(InvalidStatus) as info:
+        async with connect(live_server.ws_url + "/v1/sessions/nope/events"):
+            pass
+    response = info.value.response
+    assert response.status_code == 404
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert json.loads(response.body)["code"] == "SESSION_NOT_FOUND"
 
 
 async def test_websocket_from_disallowed_origin_is_closed_1008(make_live_server: MakeLive) -> None:
