@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 import msgspec.inspect as mi
 
+from . import steps as _builtin_steps  # noqa: F401 - importing it fills the registry
 from .step import REGISTRY, Step
 
 
@@ -37,15 +38,6 @@ class StepDoc:
     optional_inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     params: tuple[ParamDoc, ...]
-
-
-def _registry() -> dict[str, type[Step]]:
-    try:  # the built-in steps register themselves on import
-        import pipeline.steps  # noqa: F401
-    except ModuleNotFoundError as exc:  # pragma: no cover - only before the steps exist
-        if exc.name != "pipeline.steps":
-            raise
-    return REGISTRY
 
 
 def type_name(t: mi.Type) -> str:
@@ -119,9 +111,8 @@ def describe_step(cls: type[Step]) -> StepDoc:
 
 def step_docs(names: Iterable[str] | None = None) -> list[StepDoc]:
     """Docs of the registered steps (all of them by default), sorted by name."""
-    registry = _registry()
-    wanted = sorted(registry) if names is None else sorted(names)
-    return [describe_step(registry[name]) for name in wanted]
+    wanted = sorted(REGISTRY) if names is None else sorted(names)
+    return [describe_step(REGISTRY[name]) for name in wanted]
 
 
 def _names(names: tuple[str, ...]) -> str:

@@ -125,7 +125,7 @@ def read_quantity(
         if default_units is None:
             raise SourceError(f"{handle.filename}: dataset {dataset} has no units attribute")
         units = default_units
-    factor = table.get(units.lower()) if units.lower() in table else table.get(units)
+    factor = table.get(units.lower(), table.get(units))
     if factor is None:
         known = ", ".join(sorted(set(table)))
         raise SourceError(

@@ -22,16 +22,11 @@ from typing import Any
 import msgspec
 import yaml
 
+from . import steps as _builtin_steps  # noqa: F401 - importing it fills the registry
 from .composite import Pipeline, PipelineSpec
 from .errors import PipelineFileError, Problem
 from .group import StepGroup
 from .step import REGISTRY, PipelineStep, Step
-
-try:  # importing the built-in steps fills the registry
-    import pipeline.steps  # noqa: F401
-except ModuleNotFoundError as exc:  # pragma: no cover - only before the steps exist
-    if exc.name != "pipeline.steps":
-        raise
 
 __all__ = ["PipelineSpec", "load_pipeline_file", "load_pipeline_text"]
 
@@ -93,10 +88,7 @@ def load_pipeline_text(text: str, *, filename: str = "<pipeline>") -> PipelineSp
         _check_flow(items, sources, problems)
     if problems:
         raise PipelineFileError(problems)
-    try:
-        root = Pipeline(name, [_build(item) for item in items], version=version, name=name)
-    except PipelineFileError:  # pragma: no cover - the checks above are stricter
-        raise
+    root = Pipeline(name, [_build(item) for item in items], version=version, name=name)
     return PipelineSpec(name=name, version=version, pipeline=root, sources=sources, text=text)
 
 

@@ -37,7 +37,9 @@ class RunObserver:
     """Base class: every method is a no-op. Override the ones you need."""
 
     def on_run_started(self, info: RunInfo) -> None:
-        """The run passed planning and is about to execute its first step."""
+        """The run was planned and is about to execute its first step. Also called when
+        planning found a missing required source: `on_run_finished` then follows at once with
+        the failure (`MISSING_REQUIREMENT`). Not called for a dry run."""
 
     def on_step_started(self, step_id: str) -> None:
         """A step (leaf, nested pipeline or group; full dotted id) starts."""
@@ -87,11 +89,7 @@ class ObserverFanout(RunObserver):
         self._call("on_run_started", info)
 
     def on_step_started(self, step_id: str) -> None:
-        for observer in self._observers:
-            try:
-                observer.on_step_started(step_id)
-            except Exception as exc:
-                self._failed(observer, "on_step_started", exc)
+        self._call("on_step_started", step_id)
 
     def on_step_progress(self, step_id: str, fraction: float | None, message: str | None) -> None:
         self._call("on_step_progress", step_id, fraction, message)
@@ -99,11 +97,7 @@ class ObserverFanout(RunObserver):
     def on_step_finished(
         self, step_id: str, status: str, duration_s: float, error: str | None
     ) -> None:
-        for observer in self._observers:
-            try:
-                observer.on_step_finished(step_id, status, duration_s, error)
-            except Exception as exc:
-                self._failed(observer, "on_step_finished", exc)
+        self._call("on_step_finished", step_id, status, duration_s, error)
 
     def on_run_finished(self, result: RunResult) -> None:
         self._call("on_run_finished", result)

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .composite import PipelineSpec, children
-from .incremental import IncrementalCache
-from .signatures import digest, encode_params, source_signature
+from .incremental import CacheEntry, IncrementalCache
+from .signatures import ABSENT, digest, encode_params, source_signature
 from .step import PipelineStep, SourceSpec, Step
 
 MODES = ("auto", "partial", "full")
@@ -143,7 +143,7 @@ def current_source_signatures(
     sigs: dict[str, str] = {}
     for ref in sorted(refs):
         spec = sources.get(ref)
-        sigs[ref] = source_signature(spec) if spec is not None else "absent"
+        sigs[ref] = source_signature(spec) if spec is not None else ABSENT
     return sigs
 
 
@@ -216,7 +216,7 @@ def plan_run(
 
 def _reasons(
     leaf: LeafPlan,
-    entry: Any,
+    entry: CacheEntry | None,
     source_sigs: Mapping[str, str],
     changed_sources: Collection[str],
     producer: Mapping[str, str],

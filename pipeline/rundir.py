@@ -58,6 +58,19 @@ def media_type(path: str | Path) -> str:
     return guessed or "application/octet-stream"
 
 
+def artifact_paths(root: str | Path) -> list[str]:
+    """The files under `root`, as sorted POSIX paths relative to it; writers' temporary files
+    (hidden, or ending in `.tmp`) are left out. A missing `root` has none."""
+    root = Path(root)
+    found: list[str] = []
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            if name.startswith(".") or name.endswith(".tmp"):
+                continue  # a writer's temporary file
+            found.append(Path(dirpath, name).relative_to(root).as_posix())
+    return sorted(found)
+
+
 def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -131,19 +144,10 @@ class RunDirectory:
     def manifest(self) -> dict[str, Any]:
         """The manifest of the files now under `artifacts/` (paths relative to it, sorted)."""
         entries: list[dict[str, Any]] = []
-        if self.artifacts_dir.is_dir():
-            for dirpath, _, files in os.walk(self.artifacts_dir):
-                for name in files:
-                    if name.startswith(".") or name.endswith(".tmp"):
-                        continue  # a writer's temporary file
-                    full = Path(dirpath, name)
-                    entries.append({
-                        "path": full.relative_to(self.artifacts_dir).as_posix(),
-                        "size": full.stat().st_size,
-                        "sha256": sha256_file(full),
-                        "media_type": media_type(full),
-                    })  # fmt: skip
-        entries.sort(key=lambda e: e["path"])
+        for rel in artifact_paths(self.artifacts_dir):
+            full = self.artifacts_dir / rel
+            entries.append({"path": rel, "size": full.stat().st_size, "sha256": sha256_file(full),
+                            "media_type": media_type(full)})  # fmt: skip
         return {"run_id": self.run_id, "artifacts": entries}
 
     def write_manifest(self) -> dict[str, Any]:

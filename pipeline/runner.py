@@ -24,7 +24,6 @@ no log formatting unless DEBUG is enabled, no signatures unless a cache is used.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Collection, Mapping, Sequence
@@ -40,6 +39,7 @@ from .group import StepGroup
 from .incremental import IncrementalCache, execution_signature, remember
 from .observer import ObserverFanout, RunInfo, RunObserver
 from .planning import LeafPlan, compile_leaves, pipeline_key, plan_run
+from .rundir import artifact_paths
 from .runstate import RunContext, RunErrorInfo, RunResult
 from .signatures import ABSENT
 from .step import CompletedState, PipelineStep, SourceSpec, StepContext, StepResult
@@ -70,10 +70,11 @@ class _Composite:
 
 
 class _Leaf:
-    __slots__ = ("has_optional", "optional_source_refs", "output_names", "plan")
+    __slots__ = ("full_id", "has_optional", "optional_source_refs", "output_names", "plan")
 
     def __init__(self, plan: LeafPlan, optional_source_refs: tuple[str, ...]) -> None:
         self.plan = plan
+        self.full_id = plan.full_id
         self.has_optional = bool(plan.optional or plan.unmapped_optional)
         self.output_names = frozenset(type(plan.step).output_names)
         self.optional_source_refs = optional_source_refs
@@ -199,7 +200,14 @@ class ProcessingRunner:
                 self.spec.name, self.spec.version, plan.effective_mode,
                 len(plan.dirty_steps), len(self.leaves),
             )  # fmt: skip
-        outcome, error = self._run_nodes(self._tree, run)
+        try:
+            outcome, error = self._run_nodes(self._tree, run)
+        except KeyboardInterrupt:
+            # Ctrl-C outside a step's `compute` (between steps, or while the main thread waits
+            # for a parallel group): a cancellation like one inside a step, so the run still
+            # ends with a result (and `runwire run` still writes its summary).
+            run.cancel.cancel()
+            outcome, error = _CANCELLED, None
         if outcome == _CANCELLED:
             run.cancelled = True
         elif outcome == _FAILED:
@@ -237,7 +245,11 @@ class ProcessingRunner:
             step_states=dict(run.states),
             step_durations_s={k: s.duration_s for k, s in run.states.items()},
             values=run.values,
-            artifacts=self._artifacts() if not run.dry_run else [],
+            artifacts=(
+                artifact_paths(self.artifacts_dir)
+                if self.artifacts_dir is not None and not run.dry_run
+                else []
+            ),
             error=run.error,
             dry_run=run.dry_run,
         )
@@ -254,18 +266,6 @@ class ProcessingRunner:
 
     def on_finalize(self, run: RunContext) -> None:
         """Hook after the result is built (`run.result`) and observers were told."""
-
-    def _artifacts(self) -> list[str]:
-        root = self.artifacts_dir
-        if root is None or not root.is_dir():
-            return []
-        found: list[str] = []
-        for dirpath, _, files in os.walk(root):
-            for name in files:
-                if name.startswith(".") or name.endswith(".tmp"):
-                    continue  # a writer's temporary file
-                found.append(Path(dirpath, name).relative_to(root).as_posix())
-        return sorted(found)
 
     # -- execution ---------------------------------------------------------------------------
 
@@ -299,9 +299,12 @@ class ProcessingRunner:
         end_ns = run.anchor_wall_ns + t1 - run.anchor_perf_ns
         provides = node.step.provides
         if outcome in (_OK, _TOLERATED):
-            prefix = step_id + "."
-            kids = [s.status for k, s in run.states.items() if k.startswith(prefix)]
-            status = "skipped" if kids and all(s == "skipped" for s in kids) else "succeeded"
+            # Skipped when every child was (a child composite is skipped when all of its own
+            # children were). Look up the children, never iterate `run.states`: siblings in a
+            # parallel group insert into it concurrently.
+            kids = [run.states.get(child.full_id) for child in node.nodes]
+            skipped = all(s is not None and s.status == "skipped" for s in kids)
+            status = "skipped" if skipped else "succeeded"
             run.states[step_id] = CompletedState(
                 True, duration_s=duration, status=status, provides=provides,
                 started_ns=start_ns, finished_ns=end_ns,
@@ -339,7 +342,13 @@ class ProcessingRunner:
             return result
 
         with ThreadPoolExecutor(node.max_workers, thread_name_prefix=f"group-{node.full_id}") as pool:
-            results = list(pool.map(one, node.nodes))
+            try:
+                results = list(pool.map(one, node.nodes))
+            except KeyboardInterrupt:
+                # Leaving the `with` waits for the running children: make them stop at their
+                # next cancellation check instead of running to completion.
+                run.cancel.cancel()
+                raise
         # Report the first real failure (in child order); cancellation wins over failure.
         if any(outcome == _CANCELLED for outcome, _ in results):
             return _CANCELLED, None
@@ -379,7 +388,11 @@ class ProcessingRunner:
             for name in leaf.unmapped_optional:
                 inputs[name] = None
         signature: str | None = None
+        changed = False
         if cache is not None:
+            changed = bool(run.changed_sources) and any(
+                r in run.changed_sources for r in leaf.source_refs
+            )
             psigs = run.plan.source_signatures if run.plan is not None else {}
             signature = execution_signature(leaf, run.signatures, values, psigs)
             entry = cache.get(step_id)
@@ -389,7 +402,7 @@ class ProcessingRunner:
                 and entry is not None
                 and entry.signature == signature
                 and not (entry.wrote_artifacts and entry.artifacts_dir != self._artifacts_key)
-                and not (run.changed_sources and any(r in run.changed_sources for r in leaf.source_refs))
+                and not changed
             ):
                 values.update(entry.outputs)
                 run.signatures.update(entry.output_signatures)
@@ -402,7 +415,9 @@ class ProcessingRunner:
 
             ctx = StepContext(step_id, run.sources, run.cancel, report, log, self.artifacts_dir)
         else:
-            ctx = StepContext(step_id, run.sources, run.cancel, _no_report, log, self.artifacts_dir)
+            ctx = StepContext(
+                step_id, run.sources, run.cancel, log=log, artifacts_dir=self.artifacts_dir
+            )
         run.ran.append(step_id)  # executed, whatever its outcome: a failed step was dirty too
         try:
             out = leaf.step.compute(inputs, ctx)
@@ -441,19 +456,10 @@ class ProcessingRunner:
             remember(
                 cache, leaf, signature, produced, run.signatures,
                 source_signatures=run.plan.source_signatures,
-                changed=bool(run.changed_sources) and any(r in run.changed_sources for r in leaf.source_refs),
+                changed=changed,
                 wrote_artifacts=ctx.wrote_artifacts, artifacts_dir=self._artifacts_key,
             )  # fmt: skip
-        t1 = perf_counter_ns()
-        duration = (t1 - t0) / 1e9
-        offset = run.wall_offset_ns
-        run.states[step_id] = CompletedState(
-            True, None, None, duration, "succeeded", leaf.step.provides, produced, None, None, None,
-            signature, started_ns=offset + t0, finished_ns=offset + t1,
-        )  # fmt: skip
-        if observers is not None:
-            observers.on_step_finished(step_id, "succeeded", duration, None)
-        return _SUCCESS
+        return self._finish(node, run, t0, "succeeded", produced, signature)
 
     def _finish(
         self, node: _Leaf, run: RunContext, t0: int, status: str, produced: Mapping[str, Any],
@@ -474,7 +480,7 @@ class ProcessingRunner:
     def _fail(
         self, node: _Leaf, run: RunContext, t0: int, code: str, message: str, exc_type: str | None
     ) -> tuple[int, RunErrorInfo | None]:
-        t1 = time.perf_counter_ns()
+        t1 = perf_counter_ns()
         duration = (t1 - t0) / 1e9
         leaf = node.plan
         step_id = leaf.full_id
@@ -496,7 +502,3 @@ class ProcessingRunner:
         if leaf.step.continue_on_error:
             return _TOLERATED, None
         return _FAILED, RunErrorInfo(code, message, step_id, exc_type)
-
-
-def _no_report(fraction: float | None, message: str | None) -> None:
-    return None

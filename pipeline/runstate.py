@@ -21,6 +21,11 @@ class RunErrorInfo:
     failed_step: str | None = None
     exception_type: str | None = None
 
+    def as_dict(self) -> dict[str, str | None]:
+        """The contract's run `error` object: `{code, message, failed_step, exception_type}`."""
+        return {"code": self.code, "message": self.message, "failed_step": self.failed_step,
+                "exception_type": self.exception_type}  # fmt: skip
+
 
 @dataclass
 class RunResult:

@@ -40,13 +40,13 @@ def add_parsers(sub: Any) -> None:
 
 
 def steps_command(args: argparse.Namespace) -> int:
+    import pipeline.steps  # noqa: F401 - registers the built-in steps
     from pipeline.docs import render_steps_markdown, render_steps_text
     from pipeline.step import REGISTRY
 
     if args.markdown:
         sys.stdout.write(render_steps_markdown())
         return 0
-    render_steps_text([])  # imports the built-in steps (fills the registry)
     unknown = [n for n in args.names if n not in REGISTRY]
     if unknown:
         raise CliError(

@@ -24,6 +24,7 @@ from .cli_errors import EXIT_USAGE, CliError
 if TYPE_CHECKING:
     from pipeline.composite import PipelineSpec
     from pipeline.observer import RunInfo, RunObserver
+    from pipeline.rundir import RunDirectory
     from pipeline.runner import RunResult
     from pipeline.step import SourceSpec
 
@@ -87,8 +88,6 @@ def parse_assignment(text: str, what: str) -> tuple[str, str]:
 
 def load_spec(pipeline: str, params: list[str]) -> tuple[PipelineSpec, str]:
     """Load the pipeline (file or example name) with `--param` overrides applied."""
-    import yaml
-
     from pipeline.errors import PipelineFileError
     from pipeline.examples import example_names, example_text
     from pipeline.loader import load_pipeline_text
@@ -99,9 +98,9 @@ def load_spec(pipeline: str, params: list[str]) -> tuple[PipelineSpec, str]:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise CliError(f"cannot read pipeline file {pipeline}: {exc}", EXIT_USAGE) from exc
-        label = str(path)
+        label = filename = str(path)
     elif pipeline in example_names():
-        text, label = example_text(pipeline), f"example {pipeline}"
+        text, label, filename = example_text(pipeline), f"example {pipeline}", f"{pipeline}.yaml"
     else:
         examples = ", ".join(example_names()) or "none"
         raise CliError(
@@ -110,14 +109,10 @@ def load_spec(pipeline: str, params: list[str]) -> tuple[PipelineSpec, str]:
     if params:
         text = _apply_params(text, params, label)
     try:
-        return load_pipeline_text(
-            text, filename=str(path) if path.is_file() else f"{pipeline}.yaml"
-        ), label
-    except PipelineFileError as exc:
+        return load_pipeline_text(text, filename=filename), label
+    except PipelineFileError as exc:  # the loader maps YAML/JSON syntax errors to this too
         problems = "; ".join(str(p) for p in exc.problems)
         raise CliError(f"invalid pipeline ({label}): {problems}", EXIT_USAGE) from exc
-    except yaml.YAMLError as exc:  # pragma: no cover - the loader maps these
-        raise CliError(f"invalid pipeline ({label}): {exc}", EXIT_USAGE) from exc
 
 
 def _apply_params(text: str, params: list[str], label: str) -> str:
@@ -252,7 +247,7 @@ class Progress:
                 self.stream.flush()
 
 
-def make_observer(run_id: str, run_dir: Any, events_out: IO[bytes] | None, progress: Progress,
+def make_observer(run_id: str, run_dir: RunDirectory, events_out: IO[bytes] | None, progress: Progress,
                   leaf_ids: set[str]) -> RunObserver:  # fmt: skip
     """The observer turning runner notifications into CloudEvents (session `local`)."""
     from service.step_events import StepEventObserver
@@ -303,9 +298,7 @@ def make_observer(run_id: str, run_dir: Any, events_out: IO[bytes] | None, progr
                                     "skipped_steps": result.skipped_steps}  # fmt: skip
             if result.error is not None:
                 # As the service's run.finished does: what failed, without fetching the run.
-                data["error"] = {"code": result.error.code, "message": result.error.message,
-                                 "failed_step": result.error.failed_step,
-                                 "exception_type": result.error.exception_type}  # fmt: skip
+                data["error"] = result.error.as_dict()
             self.emit("run.finished", data)
 
     return LocalEvents()
@@ -317,9 +310,7 @@ def summary_of(
     """summary.json: the contract's Run object for a local run (session `local`)."""
     error = None
     if result.error is not None:
-        error = {"code": result.error.code, "message": result.error.message,
-                 "failed_step": result.error.failed_step,
-                 "exception_type": result.error.exception_type}  # fmt: skip
+        error = result.error.as_dict()
     elif result.status == "cancelled":
         error = {"code": "CANCELLED", "message": f"cancelled by {interrupted_by or 'request'}",
                  "failed_step": None, "exception_type": None}  # fmt: skip

@@ -30,7 +30,7 @@ class _Binary(Step):
         ua = as_uarray(a, "input a")
         if b is None:
             return {"result": ua}
-        ub = b if isinstance(b, UArray) else as_uarray(b, "input b")
+        ub = as_uarray(b, "input b")
         if ub.value.ndim and ua.value.ndim and ub.shape != ua.shape:
             raise StepFailure(f"shapes differ: a is {ua.shape}, b is {ub.shape}")
         return {"result": getattr(ua, self.operation)(ub)}

@@ -26,8 +26,8 @@ SourceRef = Annotated[str, msgspec.Meta(description="Source ref to read from (e.
 class Hdf5Read(Step):
     """Read an HDF5 dataset (a 3-D stack of frames can be summed to one 2-D frame).
 
-    With `poisson: true` the output is a `UArray` of float64 counts with Poisson variance;
-    otherwise the array as stored. A missing optional source gives None.
+    With `poisson: true` the output is a `UArray` of counts with Poisson variance (float32,
+    float64 for counts beyond 2**24); otherwise the array as stored. A missing optional source gives None.
     """
 
     name = "hdf5.read"

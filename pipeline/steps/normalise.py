@@ -112,7 +112,7 @@ class NormaliseFlux(Step):
         value = flux_in if flux_in is not None else p.flux
         if value is None:
             raise StepFailure(f"{self.name}: no flux (give a flux input or the param)")
-        flux = _exposure_value({"flux": value}, "flux", None, self.name)
+        flux = _exposure_value(None, "flux", value, self.name)
         return {"result": as_uarray(frame, "frame").scale(1.0 / flux)}
 
 

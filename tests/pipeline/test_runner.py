@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -238,6 +239,70 @@ def test_keyboard_interrupt_in_a_step_cancels_the_run() -> None:
     assert result.exit_code == ExitCode.CANCELLED and token.cancelled
     assert result.step_states["i"].status == "cancelled"
     assert list(result.step_states) == ["s0", "i"]
+
+
+class InterruptOnStart(RunObserver):
+    """Raises KeyboardInterrupt when step `step_id` starts, as a Ctrl-C arriving outside any
+    step's compute would; first waits for `wait_for` (a step of the same parallel group)."""
+
+    def __init__(self, step_id: str, wait_for: threading.Event | None = None) -> None:
+        self.step_id = step_id
+        self.wait_for = wait_for
+        self.finished: list[str] = []
+
+    def on_step_started(self, step_id: str) -> None:
+        if step_id == self.step_id:
+            if self.wait_for is not None:
+                assert self.wait_for.wait(10)
+            raise KeyboardInterrupt
+
+    def on_run_finished(self, result: Any) -> None:
+        self.finished.append(result.status)
+
+
+def test_keyboard_interrupt_between_steps_cancels_the_run_with_a_result() -> None:
+    # Regression: a Ctrl-C outside a step's compute escaped `run()`, so `runwire run` wrote no
+    # summary for the interrupted run.
+    token = CancelToken()
+    observer = InterruptOnStart("s1")
+    steps = [Noop("s0", outputs={"out": "a"}), Noop("s1", outputs={"out": "b"})]
+    result = ProcessingRunner(Pipeline("p", steps), observers=[observer]).run({}, cancel=token)
+    assert result.exit_code == ExitCode.CANCELLED and result.status == "cancelled"
+    assert token.cancelled and observer.finished == ["cancelled"]
+    assert list(result.step_states) == ["s0"] and result.dirty_steps == ["s0"]
+
+
+def test_keyboard_interrupt_in_a_parallel_group_stops_the_running_children() -> None:
+    slow = WaitForCancel("a", outputs={"out": "a"})
+    slow.started = threading.Event()
+    observer = InterruptOnStart("g.b", wait_for=slow.started)
+    group = StepGroup("g", [Noop("b", outputs={"out": "b"}), slow], parallel=True, max_workers=2)
+    result = ProcessingRunner(Pipeline("p", [group]), observers=[observer]).run({})
+    assert result.exit_code == ExitCode.CANCELLED
+    # The running child was told to stop (it did not wait out its 10 s and fail).
+    assert result.step_states["g.a"].status == "cancelled"
+
+
+def test_nested_pipelines_in_a_parallel_group_finish_while_siblings_record_states() -> None:
+    # Regression: a finishing nested pipeline scanned `run.states` for its children while the
+    # other branch of the parallel group inserted into it ("dictionary changed size during
+    # iteration" escaped `run()`). Frequent thread switches make that interleaving likely.
+    def branch(b: str) -> Pipeline:
+        return Pipeline(b, [
+            Pipeline(f"p{i}", [Noop(f"s{j}", outputs={"out": f"{b}.{i}.{j}"}) for j in range(3)])
+            for i in range(20)
+        ])  # fmt: skip
+
+    group = StepGroup("g", [branch("a"), branch("b")], parallel=True)
+    runner = ProcessingRunner(Pipeline("root", [group]))
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        results = [runner.run({}) for _ in range(20)]
+    finally:
+        sys.setswitchinterval(interval)
+    assert all(r.status == "succeeded" for r in results)
+    assert len(results[-1].step_states) == 1 + 2 * (1 + 20 * (1 + 3))
 
 
 def test_a_failed_step_counts_as_dirty_and_later_steps_do_not() -> None:
