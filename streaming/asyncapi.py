@@ -69,8 +69,12 @@ def _message(name: str, struct: type[msgspec.Struct], summary: str) -> dict[str,
     }
 
 
-def _refs(names: list[str]) -> list[dict[str, str]]:
-    return [{"$ref": f"#/components/messages/{n}"} for n in names]
+def _operation(action: str, channel: str, messages: list[str]) -> dict[str, Any]:
+    return {
+        "action": action,
+        "channel": {"$ref": f"#/channels/{channel}"},
+        "messages": [{"$ref": f"#/channels/{channel}/messages/{n}"} for n in messages],
+    }
 
 
 def _channel(address: str, messages: list[str], description: str, **params: str) -> dict[str, Any]:
@@ -134,32 +138,12 @@ def _document() -> dict[str, Any]:
             ),
         },
         "operations": {
-            "receiveOps": {
-                "action": "receive",
-                "channel": {"$ref": "#/channels/ws"},
-                "messages": [{"$ref": f"#/channels/ws/messages/{n}"} for n in client],
-            },
-            "sendWs": {
-                "action": "send",
-                "channel": {"$ref": "#/channels/ws"},
-                "messages": [{"$ref": f"#/channels/ws/messages/{n}"} for n in server],
-            },
-            "receiveSessionOps": {
-                "action": "receive",
-                "channel": {"$ref": "#/channels/sessionWs"},
-                "messages": [{"$ref": f"#/channels/sessionWs/messages/{n}"} for n in client],
-            },
-            "sendSessionWs": {
-                "action": "send",
-                "channel": {"$ref": "#/channels/sessionWs"},
-                "messages": [{"$ref": f"#/channels/sessionWs/messages/{n}"} for n in server],
-            },
+            "receiveOps": _operation("receive", "ws", client),
+            "sendWs": _operation("send", "ws", server),
+            "receiveSessionOps": _operation("receive", "sessionWs", client),
+            "sendSessionWs": _operation("send", "sessionWs", server),
             **{
-                f"send{name[0].upper()}{name[1:]}": {
-                    "action": "send",
-                    "channel": {"$ref": f"#/channels/{name}"},
-                    "messages": [{"$ref": f"#/channels/{name}/messages/event"}],
-                }
+                f"send{name[0].upper()}{name[1:]}": _operation("send", name, ["event"])
                 for name in ("sessionSse", "eventsSse", "runSse")
             },
         },

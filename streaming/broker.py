@@ -139,10 +139,12 @@ class Broker:
 
     @property
     def subscriber_count(self) -> int:
+        """Open subscriptions (each ends up unregistered once closed)."""
         return len(self._subs)
 
     @property
     def closed(self) -> bool:
+        """True once `aclose` has run: nothing more is delivered or subscribed."""
         return self._closed
 
     def stamp(
@@ -174,6 +176,8 @@ class Broker:
         """Hand a stamped event to the loop. Never blocks; dropped once the broker is closed."""
         with self._lock:
             self._unpublished.pop(event.seq, None)
+            if self._closed:
+                return  # nobody left to deliver to (it is in the history on disk)
             first = not self._pending
             self._pending.append(event)
         if first:

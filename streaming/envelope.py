@@ -6,7 +6,6 @@ bytes (`Event.raw`).
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -109,7 +108,6 @@ class Event:
         "_text",
         "_ws",
         "envelope",
-        "published_ns",
         "raw",
         "run_id",
         "seq",
@@ -124,7 +122,6 @@ class Event:
         self.session_id = envelope.sessionid
         self.run_id = envelope.runid
         self.type = envelope.type
-        self.published_ns = time.monotonic_ns()
         self._sse: bytes | None = None
         self._text: str | None = None
         self._ws: bytes | None = None

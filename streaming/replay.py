@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable
 from typing import Protocol
+
+import msgspec
 
 from streaming.envelope import STREAM_GAP, Event
 
@@ -38,13 +40,6 @@ class ReplayBuffer:
 
     def __len__(self) -> int:
         return len(self._events)
-
-    def __iter__(self) -> Iterator[Event]:
-        return iter(self._events)
-
-    @property
-    def oldest_seq(self) -> int | None:
-        return self._events[0].seq if self._events else None
 
     @property
     def newest_seq(self) -> int | None:
@@ -97,7 +92,7 @@ def read_history(
     for raw in source.events_after(after, sessions, run_id):
         try:
             event = Event.from_raw(raw)
-        except Exception:
+        except msgspec.MsgspecError:  # anything else is a bug, not a damaged file
             log.warning("skipping an unreadable history line")
             continue
         if after < event.seq <= upto:

@@ -17,7 +17,6 @@ seconds. The subscription is closed in every case: no task or queue outlives the
 from __future__ import annotations
 
 from collections.abc import Collection
-from typing import Any
 
 import anyio
 from starlette.requests import Request
@@ -28,7 +27,7 @@ from streaming.broker import Broker
 from streaming.envelope import Event, parse_since
 from streaming.errors import BrokerClosed, InvalidEventId
 from streaming.framing import http_chunk
-from streaming.subscription import CloseReason, Subscription
+from streaming.subscription import CloseReason, QueueItem, Subscription
 from streaming.transport import abort, abort_later_unless_closed
 from streaming.wire import DirectWriter
 
@@ -158,14 +157,16 @@ class SSEResponse(Response):
                 tg.cancel_scope.cancel()
             if not disconnected and not aborted:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except OSError:
-            pass  # the peer went away mid-write (ConnectionError included)
+        except* OSError:
+            # The peer went away mid-write (ConnectionError included), raised bare or, from
+            # inside the task group, in an exception group: either way the stream is over.
+            pass
         finally:
             sub.close()
 
     async def _forward(self, sub: Subscription, send: Send, writer: DirectWriter | None) -> None:
         while True:
-            batch: list[Any] | None = None
+            batch: list[QueueItem] | None = None
             with anyio.move_on_after(self.keepalive):
                 batch = await sub.get_batch()
             if batch is None:
@@ -186,7 +187,7 @@ class SSEResponse(Response):
                 writer.busy = False
 
 
-def _frame(item: Event | bytes) -> bytes:
+def _frame(item: QueueItem) -> bytes:
     return item.sse_frame() if isinstance(item, Event) else item
 
 

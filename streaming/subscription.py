@@ -80,7 +80,7 @@ class SubscriberQueue:
         return True
 
     def put_replay(self, items: Iterable[QueueItem]) -> int:
-        """Enqueue a replay (or a reply) beyond the bound; returns how many were added."""
+        """Enqueue a replay beyond the bound; returns how many were added."""
         if self.reason is not None:
             return 0
         before = len(self._items)
@@ -303,7 +303,11 @@ class Subscription:
         return info
 
     def remove(self, sessions: Collection[str] | None) -> None:
-        """Stop receiving `sessions` (None: everything subscribed so far)."""
+        """Stop receiving `sessions` (None: everything subscribed so far).
+
+        A subscription to every session can't exclude a few ("all but a" is not a filter it
+        has): any `remove` on it ends everything, which is why the WebSocket refuses such an
+        `unsubscribe` before calling this."""
         if sessions is None or self._sessions is None:
             self._broker._unregister_sessions(self, self._sessions)
             self._sessions = set()
@@ -326,6 +330,15 @@ class Subscription:
             return
         if self.run_id is not None and event.type in TERMINAL_RUN_TYPES:
             queue.close(CloseReason.COMPLETED)
+            self._broker._mark_dead(self)
+
+    def put_reply(self, item: bytes) -> None:
+        """Queue an encoded reply (WebSocket) in order with the events around it.
+
+        Counted against the bound: a client that sends ops without ever reading the replies
+        is cut off (`TOO_SLOW`) like any other slow reader, and counted as one."""
+        queue = self.queue
+        if queue.reason is None and not queue.put(item):
             self._broker._mark_dead(self)
 
     async def get_batch(self, max_items: int = 4096) -> list[QueueItem]:

@@ -167,7 +167,7 @@ class _Connection:
                 if not batch:
                     break
                 if not await self._write_batch(batch):
-                    return  # the peer or the server closed it; the reader sees the disconnect
+                    return  # the peer has gone: `_send` ended the connection, or the reader sees it
         await self._close_for(sub.reason)
 
     def _interrupt_write(self, reason: CloseReason) -> None:
@@ -179,7 +179,8 @@ class _Connection:
         if writer is None:
             for item in batch:
                 text = item.text() if isinstance(item, Event) else item.decode()
-                await self.send({"type": "websocket.send", "text": text})
+                if not await self._send({"type": "websocket.send", "text": text}):
+                    return False
             return True
         # Every ready item in one write; each event's frame is shared by all sockets.
         data = ws_frame(batch[0]) if len(batch) == 1 else b"".join(map(ws_frame, batch))
@@ -198,7 +199,7 @@ class _Connection:
             return  # closed by us (client gone, message too big): nothing more to say
         assert reason is not None
         with anyio.move_on_after(self.stall_grace) as scope:
-            await self.send({"type": "websocket.close", "code": code, "reason": reason.value})
+            await self._send({"type": "websocket.close", "code": code, "reason": reason.value})
         if scope.cancelled_caught:
             abort(self.send)  # the close frame can't even be queued: cut the peer off now
         else:
@@ -206,10 +207,20 @@ class _Connection:
             abort_later_unless_closed(self.send, self.stall_grace)
         self.tg.cancel_scope.cancel()
 
+    async def _send(self, message: Message) -> bool:
+        """One ASGI message; False when the peer has gone (the connection is then over).
+
+        Caught here, not around the task group: uvicorn's ClientDisconnected (an OSError)
+        would leave it inside an exception group, which the server logs as a crash."""
+        try:
+            await self.send(message)
+        except OSError:
+            self.tg.cancel_scope.cancel()
+            return False
+        return True
+
     def reply(self, item: bytes) -> None:
-        # Through the queue, counted against its bound: a client that sends ops without ever
-        # reading the replies is cut off like any other slow reader.
-        self.sub.queue.put(item)
+        self.sub.put_reply(item)
 
     # -- reader -----------------------------------------------------------------------------
 
@@ -228,7 +239,7 @@ class _Connection:
                 data = message.get("bytes") or b""
             if _too_big(data, self.max_message_bytes):
                 self.sub.close()
-                await self.send({"type": "websocket.close", "code": CloseCode.TOO_BIG})
+                await self._send({"type": "websocket.close", "code": CloseCode.TOO_BIG})
                 self.tg.cancel_scope.cancel()
                 return
             await self.handle(data)
@@ -249,10 +260,8 @@ class _Connection:
                 self.reply(ok_reply(op.id, {"pong": True}))
             else:
                 await self.forward(op)
-        except InvalidEventId as exc:
-            self.reply(error_reply(op.id, "INVALID_REQUEST", str(exc)))
         except BrokerClosed:
-            pass  # `watch` closes with 1001
+            pass  # the sender sees the subscription closed and closes with 1001
 
     async def subscribe(
         self, request_id: RequestId, sessions: list[str] | None, since: str | None

@@ -1,10 +1,12 @@
 """A tiny Starlette app over the streaming package, served by uvicorn on a free 127.0.0.1 port
-in a background thread: the real-socket tier of the streaming tests."""
+in a background thread: the real-socket tier of the streaming tests. Also the helpers the
+streaming tests share (`drain`, `recv_json`, `wait_until`)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Iterator
@@ -17,11 +19,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
+from websockets.asyncio.client import ClientConnection
 
 from streaming.broker import Broker
 from streaming.envelope import Event
 from streaming.errors import ControlError, InvalidEventId
 from streaming.sse import sse_response
+from streaming.subscription import Subscription
 from streaming.ws import serve_websocket
 
 T = TypeVar("T")
@@ -177,3 +181,21 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 10) -> None
     with anyio.fail_after(timeout):
         while not predicate():
             await anyio.sleep(0.005)
+
+
+async def drain(sub: Subscription, n: int) -> list[Event]:
+    """The next `n` events of `sub` (replies left out), failing after 5 s or if it ends."""
+    got: list[Event] = []
+    async with asyncio.timeout(5):
+        while len(got) < n:
+            batch = await sub.get_batch()
+            assert batch, f"subscription ended early ({sub.reason})"
+            got.extend(e for e in batch if isinstance(e, Event))
+    return got
+
+
+async def recv_json(ws: ClientConnection) -> dict[str, Any]:
+    """The next WebSocket message, decoded; fails after 10 s."""
+    with anyio.fail_after(10):
+        message: dict[str, Any] = json.loads(await ws.recv())
+        return message

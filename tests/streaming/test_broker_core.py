@@ -7,7 +7,7 @@ import asyncio
 import threading
 
 import pytest
-from liveserver import DiskHistory
+from liveserver import DiskHistory, drain
 
 from streaming.broker import Broker
 from streaming.envelope import STREAM_GAP, Event
@@ -15,16 +15,6 @@ from streaming.errors import BrokerClosed, BrokerNotStarted, InvalidEventId
 from streaming.subscription import CloseReason, Subscription
 
 pytestmark = pytest.mark.anyio
-
-
-async def drain(sub: Subscription, n: int) -> list[Event]:
-    got: list[Event] = []
-    async with asyncio.timeout(5):
-        while len(got) < n:
-            batch = await sub.get_batch()
-            assert batch, f"subscription ended early ({sub.reason})"
-            got.extend(e for e in batch if isinstance(e, Event))
-    return got
 
 
 async def test_seq_is_reserved_in_blocks_before_use() -> None:
@@ -125,6 +115,29 @@ async def test_resume_after_restart_reads_history_then_continues_live() -> None:
     await second.aclose()
 
 
+class RawLines:
+    """A history of raw lines as they are on disk, damaged ones included."""
+
+    def __init__(self, lines: list[bytes]) -> None:
+        self.lines = lines
+
+    def events_after(self, seq: int, sessions: object, run_id: object) -> list[bytes]:
+        return self.lines
+
+
+async def test_unreadable_history_lines_are_skipped() -> None:
+    first = Broker(epoch="E")
+    await first.start()
+    lines = [first.emit("step.progress", "s", {"i": i}).raw for i in range(3)]
+    await first.aclose()
+    lines[1:1] = [b"not json", b'{"seq": 2}', lines[2][:-9]]  # foreign, partial and torn lines
+    second = Broker(epoch="E", start_seq=10, history=RawLines(lines))
+    await second.start()
+    sub = await second.subscribe(sessions=["s"], since="0")
+    assert [e.seq for e in await drain(sub, 3)] == [1, 2, 3]
+    await second.aclose()
+
+
 async def test_resume_without_history_announces_the_gap() -> None:
     broker = Broker(epoch="E", replay_size=2)
     await broker.start()
@@ -215,3 +228,28 @@ async def test_a_run_subscription_resumes_mid_run_and_still_ends() -> None:
     assert [e.type for e in got] == ["run.started", "step.started", "run.finished"]
     assert await sub.get_batch() == []
     await broker.aclose()
+
+
+async def test_a_client_that_never_reads_its_replies_is_cut_off_as_too_slow() -> None:
+    cut_off: list[Subscription] = []
+    broker = Broker(epoch="E", subscriber_queue_size=3, on_overflow=cut_off.append)
+    await broker.start()
+    sub = broker.open()
+    for _ in range(5):
+        sub.put_reply(b'{"type":"reply"}')
+    assert sub.reason is CloseReason.TOO_SLOW
+    assert len(sub.queue) == 0  # memory released at once
+    assert cut_off == [sub] and broker.overflow_count == 1  # counted once, like an event overflow
+    await broker.aclose()
+
+
+async def test_events_published_after_close_are_dropped() -> None:
+    broker = Broker(epoch="E")
+    await broker.start()
+    sub = await broker.subscribe()
+    await broker.aclose()
+    event = broker.stamp("step.progress", "s", {})
+    broker.publish(event)  # a worker finishing during shutdown: no error, nobody receives it
+    await asyncio.sleep(0)
+    assert broker.top_seq == 0
+    assert await sub.get_batch() == []

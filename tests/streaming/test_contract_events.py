@@ -3,25 +3,17 @@ again with `since`, and bounded replay memory for deleted and very many sessions
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
-import anyio
 import pytest
-from liveserver import DiskHistory, LiveServer
+from liveserver import DiskHistory, LiveServer, drain, recv_json
 from websockets.asyncio.client import ClientConnection, connect
 
 from streaming.broker import Broker
-from streaming.envelope import SESSION_DELETED, STREAM_GAP, Event
-from streaming.subscription import Subscription
+from streaming.envelope import SESSION_DELETED, STREAM_GAP
 
 pytestmark = pytest.mark.anyio
-
-
-async def recv_json(ws: ClientConnection) -> dict[str, Any]:
-    with anyio.fail_after(10):
-        return json.loads(await ws.recv())
 
 
 async def until_reply(ws: ClientConnection, request_id: int) -> list[dict[str, Any]]:
@@ -29,16 +21,6 @@ async def until_reply(ws: ClientConnection, request_id: int) -> list[dict[str, A
     got: list[dict[str, Any]] = []
     while not (got and got[-1].get("type") == "reply" and got[-1].get("id") == request_id):
         got.append(await recv_json(ws))
-    return got
-
-
-async def drain(sub: Subscription, n: int) -> list[Event]:
-    got: list[Event] = []
-    async with asyncio.timeout(5):
-        while len(got) < n:
-            batch = await sub.get_batch()
-            assert batch, f"subscription ended early ({sub.reason})"
-            got.extend(e for e in batch if isinstance(e, Event))
     return got
 
 

@@ -10,18 +10,13 @@ from typing import Any
 
 import anyio
 import pytest
-from liveserver import LiveServer, live_server, wait_until
+from liveserver import LiveServer, live_server, recv_json, wait_until
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from streaming.broker import Broker
 
 pytestmark = pytest.mark.anyio
-
-
-async def recv_json(ws: ClientConnection) -> dict[str, Any]:
-    with anyio.fail_after(10):
-        return json.loads(await ws.recv())
 
 
 async def request(ws: ClientConnection, message: dict[str, Any]) -> dict[str, Any]:
