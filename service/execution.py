@@ -74,7 +74,6 @@ class RunOutcome:
     artifacts: list[str] = field(default_factory=list)
     error: RunError | None = None
     elapsed_s: float = 0.0
-    started: bool = False  # on_started was called (the run passed planning)
 
 
 class PublishingObserver(StepEventObserver):
@@ -82,13 +81,11 @@ class PublishingObserver(StepEventObserver):
 
     def __init__(self, job: RunJob) -> None:
         self._job = job
-        self.started = False
 
     def emit(self, type: str, data: dict[str, Any]) -> None:
         self._job.publisher.emit(type, self._job.session_id, data, self._job.run_id)
 
     def on_run_started(self, info: RunInfo) -> None:
-        self.started = True
         self._job.on_started(info)
 
 
@@ -173,5 +170,4 @@ def execute_run(job: RunJob) -> RunOutcome:
             ),
         )
     outcome.elapsed_s = time.perf_counter() - t0
-    outcome.started = observer.started
     return outcome

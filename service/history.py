@@ -24,7 +24,6 @@ Synchronous and thread-safe: the broker calls it in a worker thread.
 from __future__ import annotations
 
 import os
-import re
 import threading
 from collections import OrderedDict
 from collections.abc import Collection, Iterable
@@ -32,10 +31,12 @@ from pathlib import Path
 
 import msgspec
 
-EVENTS_FILE = "events.ndjson"
+from pipeline.rundir import EVENTS
+
+from .retained import DIR_ID
+
 MAX_CACHED_FILES = 65_536
 DEFAULT_MAX_EVENTS = 200_000
-_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
 class _SeqOnly(msgspec.Struct):
@@ -84,7 +85,7 @@ class RunDirectoryHistory:
 
     def _session_dirs(self, sessions: Collection[str] | None) -> list[Path]:
         if sessions is not None:  # symlinked directories are never read (as in listings)
-            dirs = [self.runs_dir / sid for sid in sessions if _ID.fullmatch(sid)]
+            dirs = [self.runs_dir / sid for sid in sessions if DIR_ID.fullmatch(sid)]
             return [d for d in dirs if not d.is_symlink()]
         try:
             with os.scandir(self.runs_dir) as it:
@@ -94,20 +95,20 @@ class RunDirectoryHistory:
 
     def _files(self, sessions: Collection[str] | None, run_id: str | None) -> list[Path]:
         files: list[Path] = []
-        if run_id is not None and not _ID.fullmatch(run_id):
+        if run_id is not None and not DIR_ID.fullmatch(run_id):
             return files
         for session_dir in self._session_dirs(sessions):
             if run_id is not None:
                 if not (session_dir / run_id).is_symlink():
-                    files.append(session_dir / run_id / EVENTS_FILE)
+                    files.append(session_dir / run_id / EVENTS)
                 continue
-            files.append(session_dir / EVENTS_FILE)
+            files.append(session_dir / EVENTS)
             try:
                 with os.scandir(session_dir) as it:
                     files.extend(
-                        Path(e.path) / EVENTS_FILE
+                        Path(e.path) / EVENTS
                         for e in it
-                        if e.is_dir(follow_symlinks=False) and _ID.fullmatch(e.name)
+                        if e.is_dir(follow_symlinks=False) and DIR_ID.fullmatch(e.name)
                     )
             except OSError:
                 continue

@@ -11,7 +11,6 @@ from typing import Any
 import anyio.to_thread
 
 from pipeline.planning import plan_run
-from pipeline.step import SourceSpec
 
 from .models import DryRunResult, LatestErrors, ProcessRequest
 from .records import RunStatus
@@ -23,10 +22,7 @@ __all__ = ["dry_run", "latest_errors", "readiness"]
 
 async def dry_run(entry: SessionEntry, req: ProcessRequest) -> DryRunResult:
     """What a run would do now: effective mode, dirty steps with reasons; runs nothing."""
-    sources = {
-        ref: SourceSpec(type=s.type, location=s.location, options=dict(s.options))
-        for ref, s in entry.record.sources.items()
-    }
+    sources = entry.source_specs()
     plan = await anyio.to_thread.run_sync(
         lambda: plan_run(
             entry.spec,

@@ -2,12 +2,14 @@
 
 `run_one` is what the scheduler's dispatcher starts for each run it takes from the queue:
 
-1. mark the run `running` and commit it (the session's `active_run_id` with it);
+1. hand it the session's cache (the run stays `queued` until it is planned: a cancel now
+   makes it `cancelling`);
 2. run `execution.execute_run` in a worker thread (`anyio.to_thread.run_sync` with the
    scheduler's `CapacityLimiter(workers)`);
 3. when the runner has planned, its observer calls back (`announce_start`, on the loop): the
-   effective mode is recorded, the session becomes `running_partial`/`running_full`, both are
-   committed, then `run.started` and `session.state_changed` are published;
+   run becomes `running` with its effective mode, the session `running_partial`/`running_full`
+   with its `active_run_id`, both in one commit, then `run.started` and
+   `session.state_changed` are published;
 4. `finish`: the final record and summary are committed, then the one terminal event is
    published, the session rests (`idle`, `error_*`, or its previous state after a cancel), and
    a failed partial run of a session with `auto_fallback` queues a full run at the front.
@@ -24,7 +26,6 @@ import anyio.to_thread
 import msgspec
 
 from pipeline.observer import RunInfo
-from pipeline.step import SourceSpec
 from streaming import envelope as ev
 from streaming.envelope import utc_now
 
@@ -71,10 +72,7 @@ async def run_one(sched: Scheduler, run_id: str, sid: str) -> None:
         session_id=sid,
         spec=entry.spec,
         cache=entry.cache,
-        sources={
-            ref: SourceSpec(type=s.type, location=s.location, options=dict(s.options))
-            for ref, s in entry.record.sources.items()
-        },
+        sources=entry.source_specs(),
         mode=record.mode,
         changed_sources=live.changed_sources,
         cache_lost=cache_lost,
@@ -116,7 +114,8 @@ async def announce_start(
     `run.started` and the session's `running_*` state."""
     record = live.record
     async with entry.lock:
-        record.status = run_transition(record.status, RunStatus.RUNNING)
+        if record.status is RunStatus.QUEUED:  # `cancelling` if cancelled while it planned
+            record.status = run_transition(record.status, RunStatus.RUNNING)
         record.started_utc = live.started_utc or utc_now()
         if not entry.deleted:
             entry.record.active_run_id = record.run_id

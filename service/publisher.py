@@ -12,7 +12,7 @@ journals and the broker in seq order; the lock is held for a buffered write and 
 (no fsync: the journal is a log of what was said, the store is the durable truth).
 
 `emit` does file I/O, so the event loop never calls it directly: the runtime calls it from its
-I/O thread (`Runtime._emit`) or from a worker thread (the run observer).
+I/O thread (`DurableIO.emit`) or from a worker thread (the run observer).
 
 Open files: a run's journal stays open while the run is active (`open_run`/`close_run`), because
 a run can emit thousands of progress events; session journals are opened per event (they see a
@@ -28,6 +28,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+from pipeline.rundir import EVENTS
 from streaming.envelope import Event
 
 __all__ = ["EventPublisher", "EventSink"]
@@ -58,11 +59,11 @@ class EventPublisher:
 
     def run_journal(self, session_id: str, run_id: str) -> Path:
         """The run's `events.ndjson`."""
-        return self._runs_dir / session_id / run_id / "events.ndjson"
+        return self._runs_dir / session_id / run_id / EVENTS
 
     def session_journal(self, session_id: str) -> Path:
         """`runs/<sid>/events.ndjson`: events without a run."""
-        return self._runs_dir / session_id / "events.ndjson"
+        return self._runs_dir / session_id / EVENTS
 
     def open_run(self, session_id: str, run_id: str) -> None:
         """Register a run whose events will be journalled (opened lazily on its first event)."""

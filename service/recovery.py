@@ -19,11 +19,12 @@ from pipeline.errors import PipelineError
 from streaming import envelope as ev
 from streaming.envelope import utc_now
 
+from .durable import DurableIO
 from .errors import ServiceError
 from .records import RunError, RunRecord, RunStatus, SessionRecord, SessionState
 from .retained import RetainedRuns
-from .scheduler import LiveRun, Scheduler, SessionEntry
-from .sessions import error_state, run_transition
+from .scheduler import LiveRun, Scheduler, SessionEntry, changed_sources_of
+from .sessions import error_state, is_running, run_transition
 from .validation import parse_pipeline
 
 __all__ = ["recover"]
@@ -72,10 +73,9 @@ async def recover(scheduler: Scheduler) -> None:
             continue
         scheduler.queue.push(run.run_id, run.session_id, force=True)
         request = await scheduler.io(store.get_run_request, run.run_id)
-        changed: tuple[str, ...] = ()
-        if isinstance(request, dict) and isinstance(request.get("changed_sources"), list):
-            changed = tuple(str(ref) for ref in request["changed_sources"])
-        live = LiveRun(run, changed, scheduler.run_dir(run.session_id, run.run_id))
+        live = LiveRun(
+            run, changed_sources_of(request), scheduler.run_dir(run.session_id, run.run_id)
+        )
         if isinstance(request, dict):
             # The directory is written after the commit that queued the run: a crash in between
             # leaves it missing, so it is completed now from the store's copy of the request.
@@ -84,16 +84,17 @@ async def recover(scheduler: Scheduler) -> None:
         owner.record.queued_run_ids.append(run.run_id)
 
     orphans = await scheduler.io(_close_orphan_run_dirs, scheduler)
-    for entry in scheduler.sessions.values():
-        old = entry.record.state
+    entries = tuple(scheduler.sessions.values())
+    before = [entry.record.state for entry in entries]
+    for entry in entries:
         # A session stored as running has no active run now; it rests in the state its last run
         # left it in. (Assigned directly: recovery rebuilds state, it is not a transition.)
-        if entry.record.state in (SessionState.RUNNING_PARTIAL, SessionState.RUNNING_FULL):
+        if is_running(entry.record.state):
             entry.record.state = _resting_state(entry.record)
-        entry.record.updated_utc = (
-            utc_now() if old != entry.record.state else entry.record.updated_utc
-        )
-        await scheduler.commit(sessions=(entry,))
+            entry.record.updated_utc = utc_now()
+    # One commit for every session (its queue ids and state rebuilt), then the announcements.
+    await scheduler.commit(sessions=entries)
+    for entry, old in zip(entries, before, strict=True):
         await scheduler.announce_state(entry, old)
     if rows or active or queued:
         log.info(
@@ -143,10 +144,7 @@ def _close_orphan_run_dirs(scheduler: Scheduler) -> int:
 
 def _complete_run_dir(live: LiveRun, request: dict[str, object]) -> None:
     if not live.run_dir.request_path.exists():
-        live.run_dir.create()
-        live.run_dir.write_request(
-            {"run_id": live.record.run_id, "session_id": live.record.session_id, **request}
-        )
+        DurableIO.write_new_run_dir(live.run_dir, live.record, request)
 
 
 async def _interrupt(scheduler: Scheduler, run: RunRecord) -> None:

@@ -22,7 +22,6 @@ run's real `artifacts/` directory. Anything else is NOT_FOUND, so a probe learns
 
 from __future__ import annotations
 
-import mimetypes
 import os
 import re
 import threading
@@ -33,19 +32,17 @@ from typing import Any
 
 import msgspec
 
+from pipeline.rundir import ARTIFACTS, EVENTS, MANIFEST, REQUEST, SUMMARY
+from pipeline.rundir import media_type as media_type_for  # what an artifact is served as
+
 from .errors import ServiceError
 from .records import RunRecord, RunStatus
 
-SUMMARY = "summary.json"
-REQUEST = "run-request.json"
-EVENTS = "events.ndjson"
-MANIFEST = "manifest.json"
-ARTIFACTS = "artifacts"
 REPORT_FILES = {"summary": SUMMARY, "request": REQUEST, "events": EVENTS}
 
 # Run and session ids as the service makes and accepts them; anything else cannot name a run
-# directory, so it is NOT_FOUND before the file system is touched.
-_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+# directory, so it is NOT_FOUND before the file system is touched (`service.history` too).
+DIR_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 MAX_LIMIT = 500
 MAX_ARTIFACT_PATH = 1024  # characters in a requested artifact path
 MAX_NAME = 255  # characters in one path segment (the usual file-system limit)
@@ -54,27 +51,7 @@ MAX_NAME = 255  # characters in one path segment (the usual file-system limit)
 # encoding (`%252e%252e` -> `%2e%2e`), and decoding again would defeat containment.
 _FORBIDDEN = re.compile(r"[\x00-\x1f\x7f\\%:]")
 
-MEDIA_TYPES = {
-    ".h5": "application/x-hdf5",
-    ".hdf5": "application/x-hdf5",
-    ".nxs": "application/x-hdf5",
-    ".ndjson": "application/x-ndjson",
-    ".json": "application/json",
-    ".csv": "text/csv",
-    ".npy": "application/octet-stream",
-    ".txt": "text/plain",
-}
-
 _decode_json = msgspec.json.Decoder().decode
-
-
-def media_type_for(path: str | Path) -> str:
-    """The media type an artifact is served with (by extension; octet-stream if unknown)."""
-    suffix = Path(path).suffix.lower()
-    if suffix in MEDIA_TYPES:
-        return MEDIA_TYPES[suffix]
-    guessed, _ = mimetypes.guess_type(str(path))
-    return guessed or "application/octet-stream"
 
 
 def _run_not_found(run_id: str) -> ServiceError:
@@ -125,7 +102,7 @@ class RetainedRuns:
     def _session_dirs(self, session_id: str | None) -> list[Path]:
         if session_id is not None:
             session_dir = self.runs_dir / session_id
-            if not _ID.fullmatch(session_id) or session_dir.is_symlink():
+            if not DIR_ID.fullmatch(session_id) or session_dir.is_symlink():
                 return []
             return [session_dir]
         try:
@@ -185,7 +162,7 @@ class RetainedRuns:
                     run_dirs = [
                         Path(e.path)
                         for e in it
-                        if e.is_dir(follow_symlinks=False) and _ID.fullmatch(e.name)
+                        if e.is_dir(follow_symlinks=False) and DIR_ID.fullmatch(e.name)
                     ]
             except OSError:
                 continue
@@ -204,7 +181,7 @@ class RetainedRuns:
                 del self._cache[path]
 
     def _find(self, run_id: str) -> _Entry:
-        if not isinstance(run_id, str) or not _ID.fullmatch(run_id):
+        if not isinstance(run_id, str) or not DIR_ID.fullmatch(run_id):
             raise _run_not_found(str(run_id))
         for session_dir in self._session_dirs(None):
             run_dir = session_dir / run_id

@@ -119,10 +119,6 @@ class RunQueue:
         """Ids of a session's waiting runs, oldest first."""
         return [item.run_id for item in self._waiting if item.session_id == session_id]
 
-    def active_run(self, session_id: str) -> str | None:
-        """The session's active run id, if any."""
-        return self._active.get(session_id)
-
     def next_runnable(self) -> QueuedRun | None:
         """Pop the oldest ready run whose session has no active run, and mark it active."""
         for index, item in enumerate(self._waiting):
@@ -131,12 +127,6 @@ class RunQueue:
                 self._active[item.session_id] = item.run_id
                 return item
         return None
-
-    def mark_active(self, session_id: str, run_id: str) -> None:
-        """Record an active run that did not come through `next_runnable`."""
-        if session_id in self._active:
-            raise ValueError(f"session {session_id!r} already has an active run")
-        self._active[session_id] = run_id
 
     def finish(self, session_id: str) -> None:
         """The session's active run ended; its next waiting run may start."""

@@ -42,13 +42,12 @@ from .records import (
     RETRYABLE_RUN_STATUSES,
     PipelineInfo,
     RunRecord,
-    RunStatus,
     SessionRecord,
     SessionState,
     SourceRecord,
 )
 from .recovery import recover
-from .scheduler import Scheduler, SessionEntry, snapshot
+from .scheduler import Scheduler, SessionEntry, changed_sources_of, snapshot
 from .session_sources import as_records, change, session_entry
 from .sessions import is_error, is_running
 from .store import SessionStore
@@ -136,13 +135,10 @@ class Runtime:
         entry = self._entry(sid)
         async with entry.lock:
             entry.deleted = True
-            for run_id in self._sched.queue.waiting_for(sid):
-                live = self._sched.live.get(run_id)
-                if live is not None:
-                    await self._sched.cancel_queued(entry, live)
-            active = entry.record.active_run_id
-            if active is not None and active in self._sched.live:
-                await self._sched.cancel_running(entry, self._sched.live[active])
+            # Every live run, whatever its phase: one that left the queue but has not announced
+            # its start yet is not the session's `active_run_id` but must stop all the same.
+            for live in [lv for lv in self._sched.live.values() if lv.record.session_id == sid]:
+                await self._sched.cancel(entry, live)
             await self._sched.io(self.store.delete_session, sid)
             self._sched.sessions.pop(sid, None)
         await self._sched.emit(ev.SESSION_DELETED, sid, {})
@@ -192,10 +188,8 @@ class Runtime:
             return await change(self._sched, self.config, sid, "source", {"sample": sample}), None
         self._check_accepting()
         entry = self._entry(sid)
-        if idempotency_key is not None:
-            first = await self._sched.io(self.store.idempotent_run, sid, idempotency_key)
-            if first is not None:
-                return snapshot(entry.record), await self._existing(sid, first)
+        if (first := await self._idempotent(sid, idempotency_key)) is not None:
+            return snapshot(entry.record), first
         self._check_required(entry, extra=("sample",))
         # One pass validates the new sample and every other source the run will read.
         checked = await self._sched.io(
@@ -203,11 +197,9 @@ class Runtime:
         )
         async with entry.lock:
             entry = self._entry(sid)
-            if idempotency_key is not None:
-                # Checked again under the lock: two racing re-sends must not both enqueue.
-                first = await self._sched.io(self.store.idempotent_run, sid, idempotency_key)
-                if first is not None:
-                    return snapshot(entry.record), await self._existing(sid, first)
+            # Checked again under the lock: two racing re-sends must not both enqueue.
+            if (first := await self._idempotent(sid, idempotency_key)) is not None:
+                return snapshot(entry.record), first
             before = entry.record.sources
             after = {**before, "sample": checked["sample"]}
             changed = [] if before.get("sample") == after["sample"] else ["sample"]
@@ -256,7 +248,13 @@ class Runtime:
                 ],
             )
 
-    async def _existing(self, sid: str, run_id: str) -> SubmitResult:
+    async def _idempotent(self, sid: str, key: str | None) -> SubmitResult | None:
+        """The run a previous request with this `Idempotency-Key` created, if any."""
+        if key is None:
+            return None
+        run_id = await self._sched.io(self.store.idempotent_run, sid, key)
+        if run_id is None:
+            return None
         record = await self.get_run(run_id)
         return SubmitResult(
             run_id=run_id, status=record.status.value, position=self._sched.position(run_id)
@@ -268,21 +266,16 @@ class Runtime:
         """Queue a run (202). QUEUE_FULL with Retry-After, MISSING_SOURCES, INVALID_REQUEST."""
         self._check_accepting()
         entry = self._entry(sid)
-        store = self.store
-        if idempotency_key is not None:
-            first = await self._sched.io(store.idempotent_run, sid, idempotency_key)
-            if first is not None:
-                return await self._existing(sid, first)
+        if (first := await self._idempotent(sid, idempotency_key)) is not None:
+            return first
         self._check_required(entry)
         self._check_changed_sources(entry, req)
         # Files may have gone since the sources were set: refuse now rather than fail the run.
         await self._sched.io(validate_sources, entry.record.sources, self.config.read_roots)
         async with entry.lock:
             entry = self._entry(sid)
-            if idempotency_key is not None:
-                first = await self._sched.io(store.idempotent_run, sid, idempotency_key)
-                if first is not None:
-                    return await self._existing(sid, first)
+            if (first := await self._idempotent(sid, idempotency_key)) is not None:
+                return first
             if req.coalesce:
                 merged = await self._coalesce(entry, req, idempotency_key)
                 if merged is not None:
@@ -344,16 +337,18 @@ class Runtime:
         entry = self._entry(sid)
         async with entry.lock:
             old = entry.record.state
-            if is_running(old):
-                # The active run decides the state when it ends; make it rest in idle.
+            if is_running(old) or self._sched.in_flight(sid) is not None:
+                # A run holds the cache (from the moment it left the queue, before the session
+                # shows `running_*`) and decides the state when it ends: make it rest in idle,
+                # and clear the cache once it is done with it.
                 entry.resting = SessionState.IDLE
                 entry.clear_cache_after_run = entry.clear_cache_after_run or mode == "full"
-            else:
-                if is_error(old):
-                    await self._sched.set_state(entry, SessionState.IDLE)
-                if mode == "full":
-                    entry.cache.clear()
-                    entry.cache_lost = False  # an empty cache: the next run is full anyway
+            elif mode == "full":
+                entry.cache.clear()
+                entry.cache_lost = False  # an empty cache: the next run is full anyway
+            if is_error(old):
+                # Not running yet (a run not yet started goes idle -> running just as well).
+                await self._sched.set_state(entry, SessionState.IDLE)
             entry.record.updated_utc = utc_now()
             await self._sched.commit(sessions=(entry,))
             await self._sched.announce_state(entry, old)
@@ -381,7 +376,8 @@ class Runtime:
         return record
 
     async def cancel_run(self, run_id: str) -> RunRecord:
-        """Queued: cancelled at once. Running: `cancelling`, then `cancelled` at a step boundary."""
+        """Waiting: cancelled at once. Taken by a worker or running: `cancelling`, then
+        `cancelled` at a step boundary (see `Scheduler.cancel`)."""
         live = self._sched.live.get(run_id)
         if live is None or live.record.status in FINAL_RUN_STATUSES:
             record = await self.get_run(run_id)
@@ -390,14 +386,7 @@ class Runtime:
             )
         entry = self._entry(live.record.session_id)
         async with entry.lock:
-            status = live.record.status
-            if status is RunStatus.QUEUED:
-                if run_id in self._sched.queue.waiting_for(entry.record.session_id):
-                    await self._sched.cancel_queued(entry, live)
-                else:  # left the queue, about to start: the scheduler sees the token
-                    live.cancel.cancel()
-            elif status is RunStatus.RUNNING:
-                await self._sched.cancel_running(entry, live)
+            await self._sched.cancel(entry, live)
             return snapshot(live.record)
 
     async def retry_run(self, run_id: str) -> SubmitResult:
@@ -413,9 +402,7 @@ class Runtime:
         entry = self._entry(record.session_id)
         self._check_required(entry)
         request = await self._sched.io(self.store.get_run_request, run_id)
-        changed: tuple[str, ...] = ()
-        if isinstance(request, dict) and isinstance(request.get("changed_sources"), list):
-            changed = tuple(str(r) for r in request["changed_sources"])
+        changed = changed_sources_of(request)
         async with entry.lock:
             return await self._sched.enqueue(
                 self._entry(record.session_id),

@@ -31,17 +31,16 @@ import logging
 import math
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
-import anyio.from_thread
 import anyio.to_thread
-import msgspec
 
 from pipeline.cancel import CancelToken
 from pipeline.incremental import IncrementalCache
 from pipeline.loader import PipelineSpec
 from pipeline.rundir import RunDirectory, new_run_id
+from pipeline.step import SourceSpec
 from streaming import envelope as ev
 from streaming.envelope import utc_now
 
@@ -56,11 +55,9 @@ from .runqueue import QueueFull, RunQueue
 from .sessions import run_transition, session_transition
 from .store import SessionStore
 
-__all__ = ["LiveRun", "Scheduler", "SessionEntry", "snapshot"]
+__all__ = ["LiveRun", "Scheduler", "SessionEntry", "changed_sources_of", "snapshot"]
 
 log = logging.getLogger("service.scheduler")
-T = TypeVar("T")
-S = TypeVar("S", bound=msgspec.Struct)
 
 # After the shutdown grace, cancelled runs get this long to reach a step boundary; a step that
 # ignores its cancel token is left behind (its run is `interrupted` at the next start).
@@ -80,6 +77,20 @@ class SessionEntry:
     clear_cache_after_run: bool = False  # `reset full` arrived while a run used the cache
     deleted: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def source_specs(self) -> dict[str, SourceSpec]:
+        """The session's sources as the runner and the planner take them (copies)."""
+        return {
+            ref: SourceSpec(type=s.type, location=s.location, options=dict(s.options))
+            for ref, s in self.record.sources.items()
+        }
+
+
+def changed_sources_of(request: Any) -> tuple[str, ...]:
+    """`changed_sources` of a stored run request (`SessionStore.get_run_request`), or ()."""
+    if isinstance(request, dict) and isinstance(request.get("changed_sources"), list):
+        return tuple(str(ref) for ref in request["changed_sources"])
+    return ()
 
 
 @dataclass(eq=False)
@@ -305,6 +316,32 @@ class Scheduler:
 
     # -- cancelling ----------------------------------------------------------------------------
 
+    def in_flight(self, session_id: str) -> LiveRun | None:
+        """The session's run that a worker has (or is about to have): taken from the queue and
+        past its start, not yet finished. It holds the session's cache from the moment it leaves
+        the queue, before `run.started` makes the session `running_*`."""
+        for live in self.live.values():
+            if live.record.session_id == session_id and live.started_utc is not None:
+                return live
+        return None
+
+    async def cancel(self, entry: SessionEntry, live: LiveRun) -> None:
+        """Cancel a live run in whatever phase it is. Call with `entry.lock` held.
+
+        Waiting in the queue: `cancelled` at once. Taken by a worker (still `queued` while it
+        plans) or `running`: `cancelling` (committed), then `cancelled` once the runner stops at a
+        step boundary (cooperative: between steps and inside long steps). Already `cancelling`:
+        nothing more to do.
+        """
+        status = live.record.status
+        if live.record.run_id in self.queue.waiting_for(entry.record.session_id):
+            await self.cancel_queued(entry, live)
+        elif status in (RunStatus.QUEUED, RunStatus.RUNNING):
+            live.cancel.cancel()
+            live.record.status = run_transition(status, RunStatus.CANCELLING)
+            if not entry.deleted:
+                await self.commit(runs=(live.record,))
+
     async def cancel_queued(self, entry: SessionEntry, live: LiveRun) -> None:
         """Cancel a waiting run at once. Call with `entry.lock` held."""
         await live.dir_ready()
@@ -321,14 +358,6 @@ class Scheduler:
         self.live.pop(record.run_id, None)
         data = {"status": "cancelled", "elapsed_s": 0.0, "reason": "cancelled while queued"}
         await self.emit(ev.RUN_CANCELLED, record.session_id, data, record.run_id)
-
-    async def cancel_running(self, entry: SessionEntry, live: LiveRun) -> None:
-        """Ask an active run to stop (cooperative: between steps and inside long steps)."""
-        live.cancel.cancel()
-        if live.record.status is RunStatus.RUNNING:
-            live.record.status = run_transition(live.record.status, RunStatus.CANCELLING)
-            if not entry.deleted:
-                await self.commit(runs=(live.record,))
 
     # -- running -------------------------------------------------------------------------------
 

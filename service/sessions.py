@@ -45,7 +45,9 @@ SESSION_TRANSITIONS: dict[SessionState, frozenset[SessionState]] = {
 }
 
 RUN_TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
-    R.QUEUED: frozenset({R.RUNNING, R.CANCELLED, R.INTERRUPTED}),
+    # queued -> cancelling: a run a worker has already taken (it is planning, `run.started` not
+    # yet out) cannot be cancelled at once; it stops at its first step boundary.
+    R.QUEUED: frozenset({R.RUNNING, R.CANCELLING, R.CANCELLED, R.INTERRUPTED}),
     R.RUNNING: frozenset({R.CANCELLING, R.SUCCEEDED, R.FAILED, R.CANCELLED, R.INTERRUPTED}),
     # A run asked to stop may still finish its last step first: cancellation is cooperative, and
     # the record says what really happened.

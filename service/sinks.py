@@ -37,9 +37,8 @@ class SinkError(Exception):
 def find_nxcansas(artifacts_dir: Path, artifacts: Iterable[str]) -> Path | None:
     """The run's NXcanSAS file: `reduced.h5` if present, else the first `.h5` artifact."""
     h5 = [a for a in artifacts if a.endswith((".h5", ".hdf5", ".nxs"))]
-    for name in sorted(h5, key=lambda a: (Path(a).name != "reduced.h5", a)):
-        return artifacts_dir / name
-    return None
+    name = min(h5, key=lambda a: (Path(a).name != "reduced.h5", a), default=None)
+    return None if name is None else artifacts_dir / name
 
 
 def _target(location: str, session_id: str, run_id: str, ext: str) -> Path:

@@ -10,14 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from runtime_harness import Harness, create_request, pipeline_text, process, running, sleep_step
+from runtime_harness import LONG, Harness, create_request, pipeline_text, process, running
 
 from service.config import Config
 from service.errors import ServiceError
 from service.runqueue import QueueFull, RunQueue
-
-LONG = sleep_step(seconds=60, ticks=600)  # cancellable every 0.1 s; always cancelled in tests
-
 
 # -- the pure queue ------------------------------------------------------------------------------
 

@@ -8,15 +8,20 @@ waited out. Sessions and their sources are in `test_runtime_sessions.py`.
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
+import anyio
 import msgspec
 import pytest
 from runtime_harness import (
     JSON_PIPELINE,
     LONG,
+    WAIT_S,
+    Harness,
     create_request,
     expect_problem,
     fail_step,
@@ -37,6 +42,8 @@ from service.models import (
 )
 from service.records import RunRecord
 from streaming.envelope import TERMINAL_RUN_TYPES, Envelope
+
+T = TypeVar("T")
 
 # -- runs ----------------------------------------------------------------------------------------
 
@@ -183,6 +190,89 @@ async def test_coalesce_merges_into_the_waiting_run(make_config: Callable[..., C
         for run in (active, waiting, plain):
             await rt.cancel_run(run.run_id)
         await wait_finished(h, active.run_id)
+
+
+async def _hold_before_start(h: Harness, sid: str) -> str:
+    """Queue a run of `sid` and return its id with the session's lock held by the caller, once a
+    worker has taken the run but before its start is announced (still `queued`, planning).
+
+    Deterministic: `announce_start` needs the lock, and asyncio locks wake waiters in order.
+    """
+    sched = h.runtime.scheduler
+    entry = sched.sessions[sid]
+    await entry.lock.acquire()
+    run_id = (await sched.enqueue(entry, mode="auto")).run_id
+    # Loop steps, not time: the dispatcher takes the run off the queue and creates its task, whose
+    # first step (the next one) queues it on the lock, ahead of our own `acquire` below.
+    with anyio.fail_after(WAIT_S):
+        while run_id in sched.queue.waiting_for(sid):
+            await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    entry.lock.release()
+    await entry.lock.acquire()  # the run's start section ran in between
+    live = sched.live[run_id]
+    assert live.started_utc is not None and live.record.status == "queued"
+    return run_id
+
+
+async def _then_release(h: Harness, sid: str, call: Awaitable[T]) -> T:
+    """Start `call` while the lock is held (it queues first), release the lock, await it."""
+    task = asyncio.ensure_future(call)
+    await asyncio.sleep(0)  # one loop step: `call` is now waiting for the lock
+    h.runtime.scheduler.sessions[sid].lock.release()
+    return await task
+
+
+@pytest.mark.anyio
+async def test_cancel_a_run_taken_by_a_worker_before_it_starts(
+    make_config: Callable[..., Config],
+) -> None:
+    # Regression: such a run answered `queued` (a cancel that seemed not to happen).
+    async with running(make_config()) as h:
+        await h.runtime.create_session(create_request("a", pipeline_text(LONG)))
+        run_id = await _hold_before_start(h, "a")
+        answer = await _then_release(h, "a", h.runtime.cancel_run(run_id))
+        assert answer.status == "cancelling"
+        done = await wait_finished(h, run_id)
+        assert done.status == "cancelled"
+        assert [t for t in h.recorder.of_run(run_id) if t.startswith("run.")] == [
+            "run.queued",
+            "run.started",
+            "run.cancelled",
+        ]
+
+
+@pytest.mark.anyio
+async def test_delete_session_cancels_a_run_taken_by_a_worker_before_it_starts(
+    make_config: Callable[..., Config],
+) -> None:
+    # Regression: delete cancelled waiting runs and the announced active run only; this one ran
+    # on (60 s here) for a session that no longer existed.
+    async with running(make_config()) as h:
+        await h.runtime.create_session(create_request("a", pipeline_text(LONG)))
+        run_id = await _hold_before_start(h, "a")
+        await _then_release(h, "a", h.runtime.delete_session("a"))
+        terminal = await h.recorder.wait_terminal(run_id)
+        assert terminal.type == "run.cancelled"
+
+
+@pytest.mark.anyio
+async def test_reset_full_waits_for_a_run_taken_by_a_worker_before_it_starts(
+    make_config: Callable[..., Config], tmp_path: Path
+) -> None:
+    # Regression: reset cleared the cache under the worker planning with it; the run then
+    # refilled it, and the next auto run was partial instead of full.
+    async with running(make_config()) as h:
+        rt = h.runtime
+        await rt.create_session(create_request("j", JSON_PIPELINE))
+        cfg = json_source(tmp_path)
+        await rt.put_sources("j", [SourceInput(ref="cfg", type="json", location=str(cfg))])
+        await wait_finished(h, (await rt.submit("j", process())).run_id)
+        assert (await rt.dry_run("j", process())).effective_mode == "partial"
+        run_id = await _hold_before_start(h, "j")
+        await _then_release(h, "j", rt.reset("j", "full"))
+        assert (await wait_finished(h, run_id)).status == "succeeded"
+        assert (await rt.dry_run("j", process())).effective_mode == "full"
 
 
 @pytest.mark.anyio

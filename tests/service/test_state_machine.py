@@ -64,6 +64,7 @@ def test_final_run_states_have_no_way_out() -> None:
 def test_run_lifecycle_edges() -> None:
     assert run_transition(R.QUEUED, R.CANCELLED) is R.CANCELLED
     assert run_transition(R.QUEUED, R.RUNNING) is R.RUNNING
+    assert run_transition(R.QUEUED, R.CANCELLING) is R.CANCELLING  # taken by a worker, planning
     assert run_transition(R.RUNNING, R.CANCELLING) is R.CANCELLING
     assert run_transition(R.CANCELLING, R.CANCELLED) is R.CANCELLED
     with pytest.raises(InvalidTransition):
