@@ -25,6 +25,19 @@ COMMAND_MODULES = (
 )
 
 
+EXIT_BROKEN_PIPE = 141  # what a shell reports for a writer killed by SIGPIPE
+
+
+def _silence_stdout() -> None:
+    """After EPIPE: point stdout at /dev/null so the interpreter's final flush stays quiet."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout without a file descriptor (captured in tests)
+        pass
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         self.print_usage(sys.stderr)
@@ -59,9 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         # The reader went away (`runwire steps | head`): not an error worth a message.
-        # Point stdout at devnull so the interpreter's final flush does not raise again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     except Exception as exc:
         # The contract promises one-line errors, never a traceback. A failure nobody mapped
         # to a CliError is a bug: say so on one line; RUNWIRE_DEBUG=1 shows the traceback.

@@ -23,19 +23,11 @@ if TYPE_CHECKING:
 
 Handler = Callable[[argparse.Namespace, "RunwireClient"], int]
 
-EXIT_BROKEN_PIPE = 141  # what a shell reports for a writer killed by SIGPIPE
 EXIT_INTERRUPTED = 130  # Ctrl-C while waiting for a run whose outcome is then unknown
 # Exit statuses of `events tail --run` and `--wait`, by the run's final status; a failed run
-# exits with its error code's `ExitCode` value, as `runwire run` would.
+# exits with its error code's `pipeline.exitcodes.ExitCode` value, as `runwire run` would.
 RUN_EXIT = {"succeeded": 0, "cancelled": 5, "interrupted": 75}
-FAILED_EXIT = {
-    "MISSING_REQUIREMENT": 1,
-    "STEP_EXCEPTION": 2,
-    "INVALID_RETURN": 3,
-    "STEP_FAILED": 4,
-    "CANCELLED": 5,
-}
-FAILED_DEFAULT_EXIT = 4
+FAILED_DEFAULT_EXIT = 4  # ExitCode.STEP_FAILED, for a failed run without a known code
 FINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled", "interrupted"})
 TERMINAL_TYPES = frozenset({"run.finished", "run.cancelled", "run.interrupted"})
 
@@ -43,28 +35,18 @@ TERMINAL_TYPES = frozenset({"run.finished", "run.cancelled", "run.interrupted"})
 # --- plumbing ---------------------------------------------------------------------------------
 
 
-def _silence_stdout() -> None:
-    """After EPIPE: point stdout at /dev/null so the interpreter's final flush stays quiet."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError):  # stdout without a file descriptor (captured in tests)
-        pass
-
-
 def command(handler: Handler) -> Callable[[argparse.Namespace], int]:
-    """Wrap a handler: build the client (lazily importing httpx), map broken pipes."""
+    """Wrap a handler: build the client (lazily importing httpx) and close it afterwards.
+
+    A broken pipe (`runwire runs list | head`) is `service.cli.main`'s to map, as for every
+    other command.
+    """
 
     def run(args: argparse.Namespace) -> int:
         from .client import RunwireClient
 
-        try:
-            with RunwireClient(getattr(args, "url", None), getattr(args, "token", None)) as c:
-                return handler(args, c)
-        except BrokenPipeError:
-            _silence_stdout()
-            return EXIT_BROKEN_PIPE
+        with RunwireClient(getattr(args, "url", None), getattr(args, "token", None)) as c:
+            return handler(args, c)
 
     run.__doc__ = handler.__doc__
     return run
@@ -152,9 +134,12 @@ def run_exit_code(run: dict[str, Any]) -> int:
     """The exit status for a finished run (0 only for `succeeded`)."""
     status = run.get("status")
     if status == "failed":
+        from pipeline.exitcodes import ExitCode
+
         error = run.get("error")
-        error = error if isinstance(error, dict) else {}
-        return FAILED_EXIT.get(str(error.get("code")), FAILED_DEFAULT_EXIT)
+        code = str(error.get("code")) if isinstance(error, dict) else ""
+        known = code in ExitCode.__members__ and code != ExitCode.OK.name
+        return int(ExitCode[code]) if known else FAILED_DEFAULT_EXIT
     return RUN_EXIT.get(str(status), 1)
 
 

@@ -5,12 +5,8 @@ Each flag has an environment variable (contract section 1); a flag wins over its
 which wins over the default in `service.config.Config`. Binding beyond loopback without a
 token is refused before anything starts.
 
-Shutdown: uvicorn, on a signal, first waits for every open connection to close and only then
-runs the lifespan shutdown, so a subscriber holding a WebSocket or an SSE stream would hold
-the server up forever. `RunwireServer` therefore reacts to the first signal itself: it runs
-`service.app.drain` at once (stop accepting runs, let running runs finish or cancel them after
-the grace period, close WebSockets with 1001 and end SSE streams), and only then lets uvicorn
-shut down. A second signal forces the exit. The process exits 0 after a signal.
+Shutdown on SIGTERM/SIGINT is `service.server.RunwireServer`'s (drain first, then uvicorn's
+own shutdown; see that module). The process exits 0 after a signal.
 
 Only the standard library is imported at module level: the CLI parser is built for every
 `runwire` command, including client commands that must start quickly.
@@ -31,9 +27,10 @@ from .cli_errors import EXIT_USAGE, CliError
 if TYPE_CHECKING:
     from .config import Config
 
-__all__ = ["add_parsers", "build_config", "is_loopback", "log_config", "run_serve"]
+__all__ = ["add_parsers", "build_config", "is_loopback", "log_config", "log_level", "run_serve"]
 
 _MAX_PORT = 65535
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 # flag dest -> environment variable
 ENV_VARS = {
@@ -107,7 +104,7 @@ def add_parsers(sub: Any) -> None:
     )
     p.add_argument(
         "--log-level",
-        choices=("debug", "info", "warning", "error"),
+        choices=LOG_LEVELS,
         help="log level (RUNWIRE_LOG_LEVEL, default info)",
     )
     p.set_defaults(func=run_serve)
@@ -188,6 +185,18 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
     return config
 
 
+def log_level(args: argparse.Namespace, env: Mapping[str, str]) -> str:
+    """`--log-level`, else `RUNWIRE_LOG_LEVEL`, else `info`; `CliError` (exit 64) for a level
+    the flag's choices would have refused."""
+    level = str(_setting(args, env, "log_level") or "info").lower()
+    if level not in LOG_LEVELS:
+        raise CliError(
+            f"{ENV_VARS['log_level']}: expected one of {', '.join(LOG_LEVELS)}, got {level!r}",
+            EXIT_USAGE,
+        )
+    return level
+
+
 def log_config(level: str) -> dict[str, Any]:
     """One plain format on stderr for uvicorn's loggers and ours; access log at the same level."""
     handler = {"class": "logging.StreamHandler", "formatter": "plain", "stream": "ext://sys.stderr"}
@@ -238,7 +247,7 @@ def _check_data_dir(config: Config) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     """`runwire serve`: run until SIGTERM/SIGINT, then shut down in order and return 0."""
     config = build_config(args, os.environ)
-    level = str(_setting(args, os.environ, "log_level") or "info").lower()
+    level = log_level(args, os.environ)
     _check_bind(config)
     _check_data_dir(config)
     from .server import serve

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 
 @dataclass(frozen=True)
 class Config:
+    """What `service.app.create_app` serves with; `runwire serve` builds it from flags and
+    environment (`service.cli_serve.build_config`), tests call it directly."""
+
     data_dir: Path = Path("./runwire-data")  # RUNWIRE_DATA_DIR
     host: str = "127.0.0.1"  # RUNWIRE_HOST
     port: int = 8000  # RUNWIRE_PORT
@@ -23,7 +26,6 @@ class Config:
     demo_interval_s: float = 3.0
     subscriber_queue_size: int = 1024  # events buffered per subscriber before it is cut off
     max_body_bytes: int = 1 << 20
-    extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def store_path(self) -> Path:

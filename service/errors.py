@@ -23,6 +23,9 @@ STATUS_BY_CODE: dict[str, int] = {
     "QUEUE_FULL": 429,
     "SERVICE_UNAVAILABLE": 503,
     "INTERNAL": 500,
+    # Not one of the contract's codes (the contract never lists 405), but still a problem:
+    # a known path with a method it does not serve.
+    "METHOD_NOT_ALLOWED": 405,
 }
 
 

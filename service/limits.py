@@ -13,7 +13,8 @@ For a request that carries a body (POST, PUT, PATCH, DELETE with content):
   numbers that overflow or take quadratic time to parse.
 
 The body is read here (bounded) and handed to the app unchanged; later `receive()` calls go to
-the server, so handlers still see `http.disconnect`.
+the server, so handlers still see `http.disconnect`. A client that disconnects before its
+body is complete gets no answer, and the cut-short body never reaches a handler.
 """
 
 from __future__ import annotations
@@ -107,6 +108,8 @@ class BodyLimitMiddleware:
                 response.headers["Connection"] = "close"
             await response(scope, receive, send)
             return
+        if body is None:
+            return  # the client went away mid-body: nobody to answer, nothing to handle
         replayed = False
 
         async def replay() -> Message:
@@ -118,7 +121,8 @@ class BodyLimitMiddleware:
 
         await self.app(scope, replay, send)
 
-    async def _checked_body(self, scope: Scope, receive: Receive) -> bytes:
+    async def _checked_body(self, scope: Scope, receive: Receive) -> bytes | None:
+        """The whole body, checked; None when the client disconnected before sending it all."""
         headers = Headers(scope=scope)
         limit = self.max_body_bytes
         too_large = ServiceError("PAYLOAD_TOO_LARGE", f"request body is larger than {limit} bytes")
@@ -130,7 +134,7 @@ class BodyLimitMiddleware:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                break
+                return None
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:

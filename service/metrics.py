@@ -1,4 +1,4 @@
-"""Prometheus metrics for `GET /v1/metrics`, in a registry of their own (one per app).
+"""Prometheus metrics for `GET /v1/metrics`, in a registry of their own (one per scrape).
 
 Every figure is read from live state at scrape time (`StateCollector`): the runtime's readiness
 figures (sessions, active and queued runs, queue capacity, sessions in error, subscribers), the
@@ -6,13 +6,13 @@ store's runs (count by status, and the duration histogram of finished runs), and
 seq counter (events published since start). Nothing is counted on the side, so nothing can
 drift from the truth, and the histogram survives restarts because the store does.
 
-The registry is per app (not prometheus-client's global one) so that several apps in one
-process (tests) never collide and nothing else leaks into the output.
+The registry is built per scrape around that scrape's `Snapshot` (not prometheus-client's
+global one), so that several apps in one process (tests) never collide, concurrent scrapes
+share no state, and nothing else leaks into the output.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -98,7 +98,7 @@ class StateCollector(Collector):
 
 
 class ServiceMetrics:
-    """The app's own registry holding a `StateCollector`.
+    """Renders the app's metrics: one registry holding a `StateCollector` per scrape.
 
     `load_runs()` returns `(status, elapsed_s)` of every stored run; it reads the store, so
     `render` runs in a worker thread, while the loop-owned figures (readiness, the broker's
@@ -107,16 +107,10 @@ class ServiceMetrics:
 
     def __init__(self, load_runs: Callable[[], Sequence[tuple[str, float | None]]]) -> None:
         self._load_runs = load_runs
-        self._lock = threading.Lock()  # one scrape at a time owns `_current`
-        self._current = Snapshot()
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(StateCollector(lambda: self._current))
 
     def render(self, readiness: dict[str, Any], events_published: int) -> bytes:
         """The Prometheus text exposition (blocking: call it from a worker thread)."""
-        with self._lock:
-            self._current = Snapshot(readiness, self._load_runs(), events_published)
-            try:
-                return generate_latest(self.registry)
-            finally:
-                self._current = Snapshot()
+        snapshot = Snapshot(readiness, self._load_runs(), events_published)
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(StateCollector(lambda: snapshot))
+        return generate_latest(registry)

@@ -84,10 +84,6 @@ class OperationTable:
 
         return decorate
 
-    def add(self, operation: Operation) -> None:
-        """Describe an operation whose route is built elsewhere (streams, other modules)."""
-        self.operations.append(operation)
-
     def add_route(self, route: BaseRoute) -> None:
         """A route without an operation of its own (e.g. a WebSocket, described in AsyncAPI)."""
         self._routes.append(route)

@@ -7,7 +7,7 @@ Sources of errors and what they become:
 - `msgspec.ValidationError` / `msgspec.DecodeError` escaping a handler: 422 `INVALID_REQUEST`
   with the failing path (`$.pipeline.yaml_text`) in `errors`.
 - Starlette's `HTTPException` for unknown routes (404 `NOT_FOUND`) and wrong methods (405
-  `METHOD_NOT_ALLOWED`, with `Allow`).
+  `METHOD_NOT_ALLOWED`, with `Allow`; a code of ours, not the contract's).
 - Anything else (`InternalErrorMiddleware`): 500 `INTERNAL` and nothing more; the traceback
   goes to the log only.
 """
@@ -100,20 +100,13 @@ def validation_problems(exc: msgspec.ValidationError | msgspec.DecodeError) -> S
 
 def _http_exception_problem(exc: HTTPException, *, allow: str | None = None) -> Response:
     if exc.status_code == 405:
-        # Not one of the contract's codes (the contract never lists 405), but still a problem.
-        body: dict[str, Any] = {
-            "type": "https://runwire.dev/problems/method-not-allowed",
-            "title": "Method not allowed",
-            "status": 405,
-            "detail": "this method is not allowed on this resource",
-            "code": "METHOD_NOT_ALLOWED",
-        }
         headers: dict[str, str] = dict(exc.headers or {})
         if allow is not None:
             headers["Allow"] = allow
-        return Response(
-            _encoder.encode(body), 405, media_type=PROBLEM_MEDIA_TYPE, headers=dict(headers)
+        error = ServiceError(
+            "METHOD_NOT_ALLOWED", "this method is not allowed on this resource", headers=headers
         )
+        return problem_response(error)
     if exc.status_code == 404:
         return problem_response(ServiceError("NOT_FOUND", "no such resource"))
     code = {

@@ -111,7 +111,7 @@ async def run_events(request: Request) -> Response:
 # --- WebSocket ----------------------------------------------------------------------------
 
 
-def _control_error(exc: Exception) -> Exception:
+def _control_error(exc: ServiceError | msgspec.ValidationError) -> ControlError:
     if isinstance(exc, ServiceError):
         return ControlError(exc.code, exc.detail)
     return ControlError("INVALID_REQUEST", str(exc))
@@ -136,7 +136,8 @@ class RuntimeControl:
             if op not in self._OPS:
                 raise ServiceError("INVALID_REQUEST", f"unknown op {op!r}")
             result: Any = await getattr(self, "_" + op)(args)
-        except (ServiceError, msgspec.ValidationError, TypeError, ValueError) as exc:
+        except (ServiceError, msgspec.ValidationError) as exc:
+            # Anything else is a bug: `streaming.ws` logs it and replies INTERNAL.
             raise _control_error(exc) from exc
         out: dict[str, Any] = msgspec.to_builtins(result)
         return out

@@ -135,17 +135,35 @@ async def list_retained_runs(request: Request) -> Response:
             f"unknown status {status[:64]!r}",
             errors=[{"path": "$.status", "message": "expected one of " + ", ".join(_STATUSES)}],
         )
-    limit = _limit(request)
-    # One more than asked tells whether another page follows.
-    runs = await _off_loop(
-        _retained(request).list,
+    runs, next_before = await _off_loop(
+        _page,
+        _retained(request),
         _query(request, "session_id"),
         status,
-        limit + 1 if limit < MAX_LIMIT else limit,
+        _limit(request),
         _query(request, "before"),
     )
-    next_before = runs[limit - 1]["run_id"] if len(runs) > limit else None
-    return json_response({"runs": runs[:limit], "next_before": next_before})
+    return json_response({"runs": runs, "next_before": next_before})
+
+
+def _page(
+    retained: RetainedRuns,
+    session_id: str | None,
+    status: str | None,
+    limit: int,
+    before: str | None,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of runs and the `next_before` cursor (None on the last page); blocking.
+
+    One run more than asked tells whether another page follows. `RetainedRuns.list` clamps to
+    `MAX_LIMIT`, so a full page of `MAX_LIMIT` runs asks once more, after its last run.
+    """
+    runs = retained.list(session_id, status, min(limit + 1, MAX_LIMIT), before)
+    if len(runs) > limit:
+        return runs[:limit], runs[limit - 1]["run_id"]
+    if len(runs) == MAX_LIMIT and retained.list(session_id, status, 1, runs[-1]["run_id"]):
+        return runs, runs[-1]["run_id"]
+    return runs, None
 
 
 @table.route(
@@ -232,6 +250,6 @@ async def retained_run_artifact(request: Request) -> Response:
     return FileResponse(target, media_type=media_type_for(target), filename=target.name)
 
 
-# What `service.app` mounts under `/v1` (its `RETAINED_OPERATIONS` describe the same paths;
-# `table.operations` holds this module's own, more detailed descriptions).
+# The routes alone, for apps that mount them without the runtime (`table.routes` as
+# `service.app` mounts them under `/v1`).
 routes = table.routes

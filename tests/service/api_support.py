@@ -41,6 +41,19 @@ class LiveServer:
         return "ws" + self.base_url.removeprefix("http")
 
 
+# A pipeline that needs source `sample` (a JSON file with a `value`) before it can run.
+NEEDS_SAMPLE = """
+name: needs-sample
+sources:
+  sample: {required: true}
+steps:
+  - id: read
+    use: json.read
+    params: {source: sample}
+    outputs: {value: sample.value}
+"""
+
+
 def sleep_step(step_id: str = "nap", seconds: float = 0.0, ticks: int = 1) -> dict[str, Any]:
     """A `diag.sleep` step (cancellable between ticks)."""
     return {"id": step_id, "use": "diag.sleep", "params": {"seconds": seconds, "ticks": ticks}}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import socket
@@ -20,13 +21,13 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
+from api_support import NEEDS_SAMPLE
 
-from service.app import create_app
 from service.cli import main
 from service.cli_format import dry_run_text, duration, manifest_table, run_detail
 from service.client import problem_error
 from service.config import Config
+from service.server import serve_in_thread
 
 RUNWIRE = Path(sys.executable).with_name("runwire")
 
@@ -55,61 +56,18 @@ steps:
     params: {message: "on purpose"}
 """
 
-NEEDS_SAMPLE = """
-name: needs-sample
-sources:
-  sample: {required: true}
-steps:
-  - id: read
-    use: json.read
-    params: {source: sample}
-    outputs: {value: sample.value}
-"""
-
-
-class _Server(uvicorn.Server):
-    """uvicorn.Server that signals `ready` once started, or once it gave up starting."""
-
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config)
-        self.ready = threading.Event()
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        try:
-            await super().startup(sockets)
-        finally:
-            self.ready.set()
-
-    def run(self, sockets: list[socket.socket] | None = None) -> None:
-        try:
-            super().run(sockets)
-        finally:
-            self.ready.set()  # startup failed before `startup` (lifespan error)
-
 
 class LiveServer:
-    """The app served by uvicorn in a thread on a socket bound before the thread starts."""
+    """`service.server.serve_in_thread` held open across a module's tests; `stop()` drains."""
 
     def __init__(self, data_dir: Path, token: str | None = None) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         self.data_dir = data_dir
-        config = uvicorn.Config(
-            create_app(Config(data_dir=data_dir, shutdown_grace=1.0, token=token)),
-            log_level="warning",
-            lifespan="on",
-        )
-        self.server = _Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]})
-        self.thread.start()
-        if not self.server.ready.wait(60) or not self.server.started:
-            self.stop()
-            raise RuntimeError("the runwire app did not start (see the log above)")
+        self._serving = contextlib.ExitStack()
+        config = Config(data_dir=data_dir, shutdown_grace=1.0, token=token)
+        self.url: str = self._serving.enter_context(serve_in_thread(config))[0]
 
     def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(30)
-        self.sock.close()
+        self._serving.close()
 
 
 @pytest.fixture(scope="module")
@@ -197,6 +155,22 @@ def test_templates(cli: Any) -> None:
     _, out, _ = cli("session", "templates")
     assert out.splitlines()[0].split()[:3] == ["PROFILE", "REQUIRED", "OPTIONAL"]
     assert any(line.startswith("saxs") for line in out.splitlines())
+
+
+class _ClosedPipe(io.StringIO):
+    """A stdout whose reader went away (and which has no file descriptor, as under pytest)."""
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_a_reader_going_away_is_exit_141_without_a_message(
+    server: LiveServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(sys, "stdout", _ClosedPipe())
+    assert main(["session", "--url", server.url, "templates"]) == 141
+    assert main(["steps"]) == 141  # a local command: the same one mapping in `cli.main`
+    assert capsys.readouterr().err == ""
 
 
 def test_sources_sinks_sample_and_dry_run(cli: Any, tmp_path: Path) -> None:

@@ -17,24 +17,13 @@ from typing import Any
 
 import httpx
 import pytest
-from api_support import Api, LiveServer, assert_problem, session_body
+from api_support import NEEDS_SAMPLE, Api, LiveServer, assert_problem, session_body
 
 from service.cli import build_parser, main
 from service.cli_errors import CliError
 from service.cli_serve import build_config
 
 pytestmark = pytest.mark.anyio
-
-NEEDS_SAMPLE = """
-name: needs-sample
-sources:
-  sample: {required: true}
-steps:
-  - id: read
-    use: json.read
-    params: {source: sample}
-    outputs: {value: sample.value}
-"""
 
 
 # --- HTTP ---------------------------------------------------------------------------------------

@@ -7,11 +7,13 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from api_support import assert_problem
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+from starlette.types import Message, Receive, Scope, Send
 
 from service.limits import BodyLimitMiddleware, check_json_shape
 from service.problems import exception_handlers
@@ -38,15 +40,6 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=tiny_app())
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
         yield c
-
-
-def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, object]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/problem+json"
-    body: dict[str, object] = response.json()
-    assert body["code"] == code
-    assert body["status"] == status
-    return body
 
 
 async def test_json_body_within_limit_reaches_handler_unchanged(client: httpx.AsyncClient) -> None:
@@ -127,3 +120,31 @@ def test_shape_check_ignores_brackets_and_digits_inside_strings() -> None:
     assert check_json_shape(text, max_depth=4, max_number_chars=10) is None
     assert check_json_shape(b"[[[[[1]]]]]", max_depth=4, max_number_chars=10) is not None
     assert check_json_shape(b"[[[[1]]]]", max_depth=4, max_number_chars=10) is None
+
+
+async def test_a_body_cut_short_by_a_disconnect_never_reaches_the_handler() -> None:
+    handled: list[bytes] = []
+    sent: list[Message] = []
+
+    async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+        handled.append((await receive())["body"])
+
+    incoming: list[Message] = [
+        {"type": "http.request", "body": b'{"process": tr', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+
+    async def receive() -> Message:
+        return incoming.pop(0)
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope: Scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/echo",
+        "headers": [(b"content-type", b"application/json")],
+    }
+    await BodyLimitMiddleware(handler, max_body_bytes=LIMIT)(scope, receive, send)
+    assert handled == [] and sent == []

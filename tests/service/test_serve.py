@@ -20,7 +20,7 @@ import pytest
 
 from service.cli import build_parser
 from service.cli_errors import CliError
-from service.cli_serve import build_config, is_loopback
+from service.cli_serve import build_config, is_loopback, log_level
 
 pytestmark = pytest.mark.slow
 RUNWIRE = [sys.executable, "-m", "service.cli"]
@@ -71,6 +71,15 @@ def test_bad_numbers_are_usage_errors() -> None:
     assert info.value.exit_code == 64 and "RUNWIRE_PORT" in str(info.value)
     with pytest.raises(CliError):
         build_config(parse("--workers", "0"), {})
+
+
+def test_log_level_from_flag_or_environment_and_a_bad_one_is_a_usage_error() -> None:
+    assert log_level(parse(), {}) == "info"
+    assert log_level(parse(), {"RUNWIRE_LOG_LEVEL": "DEBUG"}) == "debug"
+    assert log_level(parse("--log-level", "error"), {"RUNWIRE_LOG_LEVEL": "debug"}) == "error"
+    with pytest.raises(CliError) as info:
+        log_level(parse(), {"RUNWIRE_LOG_LEVEL": "verbose"})
+    assert info.value.exit_code == 64 and "RUNWIRE_LOG_LEVEL" in str(info.value)
 
 
 @pytest.mark.parametrize(
