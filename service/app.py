@@ -19,7 +19,7 @@ Middleware, outermost first: `InternalErrorMiddleware` (500 `INTERNAL`, logged o
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
 from typing import Any
@@ -82,11 +82,6 @@ def create_app(config: Config) -> Starlette:
     return app
 
 
-def _run_figures(store: SessionStore) -> Callable[[], list[tuple[str, float | None]]]:
-    def load() -> list[tuple[str, float | None]]:
-        return [(str(run.status), run.elapsed_s) for run in store.list_runs()]
-
-    return load
 
 
 @asynccontextmanager
@@ -116,7 +111,7 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
         runtime = Runtime(config, store, broker)
         await runtime.start()
         state.runtime = runtime
-        state.metrics = ServiceMetrics(_run_figures(store))
+        state.metrics = ServiceMetrics(store.run_figures)
         # drain() on the way out: stop the demo, finish or cancel runs, close the streams.
         stack.push_async_callback(drain, app)
         async with anyio.create_task_group() as tg:

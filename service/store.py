@@ -332,6 +332,15 @@ class SessionStore:
         sql += " ORDER BY queue_order"
         return [_decode_run(row[0]) for row in self._query(sql, params)]
 
+    def run_figures(self) -> list[tuple[str, float | None]]:
+        """`(status, elapsed_s)` of every stored run, for `/metrics`.
+
+        Read with `json_extract` rather than by decoding each record: a scrape every few
+        seconds must stay cheap as the run history grows.
+        """
+        rows = self._query("SELECT status, json_extract(record, '$.elapsed_s') FROM runs", [])
+        return [(str(status), None if elapsed is None else float(elapsed)) for status, elapsed in rows]
+
     # -- idempotency keys ------------------------------------------------------------------
 
     def idempotent_run(self, session_id: str, key: str) -> str | None:

@@ -261,3 +261,14 @@ def test_damaged_pages_inside_a_database_are_reported(tmp_path: Path) -> None:
     with pytest.raises(StoreError) as info:
         SessionStore(path)
     assert "corrupt" in info.value.reason or "malformed" in info.value.reason
+
+
+def test_run_figures_give_status_and_elapsed_of_every_run(store: SessionStore) -> None:
+    done = make_run("r1")
+    done.status = RunStatus.SUCCEEDED
+    done.elapsed_s = 1.5
+    store.save_run(done)
+    store.save_run(make_run("r2"))  # queued: no elapsed time yet
+    assert sorted(store.run_figures(), key=str) == sorted(
+        [("succeeded", 1.5), ("queued", None)], key=str
+    )
