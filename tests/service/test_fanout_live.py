@@ -27,7 +27,12 @@ async def test_100_sse_subscribers_each_receive_every_event_of_a_diag_emit_run(
 ) -> None:
     emit = {"id": "emit", "use": "diag.emit", "params": {"count": EMITTED, "payload_bytes": 64}}
     limits = httpx.Limits(max_connections=SUBSCRIBERS + 10)
-    async with httpx.AsyncClient(base_url=live_server.base_url, limits=limits) as client:
+    # Server, worker thread and 100 clients share one process (and, under coverage, a slow
+    # tracer): no latency is asserted here, so httpx's 5 s default must not fail a slow start.
+    timeout = httpx.Timeout(60)
+    async with httpx.AsyncClient(
+        base_url=live_server.base_url, limits=limits, timeout=timeout
+    ) as client:
         assert (await client.post("/v1/sessions", json=session_body("fan", emit))).status_code == 201
         received: list[list[dict[str, Any]]] = []
 
