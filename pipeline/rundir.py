@@ -126,7 +126,7 @@ class RunDirectory:
         line = raw.rstrip(b"\n") + b"\n"
         with self._lock:
             if self._events is None:
-                self._events = open(self.events_path, "ab")  # noqa: SIM115 - kept open for appends
+                self._events = open_for_append(self.events_path)
             self._events.write(line)
             self._events.flush()
 
@@ -161,6 +161,43 @@ class RunDirectory:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def open_for_append(path: str | Path) -> IO[bytes]:
+    """Open an NDJSON journal for appending, first cutting off a torn last line.
+
+    A crash mid-append leaves a line without its newline. Appending after it would glue the next
+    event onto the fragment and lose both; the fragment was never a complete event (lines are
+    written before they are published), so it is dropped.
+    """
+    handle = open(path, "ab")  # noqa: SIM115 - the caller owns it
+    try:
+        end = handle.tell()
+        if end:
+            with open(path, "rb") as reader:
+                reader.seek(max(0, end - 1))
+                if reader.read(1) != b"\n":
+                    keep = _end_of_last_line(reader, end)
+                    handle.truncate(keep)
+                    handle.seek(keep)
+    except BaseException:
+        handle.close()
+        raise
+    return handle
+
+
+def _end_of_last_line(reader: IO[bytes], end: int, chunk: int = 65536) -> int:
+    """Offset just after the last newline before `end` (0 when there is none)."""
+    pos = end
+    while pos > 0:
+        start = max(0, pos - chunk)
+        reader.seek(start)
+        block = reader.read(pos - start)
+        cut = block.rfind(b"\n")
+        if cut >= 0:
+            return start + cut + 1
+        pos = start
+    return 0
 
 
 def read_ndjson(path: str | Path) -> list[bytes]:

@@ -28,7 +28,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from pipeline.rundir import EVENTS
+from pipeline.rundir import EVENTS, open_for_append
 from streaming.envelope import Event
 
 __all__ = ["EventPublisher", "EventSink"]
@@ -109,14 +109,14 @@ class EventPublisher:
         if run_id is None:
             path = self.session_journal(session_id)
             path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "ab") as session_file:
+            with open_for_append(path) as session_file:
                 session_file.write(line)
             return
         handle: IO[bytes] | None = self._run_files.get(run_id)
         if handle is None:
             path = self._run_paths.get(run_id) or self.run_journal(session_id, run_id)
             path.parent.mkdir(parents=True, exist_ok=True)
-            handle = open(path, "ab")  # noqa: SIM115 - kept open across events, closed in close_run
+            handle = open_for_append(path)  # kept open across events, closed in close_run
             if run_id in self._run_paths:
                 self._run_files[run_id] = handle
                 while len(self._run_files) > self._max_open:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+from pathlib import Path
 
 import msgspec
 
@@ -21,7 +23,8 @@ from streaming.envelope import utc_now
 
 from .durable import DurableIO
 from .errors import ServiceError
-from .records import RunError, RunRecord, RunStatus, SessionRecord, SessionState
+from .lifecycle import emit_terminal
+from .records import FINAL_RUN_STATUSES, RunError, RunRecord, RunStatus, SessionRecord, SessionState
 from .retained import RetainedRuns
 from .scheduler import LiveRun, Scheduler, SessionEntry, changed_sources_of
 from .sessions import error_state, is_running, run_transition
@@ -30,6 +33,8 @@ from .validation import parse_pipeline
 __all__ = ["recover"]
 
 log = logging.getLogger("service.recovery")
+
+FINAL_STATUS_VALUES = sorted(status.value for status in FINAL_RUN_STATUSES)
 
 INTERRUPTED_ERROR = RunError(
     code="INTERRUPTED", message="the service stopped while this run was active"
@@ -84,6 +89,10 @@ async def recover(scheduler: Scheduler) -> None:
         owner.record.queued_run_ids.append(run.run_id)
 
     orphans = await scheduler.io(_close_orphan_run_dirs, scheduler)
+    finished = await scheduler.io(store.list_runs, None, FINAL_STATUS_VALUES)
+    unended = await scheduler.io(_runs_without_terminal_event, scheduler, finished)
+    for run in unended:
+        await _emit_missing_terminal(scheduler, run)
     entries = tuple(scheduler.sessions.values())
     before = [entry.record.state for entry in entries]
     for entry in entries:
@@ -98,12 +107,62 @@ async def recover(scheduler: Scheduler) -> None:
         await scheduler.announce_state(entry, old)
     if rows or active or queued:
         log.info(
-            "recovered %d sessions, interrupted %d runs, re-queued %d runs, closed %d orphans",
+            "recovered %d sessions, interrupted %d runs, re-queued %d runs, closed %d orphans,"
+            " ended %d runs whose terminal event was lost",
             len(scheduler.sessions),
             len(active),
             len(queued),
             orphans,
+            len(unended),
         )
+
+
+def _runs_without_terminal_event(scheduler: Scheduler, runs: list[RunRecord]) -> list[RunRecord]:
+    """Final runs whose journal does not end with a terminal event.
+
+    A run's final status is committed before its terminal event is written (a client must never
+    be told of an outcome the store does not have); a crash between the two leaves the run final
+    with no `run.finished` / `run.cancelled` / `run.interrupted` in its `events.ndjson`. Only
+    each journal's tail is read, so this stays cheap as the history grows.
+    """
+    return [
+        run
+        for run in runs
+        if _last_event_type(scheduler.publisher.run_journal(run.session_id, run.run_id))
+        not in ev.TERMINAL_RUN_TYPES
+    ]
+
+
+def _last_event_type(path: Path, tail: int = 65536) -> str | None:
+    try:
+        with open(path, "rb") as journal:
+            journal.seek(0, os.SEEK_END)
+            size = journal.tell()
+            journal.seek(max(0, size - tail))
+            data = journal.read()
+    except FileNotFoundError:
+        return None
+    # The part after the last newline is a torn write (or empty): not an event.
+    lines = [line for line in data.split(b"\n")[:-1] if line.strip()]
+    if not lines:
+        return None
+    try:
+        kind = msgspec.json.decode(lines[-1], type=_TypeOnly).type
+    except msgspec.MsgspecError:
+        return None
+    return kind
+
+
+class _TypeOnly(msgspec.Struct):
+    type: str
+
+
+async def _emit_missing_terminal(scheduler: Scheduler, run: RunRecord) -> None:
+    if run.status is RunStatus.INTERRUPTED:
+        data = {"status": RunStatus.INTERRUPTED.value, "elapsed_s": run.elapsed_s}
+        await scheduler.emit(ev.RUN_INTERRUPTED, run.session_id, data, run.run_id)
+    else:
+        await emit_terminal(scheduler, run)
 
 
 def _close_orphan_run_dirs(scheduler: Scheduler) -> int:

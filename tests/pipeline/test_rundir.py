@@ -117,3 +117,25 @@ def test_atomic_writes_follow_the_umask_not_mkstemps_0600(tmp_path: Path) -> Non
     mode = stat.S_IMODE((tmp_path / "summary.json").stat().st_mode)
     assert mode == 0o644
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]  # no temp file left
+
+
+def test_appending_after_a_torn_line_drops_the_fragment_instead_of_gluing_onto_it(
+    tmp_path: Path,
+) -> None:
+    # A crash mid-append leaves a line without its newline; the next start appends to the same
+    # journal (a terminal event for the run, say). Glued onto the fragment, that event would be
+    # unreadable and lost.
+    from pipeline.rundir import RunDirectory, open_for_append, read_ndjson
+
+    run_dir = RunDirectory(tmp_path / "r-1")
+    run_dir.create()
+    run_dir.events_path.write_bytes(b'{"seq":1}\n{"seq":2,"da')
+    run_dir.append_event(b'{"seq":3}')
+    run_dir.close()
+    assert read_ndjson(run_dir.events_path) == [b'{"seq":1}', b'{"seq":3}']
+
+    only_torn = tmp_path / "session-events.ndjson"
+    only_torn.write_bytes(b'{"seq":4,"torn')
+    with open_for_append(only_torn) as handle:
+        handle.write(b'{"seq":5}\n')
+    assert read_ndjson(only_torn) == [b'{"seq":5}']

@@ -167,3 +167,33 @@ async def test_restart_closes_run_directories_that_no_stored_run_owns(
     assert summary["status"] == "interrupted"
     assert summary["run_name"] == "lost"
     assert not list(orphan.glob(".*.tmp"))
+
+
+@pytest.mark.anyio
+async def test_restart_publishes_a_terminal_event_lost_after_the_final_commit(
+    make_config: Callable[..., Config],
+) -> None:
+    # The final status is committed before run.finished is written: a kill in between (seen
+    # in the crash tests under load) left a succeeded run with no terminal event at all.
+    config = make_config(workers=1)
+    async with running(config) as h:
+        await h.runtime.create_session(create_request("a", pipeline_text(noop_step())))
+        run_id = (await h.runtime.submit("a", process())).run_id
+        await h.recorder.wait_event("run.finished", run_id)
+    journal = config.runs_dir / "a" / run_id / "events.ndjson"
+    lines = read_ndjson(journal)
+    assert msgspec.json.decode(lines[-1])["type"] == "run.finished"
+    # as the kill leaves it: everything but the terminal event, and a torn start of it
+    journal.write_bytes(b"".join(line + b"\n" for line in lines[:-1]) + b'{"specversion":"1.')
+
+    async with running(config) as h:
+        event = await h.recorder.wait_event("run.finished", run_id)
+        assert event.data["status"] == "succeeded"
+    types = [msgspec.json.decode(line)["type"] for line in read_ndjson(journal)]
+    assert [t for t in types if t.startswith("run.") and t not in ("run.queued", "run.started")] == [
+        "run.finished"
+    ]
+
+    async with running(config) as h:  # a third start finds the run ended: nothing is added
+        pass
+    assert len(read_ndjson(journal)) == len(types)
