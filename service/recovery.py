@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import msgspec
@@ -36,6 +37,10 @@ log = logging.getLogger("service.recovery")
 
 FINAL_STATUS_VALUES = sorted(status.value for status in FINAL_RUN_STATUSES)
 
+# How long an Idempotency-Key keeps returning its first run. Long enough for any client retry
+# loop; without a limit the keys table would grow with every keyed submit forever.
+IDEMPOTENCY_KEY_TTL = timedelta(days=7)
+
 INTERRUPTED_ERROR = RunError(
     code="INTERRUPTED", message="the service stopped while this run was active"
 )
@@ -51,6 +56,8 @@ def _resting_state(record: SessionRecord) -> SessionState:
 async def recover(scheduler: Scheduler) -> None:
     """Load sessions, interrupt runs that were active, re-queue waiting runs."""
     store = scheduler.store
+    cutoff = (datetime.now(UTC) - IDEMPOTENCY_KEY_TTL).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    await scheduler.io(store.prune_idempotency, cutoff)
     rows = await scheduler.io(store.load_sessions)
     for record, text in rows:
         try:

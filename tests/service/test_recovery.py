@@ -197,3 +197,28 @@ async def test_restart_publishes_a_terminal_event_lost_after_the_final_commit(
     async with running(config) as h:  # a third start finds the run ended: nothing is added
         pass
     assert len(read_ndjson(journal)) == len(types)
+
+
+@pytest.mark.anyio
+async def test_start_prunes_idempotency_keys_older_than_their_lifetime(
+    make_config: Callable[..., Config],
+) -> None:
+    import sqlite3
+
+    config = make_config(workers=1)
+    async with running(config) as h:
+        await h.runtime.create_session(create_request("a", pipeline_text(noop_step())))
+        old = await h.runtime.submit("a", process(), idempotency_key="old")
+        fresh = await h.runtime.submit("a", process(), idempotency_key="fresh")
+        await h.recorder.wait_event("run.finished", fresh.run_id)
+    with sqlite3.connect(config.store_path) as conn:  # as if submitted eight days ago
+        conn.execute(
+            "UPDATE idempotency SET created_utc = '2000-01-01T00:00:00Z' WHERE key = 'old'"
+        )
+    conn.close()
+
+    async with running(config) as h:
+        again = await h.runtime.submit("a", process(), idempotency_key="fresh")
+        assert again.run_id == fresh.run_id  # still within its lifetime
+        reused = await h.runtime.submit("a", process(), idempotency_key="old")
+        assert reused.run_id != old.run_id  # expired: a new run
