@@ -45,7 +45,7 @@ class _Item:
 
     path: str
     id: str
-    kind: str  # leaf | pipeline | group
+    kind: str  # leaf | pipeline | group | unknown (a leaf whose `use` names no step)
     step: Step | None = None
     inputs: dict[str, str] = field(default_factory=dict)
     optional: frozenset[str] = frozenset()
@@ -166,9 +166,7 @@ def _items(steps: list[Any], where: str, sources: dict[str, bool], problems: lis
         if "use" in raw and "steps" in raw:
             problems.append(Problem(path, "a step has either use (a step) or steps (a nested pipeline), not both"))
         elif "use" in raw:
-            item = _leaf(raw, path, step_id, sources, problems)
-            if item is not None:
-                items.append(item)
+            items.append(_leaf(raw, path, step_id, sources, problems))
         elif "steps" in raw:
             items.append(_nested(raw, path, step_id, sources, problems))
         else:
@@ -193,7 +191,7 @@ def _common(raw: dict[str, Any], path: str, problems: list[Problem]) -> dict[str
 
 def _leaf(
     raw: dict[str, Any], path: str, step_id: str, sources: dict[str, bool], problems: list[Problem]
-) -> _Item | None:
+) -> _Item:
     for key in sorted(set(raw) - _LEAF_KEYS, key=str):
         problems.append(Problem(f"{path}.{key}", f"unknown key (expected one of {', '.join(sorted(_LEAF_KEYS))})"))
     options = _common(raw, path, problems)
@@ -203,14 +201,24 @@ def _leaf(
         close = difflib.get_close_matches(str(use), list(REGISTRY), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else " (`runwire steps` lists them)"
         problems.append(Problem(f"{path}.use", f"unknown step {use!r}{hint}"))
-        return None
+        # Still check its params' shape and follow its inputs and outputs through the flow, so
+        # the problems around it are reported too and its consumers are not falsely flagged
+        # "never provided".
+        if raw.get("params") is not None and not isinstance(raw.get("params"), dict):
+            problems.append(Problem(f"{path}.params", "must be a mapping of parameters"))
+        inputs = _mapping(raw.get("inputs"), f"{path}.inputs", None, "input", str(use), problems)
+        outputs = _mapping(raw.get("outputs"), f"{path}.outputs", None, "output", str(use), problems)
+        # Whether its inputs are optional is unknown: only misordering is reported for them.
+        return _Item(path, step_id, "unknown", inputs=inputs, optional=frozenset(inputs),
+                     outputs=outputs, options=options)  # fmt: skip
     known_inputs = (*cls.input_names, *cls.optional_inputs)
     inputs = _mapping(raw.get("inputs"), f"{path}.inputs", known_inputs, "input", cls.name, problems)
     raw_inputs = raw.get("inputs") or {}
     for name in cls.input_names:
         # An input mapped to a bad key was reported above; only a truly absent one is "missing".
         if isinstance(raw_inputs, dict) and name not in raw_inputs:
-            problems.append(Problem(f"{path}.inputs", f"missing input {name!r} of step {cls.name!r}"))
+            # One problem per input, each at its own path: `steps[3].inputs.a`, `.inputs.b`.
+            problems.append(Problem(f"{path}.inputs.{name}", f"missing input {name!r} of step {cls.name!r}"))
     outputs = _mapping(raw.get("outputs"), f"{path}.outputs", cls.output_names, "output", cls.name, problems)
     params = _params(cls, raw.get("params"), f"{path}.params", sources, problems)
     item = _Item(path, step_id, "leaf", inputs=inputs, optional=frozenset(cls.optional_inputs),
@@ -224,8 +232,10 @@ def _leaf(
 
 
 def _mapping(
-    value: Any, path: str, known: tuple[str, ...], what: str, step_name: str, problems: list[Problem]
+    value: Any, path: str, known: tuple[str, ...] | None, what: str, step_name: str,
+    problems: list[Problem],
 ) -> dict[str, str]:
+    """`value` as name -> context key; `known` None accepts any name (an unknown step's)."""
     if value is None:
         return {}
     if not isinstance(value, dict):
@@ -233,7 +243,7 @@ def _mapping(
         return {}
     out: dict[str, str] = {}
     for name, key in value.items():
-        if name not in known:
+        if known is not None and name not in known:
             listed = ", ".join(known) or "none"
             problems.append(Problem(f"{path}.{name}", f"unknown {what} {name!r} of step {step_name!r} ({what}s: {listed})"))
         elif not isinstance(key, str) or not key:
@@ -259,17 +269,38 @@ def _params(
     if "source" in fields and isinstance(value.get("source"), str) and value["source"] not in sources:
         declared = ", ".join(sorted(sources)) or "none"
         problems.append(Problem(f"{path}.source", f"source {value['source']!r} is not declared under sources: (declared: {declared})"))
-    if unknown:
+    # Each parameter is checked on its own first: converting the whole Struct stops at the
+    # first bad field, and that would hide the others.
+    bad = False
+    for f in msgspec.structs.fields(cls.Params):
+        if f.encode_name not in value:
+            if f.required:
+                problems.append(Problem(f"{path}.{f.encode_name}", f"required parameter of step {cls.name!r}"))
+                bad = True
+            continue
+        try:
+            msgspec.convert(value[f.encode_name], f.type)
+        except msgspec.ValidationError as exc:
+            _validation_problem(exc, f"{path}.{f.encode_name}", problems)
+            bad = True
+    if unknown or bad:
         return None
     try:
         return msgspec.convert(value, cls.Params)
-    except msgspec.ValidationError as exc:
-        match = _MSGSPEC_PATH.match(str(exc))
-        if match:
-            problems.append(Problem(path + match.group(2), match.group(1)))
-        else:
-            problems.append(Problem(path, str(exc)))
+    except msgspec.ValidationError as exc:  # a check across fields (the Struct's __post_init__)
+        _validation_problem(exc, path, problems)
         return None
+
+
+def _validation_problem(
+    exc: msgspec.ValidationError, path: str, problems: list[Problem]
+) -> None:
+    """A msgspec error as a Problem; its `$...` location is appended to `path`."""
+    match = _MSGSPEC_PATH.match(str(exc))
+    if match:
+        problems.append(Problem(path + match.group(2), match.group(1)))
+    else:
+        problems.append(Problem(path, str(exc)))
 
 
 def _nested(
@@ -323,7 +354,7 @@ def _flow(
     group_siblings: dict[str, str],
 ) -> None:
     for item in items:
-        if item.kind == "leaf":
+        if item.kind in ("leaf", "unknown"):
             for name, key in item.inputs.items():
                 if key in available:
                     continue

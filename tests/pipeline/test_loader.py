@@ -152,18 +152,63 @@ steps:
         "steps[1].id",  # duplicate id
         "steps[1].use",  # unknown step
         "steps[2].inputs.d",  # unknown input name
-        "steps[2].inputs",  # missing required input b
+        "steps[0].params.value",  # a bad type, not hidden by the unknown param beside it
+        "steps[2].inputs.b",  # missing required input b
         "steps[3].steps[0].params.n_bins",  # invalid value (msgspec's path)
         "steps[3].steps[0].inputs.a",  # used before provided
         "steps[3].steps[0].inputs.b",  # never provided
         "steps[4].params.source",  # undeclared source
     }
     assert "duplicate" in problems["steps[1].id"]
-    assert "'b'" in problems["steps[2].inputs"]
+    assert "'b'" in problems["steps[2].inputs.b"]
     assert "before it is provided" in problems["steps[3].steps[0].inputs.a"]
     assert "never provided" in problems["steps[3].steps[0].inputs.b"]
     assert ">= 1" in problems["steps[3].steps[0].params.n_bins"]
     assert "dark" in problems["steps[4].params.source"]
+
+
+def test_two_missing_inputs_are_two_problems_each_at_its_path() -> None:
+    text = """
+name: p
+steps:
+  - {id: a, use: loadertest.const, outputs: {out: x}}
+  - {id: b, use: loadertest.add, outputs: {out: y}}
+"""
+    problems = problems_of(text)
+    assert set(problems) == {"steps[1].inputs.a", "steps[1].inputs.b"}
+    assert "missing input 'a'" in problems["steps[1].inputs.a"]
+    assert "missing input 'b'" in problems["steps[1].inputs.b"]
+
+
+def test_every_bad_param_is_reported_not_only_the_first() -> None:
+    text = """
+name: p
+sources: {sample: {}}
+steps:
+  - {id: a, use: loadertest.const, params: {value: abc, source: 3}, outputs: {out: x}}
+  - {id: b, use: loadertest.add, params: {n_bins: 0, colour: red}, inputs: {a: x, b: x}, outputs: {out: y}}
+"""
+    problems = problems_of(text)
+    assert set(problems) == {
+        "steps[0].params.value", "steps[0].params.source",
+        "steps[1].params.n_bins", "steps[1].params.colour",
+    }  # fmt: skip
+    assert ">= 1" in problems["steps[1].params.n_bins"]
+
+
+def test_an_unknown_step_hides_nothing_around_it() -> None:
+    # Its outputs still count as provided (no false "never provided" downstream), and a
+    # misordered input of it is still reported.
+    text = """
+name: p
+steps:
+  - {id: a, use: loadertest.nope, inputs: {x: later}, outputs: {out: x}}
+  - {id: b, use: loadertest.add, inputs: {a: x, b: x}, outputs: {out: later}}
+  - {id: c, use: loadertest.add, inputs: {a: x}, outputs: {out: z}}
+"""
+    problems = problems_of(text)
+    assert set(problems) == {"steps[0].use", "steps[0].inputs.x", "steps[2].inputs.b"}
+    assert "before it is provided" in problems["steps[0].inputs.x"]
 
 
 def test_invalid_param_type_names_msgspec_path() -> None:
