@@ -39,10 +39,10 @@ from .group import StepGroup
 from .incremental import IncrementalCache, execution_signature, remember
 from .observer import ObserverFanout, RunInfo, RunObserver
 from .planning import LeafPlan, compile_leaves, pipeline_key, plan_run
-from .rundir import artifact_paths
+from .rundir import ARTIFACTS, artifact_paths
 from .runstate import RunContext, RunErrorInfo, RunResult
 from .signatures import ABSENT
-from .step import CompletedState, PipelineStep, SourceSpec, StepContext, StepResult
+from .step import CompletedState, PipelineStep, RunLabel, SourceSpec, StepContext, StepResult
 
 log = logging.getLogger("pipeline")
 
@@ -96,6 +96,7 @@ class ProcessingRunner:
         observers: Sequence[RunObserver] = (),
         cache: IncrementalCache | None = None,
         artifacts_dir: Path | str | None = None,
+        run_id: str | None = None,
     ) -> None:
         if isinstance(spec, Pipeline):
             spec = PipelineSpec.from_pipeline(spec)
@@ -105,6 +106,9 @@ class ProcessingRunner:
         self.cache = cache
         self.artifacts_dir = Path(artifacts_dir) if artifacts_dir is not None else None
         self._artifacts_key = str(self.artifacts_dir) if self.artifacts_dir is not None else None
+        if run_id is None and self.artifacts_dir is not None and self.artifacts_dir.name == ARTIFACTS:
+            run_id = self.artifacts_dir.parent.name  # a run directory is named by its run id
+        self.label = RunLabel(run_id, spec.name, spec.version)
         self.leaves = compile_leaves(spec.pipeline, spec.version)
         optional_refs = {ref for ref, required in spec.sources.items() if not required}
         by_id = {leaf.full_id: leaf for leaf in self.leaves}
@@ -413,11 +417,14 @@ class ProcessingRunner:
             def report(fraction: float | None, message: str | None) -> None:
                 observers.on_step_progress(step_id, fraction, message)
 
-            ctx = StepContext(step_id, run.sources, run.cancel, report, log, self.artifacts_dir)
+            ctx = StepContext(
+                step_id, run.sources, run.cancel, report, log, self.artifacts_dir, self.label
+            )
         else:
             ctx = StepContext(
-                step_id, run.sources, run.cancel, log=log, artifacts_dir=self.artifacts_dir
-            )
+                step_id, run.sources, run.cancel, log=log, artifacts_dir=self.artifacts_dir,
+                run=self.label,
+            )  # fmt: skip
         run.ran.append(step_id)  # executed, whatever its outcome: a failed step was dirty too
         try:
             out = leaf.step.compute(inputs, ctx)

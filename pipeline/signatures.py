@@ -48,7 +48,12 @@ def encode_params(params: msgspec.Struct) -> bytes:
 
 
 def source_signature(spec: SourceSpec) -> str:
-    """Signature of a registered source from its file's identity (and content, if asked)."""
+    """Signature of a registered source from its file's identity (and content, if asked).
+
+    The identity is path, size, mtime, ctime and inode: a file rewritten in place with its size
+    and mtime restored (`os.utime`) still gets a new ctime, and one replaced by a rename a new
+    inode, so neither is mistaken for the file already processed.
+    """
     options = msgspec.json.encode(spec.options, order="sorted")
     try:
         st = os.stat(spec.location)
@@ -56,7 +61,8 @@ def source_signature(spec: SourceSpec) -> str:
         # The reading step will fail with a clear error; the signature just has to differ.
         return digest("missing", spec.type, spec.location, options)
     parts: list[bytes | str] = [spec.type, os.path.abspath(spec.location), str(st.st_size),
-                                str(st.st_mtime_ns), options]  # fmt: skip
+                                str(st.st_mtime_ns), str(st.st_ctime_ns), str(st.st_ino),
+                                options]  # fmt: skip
     if spec.options.get("hash"):
         parts.append(file_digest(spec.location))
     return digest(*parts)

@@ -42,6 +42,19 @@ def _no_progress(fraction: float | None, message: str | None) -> None:
     return None
 
 
+@dataclass(frozen=True)
+class RunLabel:
+    """Which run a step runs in: for writers that record provenance (NXcanSAS `run`,
+    `sasprocess`). `run_id` is None outside a run directory."""
+
+    run_id: str | None = None
+    pipeline_name: str = ""
+    pipeline_version: str = ""
+
+
+_NO_LABEL = RunLabel()
+
+
 class StepContext:
     """What a running step may use besides its inputs.
 
@@ -50,7 +63,8 @@ class StepContext:
     run with another directory (its files would be missing from the new run).
     """
 
-    __slots__ = ("_artifacts_dir", "cancel", "log", "report", "sources", "step_id", "wrote_artifacts")
+    __slots__ = ("_artifacts_dir", "cancel", "log", "report", "run", "sources", "step_id",
+                 "wrote_artifacts")  # fmt: skip
 
     def __init__(
         self,
@@ -60,6 +74,7 @@ class StepContext:
         report: ProgressFn = _no_progress,
         log: logging.Logger | None = None,
         artifacts_dir: Path | None = None,  # where writer steps put files (temp name, then rename)
+        run: RunLabel = _NO_LABEL,
     ) -> None:
         self.step_id = step_id
         self.sources = sources
@@ -67,6 +82,7 @@ class StepContext:
         self.report = report
         self.log = log if log is not None else logging.getLogger("pipeline")
         self._artifacts_dir = artifacts_dir
+        self.run = run
         self.wrote_artifacts = False
 
     @property

@@ -94,7 +94,7 @@ def test_param_override_and_dry_run(demo: Path, tmp_path: Path, capsys: pytest.C
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
-        (["--param", "bins.n_bins=many"], "steps[3].params.n_bins"),
+        (["--param", "bins.n_bins=many"], "steps[5].params.n_bins"),
         (["--param", "nowhere.n_bins=5"], "no step 'nowhere'"),
         (["--param", "novalue"], "STEP.NAME=VALUE"),
         (["--source", "sample"], "REF=PATH"),

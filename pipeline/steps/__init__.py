@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from . import arrays, curves, diag, geometry, integrate, io, masks, normalise, writers
+from . import arrays, checks, curves, diag, geometry, integrate, io, masks, normalise, writers
 
 __all__ = [
     "arrays",
+    "checks",
     "curves",
     "diag",
     "geometry",

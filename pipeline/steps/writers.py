@@ -3,22 +3,82 @@
 Each file is written under a temporary name in the same directory and renamed into place, so
 a reader (or a crash) never sees half a file. The output is the file name relative to the
 artifacts directory.
+
+The NXcanSAS file also records its provenance: the run id in `/sasentry01/run`, the curve's
+`Mask` (`@mask`: 1 where a point is not to be used), and a `sasprocess01` group naming
+runwire's version, the pipeline and every source file with its sha256.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import importlib.metadata
+import os
+import stat
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any
 
+import h5py
 import msgspec
 import numpy as np
 
 from .. import hdf5io
 from ..atomic import replace_atomically
 from ..errors import StepFailure
-from ..step import Step, StepContext, register
+from ..step import SourceSpec, Step, StepContext, register
 from ..uarray import Curve
+
+# sha256 of source files by identity (path, size, mtime, ctime, inode): the background and dark
+# files stay the same for many runs and are hashed once. Bounded: least recently used goes.
+_SHA256_CACHE_SIZE = 256
+_sha256_cache: OrderedDict[tuple[str, int, int, int, int], str] = OrderedDict()
+_sha256_lock = threading.Lock()
+_HASH_CHUNK = 1 << 20
+
+
+@functools.cache
+def runwire_version() -> str:
+    """The installed distribution's version ("unknown" when running from a bare checkout)."""
+    try:
+        return importlib.metadata.version("runwire")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def source_sha256(location: str) -> str:
+    """sha256 of a source file, or a short reason why there is none (not a regular file...).
+
+    Only regular files are opened: a FIFO or device named as a source must not block a writer.
+    """
+    try:
+        st = os.stat(location)
+    except OSError as exc:
+        return f"unavailable: {exc.strerror or type(exc).__name__}"
+    if not stat.S_ISREG(st.st_mode):
+        return "unavailable: not a regular file"
+    key = (os.path.abspath(location), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    with _sha256_lock:
+        if (known := _sha256_cache.get(key)) is not None:
+            _sha256_cache.move_to_end(key)
+            return known
+    h = hashlib.sha256()
+    try:
+        with open(location, "rb") as f:
+            while chunk := f.read(_HASH_CHUNK):
+                h.update(chunk)
+    except OSError as exc:
+        return f"unavailable: {exc.strerror or type(exc).__name__}"
+    digest = h.hexdigest()
+    with _sha256_lock:
+        _sha256_cache[key] = digest
+        while len(_sha256_cache) > _SHA256_CACHE_SIZE:
+            _sha256_cache.popitem(last=False)
+    return digest
 
 
 def _target(ctx: StepContext, filename: str) -> tuple[Path, str]:
@@ -39,9 +99,48 @@ def _curve(inputs: Mapping[str, Any]) -> Curve:
     return curve
 
 
+def _add_provenance(
+    path: Path, curve: Curve, ctx: StepContext, sources: Mapping[str, SourceSpec]
+) -> None:
+    """Add `Mask`/`@mask` and `sasprocess01` to a file written by `hdf5io.write_nxcansas`."""
+    string = h5py.string_dtype()
+    with h5py.File(path, "a") as f:
+        entry = f["sasentry01"]
+        data = entry["sasdata01"]
+        # NXcanSAS: the mask has the shape of I; True = this point is not to be used.
+        excluded = (np.asarray(curve.n_pixels) == 0) | ~np.isfinite(np.asarray(curve.i))
+        # Stored as int8 0/1: pynxtools' validator reads the field as NX_NUMBER.
+        data.create_dataset("Mask", data=excluded.astype(np.int8))
+        data.attrs["mask"] = "Mask"
+        process = entry.create_group("sasprocess01")
+        process.attrs["NX_class"] = "NXprocess"
+        process.attrs["canSAS_class"] = "SASprocess"
+        process.create_dataset("name", data="runwire")
+        process.create_dataset("date", data=datetime.now(UTC).isoformat(timespec="seconds"))
+        label = ctx.run
+        process.create_dataset(
+            "description",
+            data=f"runwire {runwire_version()}, pipeline {label.pipeline_name} "
+            f"{label.pipeline_version}, run {label.run_id or '(none)'}",
+        )
+        process.create_dataset("runwire_version", data=runwire_version())
+        process.create_dataset("pipeline", data=label.pipeline_name)
+        process.create_dataset("pipeline_version", data=label.pipeline_version)
+        for ref in sorted(sources):
+            location = os.path.abspath(sources[ref].location)
+            process.create_dataset(f"source_{ref}", data=location, dtype=string)
+            process.create_dataset(f"source_{ref}_sha256", data=source_sha256(location))
+
+
 @register
 class WriteNXcanSAS(Step):
-    """Write a curve as NXcanSAS HDF5: `/sasentry01/sasdata01/{Q,I,Idev}`, Q in 1/nm."""
+    """Write a curve as NXcanSAS HDF5: `/sasentry01/sasdata01/{Q,I,Idev,Mask}`, Q in 1/nm.
+
+    `/sasentry01/run` holds the run id. `Mask` (named by `sasdata01/@mask`) is True where a
+    point is not to be used. `sasentry01/sasprocess01` names runwire's version, the pipeline's
+    name and version, and each source file (`source_REF`) with its sha256
+    (`source_REF_sha256`).
+    """
 
     name = "write.nxcansas"
     input_names = ("curve",)
@@ -58,12 +157,13 @@ class WriteNXcanSAS(Step):
         assert isinstance(p, WriteNXcanSAS.Params)
         curve = _curve(inputs)
         path, rel = _target(ctx, p.filename)
-        replace_atomically(
-            path,
-            lambda tmp: hdf5io.write_nxcansas(
-                tmp, curve.q, curve.i, curve.idev, title=p.title, run=ctx.step_id
-            ),
-        )
+        run_id = ctx.run.run_id or ""
+
+        def write(tmp: Path) -> None:
+            hdf5io.write_nxcansas(tmp, curve.q, curve.i, curve.idev, title=p.title, run=run_id)
+            _add_provenance(tmp, curve, ctx, ctx.sources)
+
+        replace_atomically(path, write)
         return {"path": rel}
 
 

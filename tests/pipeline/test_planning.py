@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -209,7 +210,7 @@ def test_failed_step_is_rerun_next_time(tmp_path: Path) -> None:
     assert result.exit_code == ExitCode.OK and result.dirty_steps == ["meta", "geometry", "reduce"]
 
 
-def test_source_signature_tracks_size_mtime_options_and_content(tmp_path: Path) -> None:
+def test_source_signature_tracks_size_mtime_ctime_inode_options_and_content(tmp_path: Path) -> None:
     path = tmp_path / "f.h5"
     path.write_bytes(b"abc")
     spec = SourceSpec(type="hdf5", location=str(path))
@@ -217,9 +218,20 @@ def test_source_signature_tracks_size_mtime_options_and_content(tmp_path: Path) 
     assert source_signature(SourceSpec(type="hdf5", location=str(path))) == sig
     assert source_signature(SourceSpec(type="hdf5", location=str(path), options={"dataset": "/x"})) != sig
     st = path.stat()
-    path.write_bytes(b"abd")  # same size; restore the mtime: identity looks unchanged
+    path.write_bytes(b"abd")  # same size, mtime restored: only ctime tells
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert source_signature(spec) == sig
+    # ctime comes from the kernel's coarse clock: wait (bounded) for it to move on.
+    deadline = time.monotonic() + 10
+    while path.stat().st_ctime_ns == st.st_ctime_ns and time.monotonic() < deadline:
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    assert source_signature(spec) != sig
+    replaced = tmp_path / "g.h5"  # same content, size and times, another inode
+    replaced.write_bytes(b"abd")
+    os.utime(replaced, ns=(st.st_atime_ns, st.st_mtime_ns))
+    settled = source_signature(spec)
+    os.replace(replaced, path)
+    assert source_signature(spec) != settled
     hashed = SourceSpec(type="hdf5", location=str(path), options={"hash": True})
     before = source_signature(hashed)
     path.write_bytes(b"abe")
