@@ -44,21 +44,17 @@ def geometry_differences(
     for key, label, unit in _FIELDS:
         got, want = geometry.get(key), reference.get(key)
         if key == "shape":
-            same = list(got or ()) == list(want or ())
-            if not same:
-                out.append(f"{label} ({_fmt_shape(got)} vs {_fmt_shape(want)})")
-            continue
-        if got is None or want is None:
-            same = got is None and want is None
-        else:
-            same = math.isclose(float(got), float(want), rel_tol=rtol, abs_tol=0.0)
-        if not same:
-            out.append(f"{label} ({got:.9g}{unit} vs {want:.9g}{unit})" if got is not None and
-                       want is not None else f"{label} ({got} vs {want})")  # fmt: skip
+            if list(got or ()) != list(want or ()):
+                out.append(f"{label} ({_shape(got)} vs {_shape(want)})")
+        elif got is None or want is None:
+            if got is not want:
+                out.append(f"{label} ({got} vs {want})")
+        elif not math.isclose(float(got), float(want), rel_tol=rtol, abs_tol=0.0):
+            out.append(f"{label} ({float(got):.9g}{unit} vs {float(want):.9g}{unit})")
     return out
 
 
-def _fmt_shape(shape: Any) -> str:
+def _shape(shape: Any) -> str:
     return "x".join(str(n) for n in shape) if shape else str(shape)
 
 

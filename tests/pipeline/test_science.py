@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import json
 import os
 import time
 import warnings
@@ -362,3 +363,24 @@ def test_pynxtools_nxcansas_validator_accepts_the_file(demo_dir: Path, tmp_path:
     with warnings.catch_warnings(), h5py.File(path, "r") as f:
         warnings.simplefilter("ignore")
         assert validation.validate_hdf_group_against("NXcanSAS", f["sasentry01"], str(path))
+
+
+def test_runwire_run_reports_a_geometry_mismatch_in_one_line_and_the_summary(
+    demo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dark = copy_of(demo_dir, tmp_path, "dark.h5")
+    with h5py.File(dark, "a") as f:  # a dark frame of another detector: 16 columns fewer
+        data = f["/entry/data/data"][()]
+        del f["/entry/data/data"]
+        f["/entry/data/data"] = data[:, :-16]
+    args = ["run", "saxs", "--source", f"sample={demo_dir / 'sample_0001.h5'}",
+            "--source", f"dark={dark}", "--out", str(tmp_path / "runs")]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "GEOMETRY_MISMATCH" in err and "Traceback" not in err
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["exit_code"] == 2
+    assert summary["error"]["failed_step"] == "dark.same_geometry"
+    assert summary["error"]["message"].startswith("GEOMETRY_MISMATCH: source 'dark'")
+    assert f"frame shape ({SHAPE[0]}x{SHAPE[1] - 16} vs {SHAPE[0]}x{SHAPE[1]})" in summary["error"]["message"]
