@@ -357,6 +357,14 @@ class SessionStore:
             for order, status, elapsed in rows
         ]
 
+    def delete_runs(self, run_ids: Iterable[str]) -> None:
+        """Forget these runs (and the Idempotency-Keys naming them), in one commit; for the
+        demo, which keeps a bounded history (`service.demo`)."""
+        rows = [(run_id,) for run_id in run_ids]
+        with self.transaction() as conn:
+            conn.executemany("DELETE FROM idempotency WHERE run_id = ?", rows)
+            conn.executemany("DELETE FROM runs WHERE run_id = ?", rows)
+
     # -- idempotency keys ------------------------------------------------------------------
 
     def idempotent_run(self, session_id: str, key: str) -> str | None:
