@@ -323,3 +323,21 @@ def test_download_never_overwrites_without_force(
     fresh = tmp_path / "fresh.h5"
     done = runwire("runs", "--url", url, "download", run_id, path, "-o", str(fresh))
     assert done.returncode == 0 and fresh.stat().st_size == artifact_run["size"]
+
+
+def test_a_table_too_narrow_for_its_ids_cuts_free_text_to_its_floor_only() -> None:
+    from service.cli_format import table
+
+    run_id = "r-20261123T040512-3fa9c2d1"
+    rows = [(run_id, "a" * 40, "b" * 60), ("r-2", "short", "")]
+    text = table(("RUN", "PIPELINE", "ERROR"), rows, shrink=("PIPELINE", "ERROR"), width=30)
+    _header, first, second = text.splitlines()
+    # Both free-text columns are down to 8 characters; the id is whole though it overflows.
+    assert first == f"{run_id}  {'a' * 7}\u2026  {'b' * 7}\u2026"
+    assert second.split() == ["r-2", "short", "-"]
+    # Wide enough: nothing is cut, and the widest shrinkable column gives way first.
+    assert table(("RUN", "ERROR"), [("r-1", "x" * 10)], shrink=("ERROR",), width=80).endswith(
+        "x" * 10
+    )
+    narrowed = table(("A", "B"), [("a" * 20, "b" * 12)], shrink=("A", "B"), width=26)
+    assert narrowed.splitlines()[1] == f"{'a' * 11}\u2026  {'b' * 12}"  # 26 wide, B whole
