@@ -111,7 +111,7 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
         runtime = Runtime(config, store, broker)
         await runtime.start()
         state.runtime = runtime
-        state.metrics = ServiceMetrics(store.run_figures)
+        state.metrics = ServiceMetrics(store.run_figures_after)
         # drain() on the way out: stop the demo, finish or cancel runs, close the streams.
         stack.push_async_callback(drain, app)
         async with anyio.create_task_group() as tg:

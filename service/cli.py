@@ -45,8 +45,31 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
+class _VersionAction(argparse.Action):
+    """`runwire --version`: the installed distribution's version, read from its metadata only
+    when asked (nothing of the server stack is imported)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: object, **_kw: object) -> None:
+        print(f"runwire {installed_version()}")
+        parser.exit(0)
+
+
+def installed_version() -> str:
+    """The version of the installed `runwire` distribution (`unknown` when not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("runwire")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="runwire", description="Real-time runtime for data-processing pipelines.")
+    parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name in COMMAND_MODULES:
         try:

@@ -158,10 +158,12 @@ def follow_run(
     on_event: Callable[[dict[str, Any]], None],
     *,
     since: str | None = None,
+    quiet: bool = False,
 ) -> dict[str, Any]:
     """Pass every event of `run_id` to `on_event` until its terminal event; the final run.
 
     If the final run cannot be fetched afterwards, its status comes from the terminal event.
+    `quiet` leaves reconnections unreported (they are retried all the same).
     """
     from .client import EventStream
 
@@ -171,7 +173,7 @@ def follow_run(
     stream: EventStream = client.events(
         f"/runs/{path_seg(run_id)}/events",
         since=since or "0",
-        on_reconnect=report_reconnect,
+        on_reconnect=_ignore_reconnect if quiet else report_reconnect,
         give_up=finished,
     )
     terminal: dict[str, Any] | None = None
@@ -196,21 +198,55 @@ def report_reconnect(reason: str, delay: float) -> None:
     print(f"runwire: connection lost ({reason}); reconnecting in {delay:.1f} s", file=sys.stderr)
 
 
-def wait_for(args: argparse.Namespace, client: RunwireClient, answer: dict[str, Any]) -> int:
-    """`--wait`: stream the run's events (human form) and exit by its final status."""
-    from .cli_format import EventPrinter, run_detail
+def _ignore_reconnect(reason: str, delay: float) -> None:
+    pass
 
+
+def wait_for(args: argparse.Namespace, client: RunwireClient, answer: dict[str, Any]) -> int:
+    """`--wait`: stream the run's events (human form) and exit by its final status.
+
+    With `--quiet` nothing goes to stdout; a run that did not succeed gets one line on stderr
+    (`error: run R failed: ...`), and the exit status says how it ended either way.
+    """
+    from .cli_format import EventPrinter, run_detail, run_outcome
+
+    quiet = bool(getattr(args, "quiet", False))
     printer = EventPrinter(sys.stdout, tty=sys.stdout.isatty())
+    quiet_events = quiet or args.json
     try:
         run = follow_run(
-            client, str(answer["run_id"]), (lambda e: None) if args.json else printer.print
+            client,
+            str(answer["run_id"]),
+            (lambda e: None) if quiet_events else printer.print,
+            quiet=quiet,
         )
     except KeyboardInterrupt:
         printer.close()
         return EXIT_INTERRUPTED
     printer.close()
-    emit(args, run, run_detail)
-    return run_exit_code(run)
+    status = run_exit_code(run)
+    if not quiet:
+        emit(args, run, run_detail)
+    elif status != 0:
+        print(f"error: {run_outcome(run)}", file=sys.stderr)
+    return status
+
+
+def add_quiet(parser: argparse.ArgumentParser) -> None:
+    """`-q/--quiet` for commands that submit a run: print nothing but errors."""
+    parser.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="print nothing but errors (with --wait: the exit status tells the outcome)",
+    )
+
+
+def emit_submitted(args: argparse.Namespace, answer: Any, human: Callable[[Any], str]) -> int:
+    """The 202 answer of a submit, unless `--quiet`."""
+    if getattr(args, "quiet", False):
+        return 0
+    return emit(args, answer, human)
 
 
 # --- events -----------------------------------------------------------------------------------
@@ -310,11 +346,17 @@ def _runs_download(args: argparse.Namespace, client: RunwireClient) -> int:
         sys.stdout.buffer.flush()
         return 0
     target = args.output or os.path.basename(args.path.rstrip("/")) or "artifact"
+    if not args.force and os.path.lexists(target):
+        # Checked before anything is fetched, and again at the rename below.
+        raise CliError(f"{target} exists; pass --force to overwrite it")
     partial = target + ".part"  # a cut download never looks complete
     try:
         with open(partial, "wb") as handle:
             size = client.download(path, handle)
-        os.replace(partial, target)
+        if args.force:
+            os.replace(partial, target)
+        else:
+            _link_new(partial, target)
     except OSError as exc:
         raise CliError(f"cannot write {target}: {exc.strerror or exc}") from exc
     finally:
@@ -322,6 +364,19 @@ def _runs_download(args: argparse.Namespace, client: RunwireClient) -> int:
             os.unlink(partial)
     body = {"run_id": args.run, "path": args.path, "file": target, "size": size}
     return emit(args, body, lambda b: f"wrote {b['file']} ({b['size']} bytes)")
+
+
+def _link_new(partial: str, target: str) -> None:
+    """Give `partial` the name `target` only if nothing has that name yet (atomically: a file
+    created meanwhile by someone else is never replaced)."""
+    try:
+        os.link(partial, target)
+    except FileExistsError:
+        raise CliError(f"{target} exists; pass --force to overwrite it") from None
+    except OSError:  # a file system without hard links: the check above has to do
+        if os.path.lexists(target):
+            raise CliError(f"{target} exists; pass --force to overwrite it") from None
+        os.replace(partial, target)
 
 
 def _add_runs(subparsers: argparse._SubParsersAction) -> None:
@@ -343,6 +398,7 @@ def _add_runs(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("run", metavar="RUN")
     p.add_argument("path", metavar="PATH", help="artifact path as listed by `runs manifest`")
     p.add_argument("-o", "--output", metavar="FILE", help="file to write (`-`: stdout)")
+    p.add_argument("-f", "--force", action="store_true", help="overwrite FILE if it exists")
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:

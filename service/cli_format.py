@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TextIO
 
@@ -71,15 +72,69 @@ def clock(value: Any) -> str:
     return part[:12]
 
 
-def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    """Columns padded to their widest cell; the last column is not padded."""
+ELLIPSIS = "\u2026"
+MIN_SHRUNK = 8  # a truncated column keeps at least this many characters (or its header's)
+
+
+def terminal_width() -> int | None:
+    """The terminal's width in columns when stdout is one (`COLUMNS` overrides), else None:
+    piped or redirected output is never truncated, so scripts and `grep` see every cell."""
+    try:
+        if not sys.stdout.isatty():
+            return None
+    except (AttributeError, ValueError):  # no stdout, or a closed one
+        return None
+    return shutil.get_terminal_size((80, 24)).columns
+
+
+def clip(cell: str, width: int) -> str:
+    """`cell` cut to `width` characters, the last one an ellipsis when anything was cut."""
+    if len(cell) <= width:
+        return cell
+    return cell[: max(0, width - 1)] + ELLIPSIS if width > 0 else ""
+
+
+def table(
+    headers: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    *,
+    shrink: Sequence[str] = (),
+    width: int | None = None,
+) -> str:
+    """Columns as wide as their widest cell, two spaces apart; the last column is not padded.
+
+    With `width` (the terminal's), columns named in `shrink` (free text such as errors,
+    never ids) give up characters, widest first, until the table fits; their cut cells end
+    in an ellipsis. Other columns are never cut, so a table of ids may still be wider.
+    """
     cells = [[str(h) for h in headers]] + [[text(c) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    if width is not None:
+        _fit(headers, widths, shrink, width)
     lines = []
     for row in cells:
-        padded = [c.ljust(w) for c, w in zip(row[:-1], widths[:-1], strict=True)] + [row[-1]]
-        lines.append("  ".join(padded).rstrip())
+        clipped = [clip(c, w) for c, w in zip(row, widths, strict=True)]
+        padded = [c.ljust(w) for c, w in zip(clipped[:-1], widths[:-1], strict=True)]
+        lines.append("  ".join([*padded, clipped[-1]]).rstrip())
     return "\n".join(lines)
+
+
+def _fit(headers: Sequence[str], widths: list[int], shrink: Sequence[str], width: int) -> None:
+    """Narrow the `shrink` columns of `widths` in place until the row fits in `width`."""
+    floors = {
+        i: min(widths[i], max(MIN_SHRUNK, len(h))) for i, h in enumerate(headers) if h in shrink
+    }
+    excess = sum(widths) + 2 * (len(widths) - 1) - width
+    while excess > 0:
+        room = {i: widths[i] - floor for i, floor in floors.items() if widths[i] > floor}
+        if not room:
+            return
+        widest = max(room, key=lambda i: widths[i])
+        others = [widths[i] for i in room if i != widest]
+        # Down to the next widest shrinkable column (or as far as needed), one step at a time.
+        step = min(excess, room[widest], max(1, widths[widest] - max(others, default=0)))
+        widths[widest] -= step
+        excess -= step
 
 
 def fields(pairs: Sequence[tuple[str, Any]]) -> str:
@@ -120,6 +175,8 @@ def sessions_table(sessions: Sequence[Mapping[str, Any]]) -> str:
             )
             for s in sessions
         ),
+        shrink=("PIPELINE",),
+        width=terminal_width(),
     )
 
 
@@ -131,7 +188,13 @@ def _sources_block(title: str, sources: Any) -> str:
         for ref, spec in sorted(sources.items())
         if isinstance(spec, dict)
     )
-    body = table(("REF", "TYPE", "LOCATION", "OPTIONS"), rows)
+    columns = terminal_width()
+    body = table(
+        ("REF", "TYPE", "LOCATION", "OPTIONS"),
+        rows,
+        shrink=("LOCATION", "OPTIONS"),
+        width=None if columns is None else columns - 2,  # indented by two
+    )
     return f"{title}:\n" + "\n".join("  " + line for line in body.splitlines())
 
 
@@ -187,6 +250,8 @@ def templates_table(templates: Sequence[Mapping[str, Any]]) -> str:
             )
             for t in templates
         ),
+        shrink=("DESCRIPTION",),
+        width=terminal_width(),
     )
 
 
@@ -218,7 +283,17 @@ def runs_table(runs: Sequence[Mapping[str, Any]]) -> str:
             )
             for r in runs
         ),
+        shrink=("ERROR",),
+        width=terminal_width(),
     )
+
+
+def run_outcome(run: Mapping[str, Any]) -> str:
+    """One line on how a run ended: `run R failed: CODE in STEP: message`, `run R cancelled`."""
+    line = f"run {text(run.get('run_id'))} {text(run.get('status'))}"
+    if run.get("status") == "failed":
+        line += f": {_run_error(run)}"
+    return line
 
 
 def run_detail(run: Mapping[str, Any]) -> str:
@@ -245,6 +320,7 @@ def run_detail(run: Mapping[str, Any]) -> str:
     states = run.get("step_states")
     if not isinstance(states, dict) or not states:
         return head
+    columns = terminal_width()
     steps = table(
         ("STEP", "STATUS", "DURATION", "ERROR"),
         (
@@ -252,6 +328,8 @@ def run_detail(run: Mapping[str, Any]) -> str:
             for sid, st in states.items()
             if isinstance(st, dict)
         ),
+        shrink=("ERROR",),
+        width=None if columns is None else columns - 2,  # indented by two
     )
     return head + "\nsteps:\n" + "\n".join("  " + line for line in steps.splitlines())
 
@@ -319,6 +397,8 @@ def manifest_table(manifest: Mapping[str, Any]) -> str:
     return table(
         ("PATH", "SIZE", "MEDIA TYPE", "SHA256"),
         ((a.get("path"), a.get("size"), a.get("media_type"), a.get("sha256")) for a in artifacts),
+        shrink=("MEDIA TYPE",),
+        width=terminal_width(),
     )
 
 
@@ -337,21 +417,34 @@ def _event_status(event_type: str, data: Mapping[str, Any]) -> Any:
     return data.get("status")
 
 
-def event_line(event: Mapping[str, Any]) -> str:
-    """One line per event: time, session, run, type, step, status, duration."""
+def event_cells(event: Mapping[str, Any]) -> list[str]:
+    """The columns of an event's line: time, session, run, type, step, status, duration."""
     data = mapping(event.get("data"))
     event_type = str(event.get("type", ""))
-    return "  ".join(
-        [
-            clock(event.get("time")).ljust(12),
-            text(event.get("sessionid")).ljust(12),
-            text(event.get("runid")).ljust(20),
-            event_type.ljust(21),
-            text(data.get("step")).ljust(16),
-            text(_event_status(event_type, data)).ljust(10),
-            duration(data.get("duration_s", data.get("elapsed_s"))),
-        ]
-    ).rstrip()
+    return [
+        clock(event.get("time")),
+        text(event.get("sessionid")),
+        text(event.get("runid")),
+        text(event_type),
+        text(data.get("step")),
+        text(_event_status(event_type, data)),
+        duration(data.get("duration_s", data.get("elapsed_s"))),
+    ]
+
+
+def event_line(event: Mapping[str, Any], widths: list[int] | None = None) -> str:
+    """One line per event (`event_cells`), columns two spaces apart.
+
+    `widths`, when given, is the running width of each column: it grows to the widest cell
+    seen so far and pads by it, so a stream's lines line up without fixed widths that would
+    leave walls of spaces or misalign long ids.
+    """
+    cells = event_cells(event)
+    if widths is None:
+        widths = [0] * len(cells)
+    for i, cell in enumerate(cells):
+        widths[i] = max(widths[i], len(cell))
+    return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
 
 
 def progress_bar(fraction: float, width: int) -> str:
@@ -373,6 +466,7 @@ class EventPrinter:
         self.tty = tty and not as_json
         self.as_json = as_json
         self._status_shown = False
+        self._widths: list[int] = [0] * 7  # running column widths (`event_line`)
 
     def _clear_status(self) -> None:
         if self._status_shown:
@@ -395,7 +489,7 @@ class EventPrinter:
             self._status_shown = True
         else:
             self._clear_status()
-            self.out.write(event_line(event) + "\n")
+            self.out.write(event_line(event, self._widths) + "\n")
         self.out.flush()
 
     def close(self) -> None:

@@ -13,8 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 from .cli_client import (
     Handler,
+    add_quiet,
     client_path,
     emit,
+    emit_submitted,
     group,
     key_value,
     leaf,
@@ -140,8 +142,8 @@ def _session_set_sample(args: argparse.Namespace, client: RunwireClient) -> int:
     if isinstance(answer, dict) and "run_id" in answer:
         if args.wait:
             return wait_for(args, client, answer)
-        return emit(args, answer, submitted)
-    return emit(args, answer, _describe_session_or(f"sample set to {args.location}"))
+        return emit_submitted(args, answer, submitted)
+    return emit_submitted(args, answer, _describe_session_or(f"sample set to {args.location}"))
 
 
 def _process_body(args: argparse.Namespace) -> dict[str, Any]:
@@ -164,7 +166,7 @@ def _session_process(args: argparse.Namespace, client: RunwireClient) -> int:
     )
     if args.wait:
         return wait_for(args, client, answer)
-    return emit(args, answer, submitted)
+    return emit_submitted(args, answer, submitted)
 
 
 def _session_dry_run(args: argparse.Namespace, client: RunwireClient) -> int:
@@ -209,7 +211,7 @@ def _session_retry(args: argparse.Namespace, client: RunwireClient) -> int:
     answer = client.post(f"/runs/{path_seg(args.run)}/retry")
     if args.wait:
         return wait_for(args, client, answer)
-    return emit(args, answer, lambda a: f"{submitted(a)}, retry of {args.run}")
+    return emit_submitted(args, answer, lambda a: f"{submitted(a)}, retry of {args.run}")
 
 
 def add_session_parsers(subparsers: argparse._SubParsersAction) -> None:
@@ -263,6 +265,7 @@ def add_session_parsers(subparsers: argparse._SubParsersAction) -> None:
         metavar="KEY",
         help="with --process/--wait: a repeated submit with this key returns the first run",
     )
+    add_quiet(p)
 
     for name, handler, text in (
         ("process", _session_process, "Submit a run."),
@@ -290,6 +293,7 @@ def add_session_parsers(subparsers: argparse._SubParsersAction) -> None:
     process.add_argument(
         "--wait", action="store_true", help="follow the run; exit status by its outcome"
     )
+    add_quiet(process)
 
     p = leaf(sub, "reset", _session_reset, "Reset a session's error state and caches.")
     p.add_argument("session", metavar="SESSION")
@@ -300,3 +304,4 @@ def add_session_parsers(subparsers: argparse._SubParsersAction) -> None:
     p = leaf(sub, "retry", _session_retry, "Retry a failed, cancelled or interrupted run.")
     p.add_argument("run", metavar="RUN")
     p.add_argument("--wait", action="store_true", help="follow the new run")
+    add_quiet(p)

@@ -1,10 +1,14 @@
 """Prometheus metrics for `GET /v1/metrics`, in a registry of their own (one per scrape).
 
-Every figure is read from live state at scrape time (`StateCollector`): the runtime's readiness
-figures (sessions, active and queued runs, queue capacity, sessions in error, subscribers), the
-store's runs (count by status, and the duration histogram of finished runs), and the broker's
-seq counter (events published since start). Nothing is counted on the side, so nothing can
-drift from the truth, and the histogram survives restarts because the store does.
+Loop-owned figures are read at scrape time: the runtime's readiness figures (sessions, active
+and queued runs, queue capacity, sessions in error, subscribers) and the broker's seq counter
+(events published since start). The run figures (runs by status, and the duration histogram of
+finished runs) are kept in memory by `RunFigures` and brought up to date at each scrape with
+one bounded query: the runs stored since the previous scrape plus the runs it saw unfinished
+(at most the queue's capacity and the running ones). A final run never changes again, so it
+is counted once; a scrape never reads the whole run history, however long it grows. The first
+scrape after a start reads the stored runs once, so the figures survive restarts as the store
+does.
 
 The registry is built per scrape around that scrape's `Snapshot` (not prometheus-client's
 global one), so that several apps in one process (tests) never collide, concurrent scrapes
@@ -13,7 +17,9 @@ share no state, and nothing else leaks into the output.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import bisect
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +32,14 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-__all__ = ["CONTENT_TYPE", "RUN_DURATION_BUCKETS", "ServiceMetrics", "Snapshot", "StateCollector"]
+__all__ = [
+    "CONTENT_TYPE",
+    "RUN_DURATION_BUCKETS",
+    "RunFigures",
+    "ServiceMetrics",
+    "Snapshot",
+    "StateCollector",
+]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -44,30 +57,78 @@ _GAUGES = (
 )
 
 
+FINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled", "interrupted"})
+
+# `(queue_order, status, elapsed_s)` of the runs after a queue position and at some positions.
+LoadRuns = Callable[[int, Iterable[int]], list[tuple[int, str, float | None]]]
+
+
+@dataclass
+class DurationHistogram:
+    """Cumulative-at-render histogram of run durations: one count per bucket plus +Inf."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * (len(RUN_DURATION_BUCKETS) + 1))
+    total: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(RUN_DURATION_BUCKETS, seconds)] += 1
+        self.total += seconds
+
+    def buckets(self) -> list[tuple[str, float]]:
+        bounds = [str(b) for b in RUN_DURATION_BUCKETS] + ["+Inf"]
+        running, out = 0, []
+        for bound, count in zip(bounds, self.counts, strict=True):
+            running += count
+            out.append((bound, float(running)))
+        return out
+
+
 @dataclass(frozen=True)
 class Snapshot:
-    """What one scrape reports: readiness figures, `(status, elapsed_s)` per stored run, and
-    the number of events published since the service started."""
+    """What one scrape reports: readiness figures, stored runs by status, the duration
+    histogram of finished runs by status, and the events published since the service started."""
 
     readiness: dict[str, Any] = field(default_factory=dict)
-    runs: Sequence[tuple[str, float | None]] = ()
+    runs_by_status: dict[str, int] = field(default_factory=dict)
+    durations: dict[str, DurationHistogram] = field(default_factory=dict)
     events_published: int = 0
 
 
-def _histogram(name: str, doc: str, runs: Sequence[tuple[str, float | None]]) -> Metric:
-    family = HistogramMetricFamily(name, doc, labels=["status"])
-    by_status: dict[str, list[float]] = {}
-    for status, elapsed in runs:
-        if elapsed is not None:
-            by_status.setdefault(status, []).append(elapsed)
-    for status, values in sorted(by_status.items()):
-        buckets = [
-            (str(bound), float(sum(1 for v in values if v <= bound)))
-            for bound in RUN_DURATION_BUCKETS
-        ]
-        buckets.append(("+Inf", float(len(values))))
-        family.add_metric([status], buckets, sum_value=sum(values))
-    return family
+class RunFigures:
+    """Runs by status and finished runs' durations, kept in memory (see the module docstring).
+
+    Memory: one histogram per final status, and one entry per unfinished run (bounded by the
+    queue's capacity plus the running runs). Thread-safe: scrapes may run concurrently.
+    """
+
+    def __init__(self, load: LoadRuns) -> None:
+        self._load = load
+        self._lock = threading.Lock()
+        self._after = 0  # every run at or before this queue position has been seen
+        self._final: dict[str, int] = {}
+        self._durations: dict[str, DurationHistogram] = {}
+        self._pending: dict[int, str] = {}  # queue position -> status of unfinished runs
+
+    def update(self) -> tuple[dict[str, int], dict[str, DurationHistogram]]:
+        """Read what changed since the last call (blocking); the figures as of now."""
+        with self._lock:
+            for order, status, elapsed in self._load(self._after, list(self._pending)):
+                self._after = max(self._after, order)
+                if status not in FINAL_STATUSES:
+                    self._pending[order] = status
+                    continue
+                self._pending.pop(order, None)
+                self._final[status] = self._final.get(status, 0) + 1
+                if elapsed is not None:
+                    self._durations.setdefault(status, DurationHistogram()).observe(elapsed)
+            counts = dict(self._final)
+            for status in self._pending.values():
+                counts[status] = counts.get(status, 0) + 1
+            durations = {
+                status: DurationHistogram(list(h.counts), h.total)
+                for status, h in self._durations.items()
+            }
+        return counts, durations
 
 
 class StateCollector(Collector):
@@ -81,15 +142,17 @@ class StateCollector(Collector):
         for name, doc, key in _GAUGES:
             yield GaugeMetricFamily(name, doc, value=float(snap.readiness.get(key) or 0))
         runs = GaugeMetricFamily("runwire_runs", "Stored runs by status.", labels=["status"])
-        counts: dict[str, int] = {}
-        for status, _ in snap.runs:
-            counts[status] = counts.get(status, 0) + 1
-        for status, count in sorted(counts.items()):
+        for status, count in sorted(snap.runs_by_status.items()):
             runs.add_metric([status], float(count))
         yield runs
-        yield _histogram(
-            "runwire_run_duration_seconds", "Wall time of stored runs, by status.", snap.runs
+        durations = HistogramMetricFamily(
+            "runwire_run_duration_seconds",
+            "Wall time of stored runs, by status.",
+            labels=["status"],
         )
+        for status, histogram in sorted(snap.durations.items()):
+            durations.add_metric([status], histogram.buckets(), sum_value=histogram.total)
+        yield durations
         yield CounterMetricFamily(
             "runwire_events_published",
             "Events published since the service started.",
@@ -100,17 +163,18 @@ class StateCollector(Collector):
 class ServiceMetrics:
     """Renders the app's metrics: one registry holding a `StateCollector` per scrape.
 
-    `load_runs()` returns `(status, elapsed_s)` of every stored run; it reads the store, so
+    `load_runs(after, pending)` is `SessionStore.run_figures_after`; it reads the store, so
     `render` runs in a worker thread, while the loop-owned figures (readiness, the broker's
     counter) are read on the loop by the caller and passed in.
     """
 
-    def __init__(self, load_runs: Callable[[], Sequence[tuple[str, float | None]]]) -> None:
-        self._load_runs = load_runs
+    def __init__(self, load_runs: LoadRuns) -> None:
+        self.runs = RunFigures(load_runs)
 
     def render(self, readiness: dict[str, Any], events_published: int) -> bytes:
         """The Prometheus text exposition (blocking: call it from a worker thread)."""
-        snapshot = Snapshot(readiness, self._load_runs(), events_published)
+        counts, durations = self.runs.update()
+        snapshot = Snapshot(readiness, counts, durations, events_published)
         registry = CollectorRegistry(auto_describe=False)
         registry.register(StateCollector(lambda: snapshot))
         return generate_latest(registry)

@@ -44,7 +44,7 @@ def _run_id(request: Request) -> str:
     path_descriptions={"sid": "session id"},
 )
 async def list_runs(request: Request) -> Response:
-    """The session's runs, in queue order."""
+    """The session's runs, newest first (submission order reversed)."""
     runs = await _runtime(request).list_runs(request.path_params["sid"])
     return json_response(RunList(runs=list(runs)))
 

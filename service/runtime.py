@@ -359,11 +359,12 @@ class Runtime:
         return await inspection.latest_errors(self._sched, self._entry(sid))
 
     async def list_runs(self, sid: str) -> list[RunRecord]:
-        """The session's runs in submission order (live ones as the runtime holds them now)."""
+        """The session's runs, newest first (the order of every run listing; live ones as the
+        runtime holds them now)."""
         self._entry(sid)
         runs = await self._sched.io(self.store.list_runs, sid, None)
         live = self._sched.live
-        return [snapshot(live[r.run_id].record) if r.run_id in live else r for r in runs]
+        return [snapshot(live[r.run_id].record) if r.run_id in live else r for r in reversed(runs)]
 
     async def get_run(self, run_id: str) -> RunRecord:
         """A run, live or stored; RUN_NOT_FOUND."""

@@ -22,6 +22,7 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 
+from .access_log import AccessLog
 from .app import create_app, drain
 from .config import Config
 
@@ -47,9 +48,14 @@ def uvicorn_config(
     log_config: dict[str, Any] | None = None,
     log_level: str = "info",
 ) -> uvicorn.Config:
-    """uvicorn settings for `app`: lifespan on, WebSocket limits and pings, our log config."""
+    """uvicorn settings for `app`: lifespan on, WebSocket limits and pings, our log config.
+
+    uvicorn's own access log stays off: it prints query strings, where a browser's token
+    travels (`access_token`); `service.access_log.AccessLog` writes one line per request
+    without them, at info.
+    """
     return uvicorn.Config(
-        app,
+        AccessLog(app),
         host=config.host,
         port=config.port,
         lifespan="on",
@@ -60,7 +66,7 @@ def uvicorn_config(
         timeout_graceful_shutdown=int(GRACEFUL_CONNECTIONS_TIMEOUT_S),
         log_config=log_config,
         log_level=log_level,
-        access_log=log_level == "debug",
+        access_log=False,
         proxy_headers=False,
         server_header=False,
     )
@@ -109,12 +115,34 @@ class RunwireServer(uvicorn.Server):
 
     async def _drain(self) -> None:
         try:
+            self._announce_shutdown()
             await drain(self.app)
+            log.info("shutdown: runs finished or cancelled, streams closed")
             await self._wait_connections_closed(CLOSE_HANDSHAKE_WAIT_S)
         except Exception:
             log.exception("error while draining; shutting down anyway")
         finally:
             self.should_exit = True
+
+    def _announce_shutdown(self) -> None:
+        """Say what the drain is about to wait for, so an operator knows why the exit takes
+        time: `shutting down: waiting up to 10 s for 2 running runs`."""
+        state = self.app.state
+        runtime = getattr(state, "runtime", None)
+        grace = state.config.shutdown_grace
+        figures = runtime.readiness().get("metrics", {}) if runtime is not None else {}
+        running = int(figures.get("active_run_count") or 0)
+        queued = int(figures.get("queued_run_count") or 0)
+        kept = f"; {_runs(queued, 'queued run')} kept for the next start" if queued else ""
+        if running:
+            log.info(
+                "shutting down: waiting up to %g s for %s (then cancelled)%s",
+                grace,
+                _runs(running, "running run"),
+                kept,
+            )
+        else:
+            log.info("shutting down: no run running%s", kept)
 
     async def _wait_connections_closed(self, timeout: float) -> None:
         loop = asyncio.get_running_loop()
@@ -122,6 +150,10 @@ class RunwireServer(uvicorn.Server):
         # Poll, as uvicorn itself does: connections expose no "closed" notification.
         while self.server_state.connections and loop.time() < deadline:
             await asyncio.sleep(0.02)
+
+
+def _runs(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
 def serve(

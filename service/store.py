@@ -341,6 +341,30 @@ class SessionStore:
         rows = self._query("SELECT status, json_extract(record, '$.elapsed_s') FROM runs", [])
         return [(str(status), None if elapsed is None else float(elapsed)) for status, elapsed in rows]
 
+    def run_figures_after(
+        self, after: int, pending: Iterable[int] = ()
+    ) -> list[tuple[int, str, float | None]]:
+        """`(queue_order, status, elapsed_s)` of the runs stored after queue position `after`
+        and of the runs at the `pending` positions: what `/metrics` reads per scrape to bring
+        its in-memory figures up to date (new runs, and runs it last saw unfinished)."""
+        rows = self._query(
+            "SELECT queue_order, status, json_extract(record, '$.elapsed_s') FROM runs"
+            " WHERE queue_order > ? OR queue_order IN (SELECT value FROM json_each(?))",
+            (after, msgspec.json.encode(sorted(pending)).decode()),
+        )
+        return [
+            (int(order), str(status), None if elapsed is None else float(elapsed))
+            for order, status, elapsed in rows
+        ]
+
+    def delete_runs(self, run_ids: Iterable[str]) -> None:
+        """Forget these runs (and the Idempotency-Keys naming them), in one commit; for the
+        demo, which keeps a bounded history (`service.demo`)."""
+        rows = [(run_id,) for run_id in run_ids]
+        with self.transaction() as conn:
+            conn.executemany("DELETE FROM idempotency WHERE run_id = ?", rows)
+            conn.executemany("DELETE FROM runs WHERE run_id = ?", rows)
+
     # -- idempotency keys ------------------------------------------------------------------
 
     def idempotent_run(self, session_id: str, key: str) -> str | None:

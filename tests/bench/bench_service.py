@@ -150,7 +150,7 @@ async def sample_latency(
         (await client.post("/sessions/saxs/reset", json={"mode": "full"})).raise_for_status()
         full.append(await one(i))
     runs = (await client.get("/sessions/saxs/runs")).json()["runs"]
-    modes = [r["effective_mode"] for r in runs]
+    modes = [r["effective_mode"] for r in reversed(runs)]  # listed newest first
     assert modes == ["full"] + ["partial"] * repeats + ["full"] * repeats, modes
     follower.cancel()
     return partial, full

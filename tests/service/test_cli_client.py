@@ -413,7 +413,7 @@ def test_example_pipeline_artifacts_manifest_and_download(cli: Any, tmp_path: Pa
     assert hashlib.sha256(target.read_bytes()).hexdigest() == entry["sha256"]
     assert not Path(str(target) + ".part").exists()
     code, _, err = cli(
-        "runs", "download", run["run_id"], "../../runwire.sqlite3", "-o", str(target)
+        "runs", "download", run["run_id"], "../../runwire.sqlite3", "-o", str(target), "--force"
     )
     assert code == 1 and "NOT_FOUND" in err
     assert hashlib.sha256(target.read_bytes()).hexdigest() == entry["sha256"]  # untouched

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,7 +172,7 @@ class ScriptedSseServer:
             frame = f"id: {event['id']}\nevent: {event['type']}\ndata: {json.dumps(event)}\n\n"
             conn.sendall(chunk(frame.encode()))
         if plan.how == "hold":
-            self._stop.wait(30)
+            self._stop.wait()  # until the test ends: a held stream never drops by itself
         elif plan.how == "abrupt":
             conn.sendall(b"400\r\nid: partial")  # a chunk cut short: the peer vanished
             conn.shutdown(socket.SHUT_RDWR)
@@ -378,6 +380,28 @@ def test_tail_of_an_unknown_run_is_one_line_error(
     assert capsys.readouterr().err == "error: RUN_NOT_FOUND: no run 'x'\n"
 
 
+def read_lines(stream: Any, count: int, timeout: float = 60.0) -> list[str]:
+    """`count` lines from a child's stdout pipe, failing (not hanging) after `timeout` s."""
+    import selectors
+
+    lines: list[str] = []
+    buffer = b""
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as selector:
+        selector.register(stream, selectors.EVENT_READ)
+        while len(lines) < count:
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"only {len(lines)} of {count} lines came: {lines!r}"
+            if not selector.select(remaining):
+                continue
+            chunk = os.read(stream.fileno(), 65536)
+            assert chunk, f"the child closed stdout after {lines!r}"
+            buffer += chunk
+            *complete, buffer = buffer.split(b"\n")
+            lines.extend(line.decode() for line in complete)
+    return lines
+
+
 def test_ctrl_c_ends_a_follow_quietly_with_status_0(sse_server: Any) -> None:
     events = make_events(3)
     server = sse_server(events=events, script=[Connection(how="hold")])
@@ -385,16 +409,22 @@ def test_ctrl_c_ends_a_follow_quietly_with_status_0(sse_server: Any) -> None:
         [str(RUNWIRE), "events", "--url", server.url, "tail", "s1", "--since", "0", "--json"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        text=True,
     )
-    assert proc.stdout is not None
-    lines = [proc.stdout.readline() for _ in events]  # the tail is now inside its loop
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0
-    assert err == "" and out == ""
-    assert [json.loads(line)["id"] for line in lines] == ids(events)
-    assert server.requests[0][0] == "/v1/sessions/s1/events?since=0"
+    try:
+        assert proc.stdout is not None
+        # Every event printed: the tail is now inside its loop, waiting on the held stream
+        # (which the server keeps open until the test ends, so nothing else can happen).
+        lines = read_lines(proc.stdout, len(events))
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0
+        assert err == b"" and out == b""
+        assert [json.loads(line)["id"] for line in lines] == ids(events)
+        assert server.requests[0][0] == "/v1/sessions/s1/events?since=0"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
 
 
 def test_closed_stdout_exits_quietly(sse_server: Any) -> None:
