@@ -1,13 +1,15 @@
 """Request body limits, as pure ASGI middleware in front of every HTTP handler.
 
-For a request that carries a body (POST, PUT, PATCH, DELETE with content):
+For every state-changing request (POST, PUT, PATCH, DELETE):
 
 - size: more than `max_body_bytes` is 413 `PAYLOAD_TOO_LARGE`. A `Content-Length` over the limit
   is refused before anything is read; a chunked or streamed body is counted while it arrives
   and refused as soon as it passes the limit, so memory held per request is bounded by the
   limit whatever the client claims.
-- media type: a non-empty body must be JSON (`application/json` or any `+json` type), else 415
-  `UNSUPPORTED_MEDIA_TYPE`.
+- media type: the request must say it is JSON (`application/json` or any `+json` type), even
+  with an empty body, else 415 `UNSUPPORTED_MEDIA_TYPE` before the body is read. This is the
+  CSRF defence: the bodies a browser sends cross-site without a CORS preflight are forms and
+  `text/plain`, so a request that could come from another site's page never acts.
 - shape: JSON nested deeper than `max_depth` or with a number literal longer than
   `max_number_chars` is 422 `INVALID_REQUEST`. These bounds keep decoding cost linear and stop
   numbers that overflow or take quadratic time to parse.
@@ -103,7 +105,7 @@ class BodyLimitMiddleware:
             body = await self._checked_body(scope, receive)
         except ServiceError as exc:
             response = problem_response(exc)
-            if exc.code == "PAYLOAD_TOO_LARGE":
+            if exc.code in ("PAYLOAD_TOO_LARGE", "UNSUPPORTED_MEDIA_TYPE"):
                 # The rest of the body is not read: tell the client the connection ends.
                 response.headers["Connection"] = "close"
             await response(scope, receive, send)
@@ -129,6 +131,15 @@ class BodyLimitMiddleware:
         declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise too_large
+        content_type = headers.get("content-type")
+        if not _is_json(content_type):
+            # CSRF: a browser sends form and text/plain bodies cross-site without a preflight,
+            # so such a request must not act, even with an empty body (cancel, retry, delete).
+            given = f"not {content_type!r}" if content_type else "but no Content-Type was sent"
+            raise ServiceError(
+                "UNSUPPORTED_MEDIA_TYPE",
+                f"state-changing requests must be sent as application/json, {given}",
+            )
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -145,12 +156,6 @@ class BodyLimitMiddleware:
         body = b"".join(chunks)
         if not body.strip():
             return body
-        content_type = headers.get("content-type")
-        if not _is_json(content_type):
-            given = f"not {content_type!r}" if content_type else "but no Content-Type was sent"
-            raise ServiceError(
-                "UNSUPPORTED_MEDIA_TYPE", f"request bodies must be application/json, {given}"
-            )
         check = partial(
             check_json_shape,
             body,

@@ -48,7 +48,7 @@ _RESUME = (
 
 
 async def _sse(request: Request, sessions: list[str] | None, run_id: str | None = None) -> Response:
-    check_sse_origin(request, request.app.state.config.allowed_origins)
+    check_sse_origin(request)
     try:
         return sse_response(request, request.app.state.broker, sessions=sessions, run_id=run_id)
     except InvalidEventId as exc:
@@ -178,7 +178,7 @@ async def _serve(websocket: WebSocket, sessions: list[str] | None, since: str | 
 
 async def ws_multiplexed(websocket: WebSocket) -> None:
     """`/v1/ws`: subscribe and control over one connection."""
-    if not websocket_origin_ok(websocket, websocket.app.state.config.allowed_origins):
+    if not websocket_origin_ok(websocket):
         await reject_websocket(websocket, "origin not allowed")
         return
     await _serve(websocket, None, None)
@@ -187,7 +187,7 @@ async def ws_multiplexed(websocket: WebSocket) -> None:
 async def ws_session(websocket: WebSocket) -> None:
     """`/v1/sessions/{sid}/events` over WebSocket: subscribed to the session from the start."""
     state = websocket.app.state
-    if not websocket_origin_ok(websocket, state.config.allowed_origins):
+    if not websocket_origin_ok(websocket):
         await reject_websocket(websocket, "origin not allowed")
         return
     try:
