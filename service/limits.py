@@ -21,54 +21,21 @@ body is complete gets no answer, and the cut-short body never reaches a handler.
 
 from __future__ import annotations
 
-import re
 from functools import partial
 
 import anyio.to_thread
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from streaming.jsonshape import DEFAULT_MAX_DEPTH, DEFAULT_MAX_NUMBER_CHARS, check_json_shape
+
 from .errors import ServiceError
 from .problems import problem_response
 
 __all__ = ["BodyLimitMiddleware", "check_json_shape"]
 
-DEFAULT_MAX_DEPTH = 32
-DEFAULT_MAX_NUMBER_CHARS = 64
 _SCAN_ON_LOOP_MAX = 64 * 1024  # bodies this small are scanned in well under 1 ms
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-# A JSON string literal (with escapes); removed before counting brackets so that brackets and
-# digits inside strings do not count.
-_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
-_NOT_BRACKET = re.compile(rb"[^\[\]{}]+")
-
-
-def _number_run(limit: int) -> re.Pattern[bytes]:
-    return re.compile(rb"[-+0-9.eE]{%d,}" % (limit + 1))
-
-
-def check_json_shape(body: bytes, *, max_depth: int, max_number_chars: int) -> str | None:
-    """Why `body` is too deep or has too large a number, or None when it is within bounds.
-
-    Syntax errors are left to the decoder (it names the position); this only bounds shape.
-    Typical bodies take the fast path: too few brackets to be deep and no long digit run at
-    all; only a suspicious body pays for the exact scan with string literals removed.
-    """
-    few_brackets = body.count(b"[") + body.count(b"{") <= max_depth
-    if few_brackets and not _number_run(max_number_chars).search(body):
-        return None
-    without_strings = _STRING.sub(b'""', body)
-    if _number_run(max_number_chars).search(without_strings):
-        return f"a number literal is longer than {max_number_chars} characters"
-    depth = 0
-    for bracket in _NOT_BRACKET.sub(b"", without_strings):
-        if bracket in b"[{":
-            depth += 1
-            if depth > max_depth:
-                return f"JSON is nested deeper than {max_depth} levels"
-        else:
-            depth -= 1
-    return None
 
 
 def _is_json(content_type: str | None) -> bool:
