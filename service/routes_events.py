@@ -40,10 +40,19 @@ __all__ = ["RuntimeControl", "table"]
 table = OperationTable("events")
 
 _SSE = "text/event-stream"
+# An event id as the server issues it, `<epoch>-<seq>` (the epoch may itself hold dashes; seq
+# is decimal), or `0` for "everything still retained". Anything else is 422.
+EVENT_ID_SCHEMA = {"type": "string", "pattern": "^(0|[!-~]+-[0-9]+)$", "maxLength": 200}
 _RESUME = (
-    Param("Last-Event-ID", "header", {"type": "string"}, "resume after this event id"),
-    Param("since", "query", {"type": "string"}, "resume after this id (`0`: all retained)"),
-    Param("last_event_id", "query", {"type": "string"}, "alias of `since`; the header wins"),
+    Param(
+        "Last-Event-ID",
+        "header",
+        EVENT_ID_SCHEMA,
+        "resume after this event id (`<epoch>-<seq>`, an event's `id`; `0`: all retained); "
+        "wins over the query parameters; malformed: 422",
+    ),
+    Param("since", "query", EVENT_ID_SCHEMA, "resume after this id (`0`: all retained)"),
+    Param("last_event_id", "query", EVENT_ID_SCHEMA, "alias of `since`; the header wins"),
 )
 
 
