@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import anyio
 import httpx
 import pytest
-from api_support import Api, LiveServer, assert_problem, session_body, sleep_step
+from api_support import Api, LiveServer, assert_problem, finished_run, session_body, sleep_step
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -125,6 +125,20 @@ async def test_stream_origin_is_judged_by_allowed_and_own_origins_not_by_host(
 
 # --- CSRF: only JSON may change state ---------------------------------------------------------
 
+
+async def started(api: Api, run_id: str) -> None:
+    """Wait (on the broker, from the run's first event) until `run_id` has started."""
+    subscription = await api.app.state.broker.subscribe(run_id=run_id, since="0")
+    try:
+        with anyio.fail_after(20):
+            while batch := await subscription.get_batch():
+                if any(json.loads(item.raw)["type"] == "run.started" for item in batch):
+                    return
+    finally:
+        subscription.close()
+    raise AssertionError(f"{run_id} ended without starting")
+
+
 FORM = {"content-type": "application/x-www-form-urlencoded"}
 TEXT = {"content-type": "text/plain"}
 JSON = {"content-type": "application/json"}
@@ -144,13 +158,14 @@ async def test_cross_site_text_plain_and_form_posts_are_415_and_do_nothing(api: 
     assert (await api.client.get("/v1/sessions/s/runs")).json()["runs"] == []
 
     running = (await api.client.post("/v1/sessions/s/process", json={})).json()["run_id"]
+    await started(api, running)
     # Body-less: no Content-Type at all, as a bare `fetch(url, {method: "POST"})` sends.
     assert_problem(
         await api.client.post(f"/v1/runs/{running}/cancel"), 415, "UNSUPPORTED_MEDIA_TYPE"
     )
     r = await api.client.post(f"/v1/runs/{running}/cancel", content=b"", headers=TEXT)
     assert_problem(r, 415, "UNSUPPORTED_MEDIA_TYPE")
-    assert (await api.client.get(f"/v1/runs/{running}")).json()["status"] in ("queued", "running")
+    assert (await api.client.get(f"/v1/runs/{running}")).json()["status"] == "running"
     r = await api.client.delete("/v1/sessions/s")
     assert_problem(r, 415, "UNSUPPORTED_MEDIA_TYPE")
     r = await api.client.post("/v1/sessions/s/reset", content=b"mode=full", headers=FORM)
@@ -159,6 +174,7 @@ async def test_cross_site_text_plain_and_form_posts_are_415_and_do_nothing(api: 
 
     r = await api.client.post(f"/v1/runs/{running}/cancel", json={})
     assert r.status_code == 202
+    assert (await finished_run(api, running))["status"] == "cancelled"
     r = await api.client.post(f"/v1/runs/{running}/retry", headers=TEXT)
     assert_problem(r, 415, "UNSUPPORTED_MEDIA_TYPE")
     runs = (await api.client.get("/v1/sessions/s/runs")).json()["runs"]
