@@ -13,7 +13,10 @@ signal arrives (the server would otherwise wait for long-lived streams before th
 own shutdown), and the lifespan calls it again harmlessly.
 
 Middleware, outermost first: `InternalErrorMiddleware` (500 `INTERNAL`, logged once),
-`AuthMiddleware` (bearer token), `BodyLimitMiddleware` (413/415/422 on bodies).
+`HostCheckMiddleware` (421 for unknown `Host` on loopback: DNS rebinding), `AllowedOriginsCors`
+(CORS for the allowed origins, preflights answered before auth), `AuthMiddleware` (bearer
+token), `BodyLimitMiddleware` (413/415/422 on bodies; 415 for any state-changing request that
+is not `application/json`: CSRF).
 """
 
 from __future__ import annotations
@@ -30,9 +33,11 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Mount
 
 from streaming.broker import Broker
+from streaming.security import HostPolicy
 
 from . import routes_events, routes_retained, routes_runs, routes_sessions, routes_status
 from .auth import AuthMiddleware
+from .browser import AllowedOriginsCors, HostCheckMiddleware
 from .config import Config
 from .demo import run_demo
 from .history import RunDirectoryHistory
@@ -64,10 +69,13 @@ def _operations() -> list[Operation]:
 def create_app(config: Config) -> Starlette:
     """The runwire ASGI app for `config` (resources open in its lifespan, see module doc)."""
     routes: list[BaseRoute] = [r for table in _TABLES for r in table.routes]
+    host_policy = HostPolicy(config.host, config.allowed_hosts)
     app = Starlette(
         routes=[Mount(API_PREFIX, routes=routes)],
         middleware=[
             Middleware(InternalErrorMiddleware),
+            Middleware(HostCheckMiddleware, policy=host_policy),
+            Middleware(AllowedOriginsCors, allowed_origins=config.allowed_origins),
             Middleware(AuthMiddleware, token=config.token),
             Middleware(BodyLimitMiddleware, max_body_bytes=config.max_body_bytes),
         ],
@@ -75,6 +83,7 @@ def create_app(config: Config) -> Starlette:
         lifespan=_lifespan,
     )
     app.state.config = config
+    app.state.host_policy = host_policy
     app.state.operations = _operations()
     app.state.websocket_paths = [p for m, p in route_paths(routes) if m == "WS"]
     app.state.draining = False

@@ -23,6 +23,7 @@ from starlette.websockets import WebSocket
 
 from streaming.security import origin_allowed
 
+from .browser import server_port
 from .errors import ServiceError
 from .problems import problem_response
 
@@ -96,12 +97,23 @@ class AuthMiddleware:
         await problem_response(error)(scope, receive, send)
 
 
-def websocket_origin_ok(websocket: WebSocket, allowed_origins: tuple[str, ...]) -> bool:
-    """Whether a WebSocket handshake's `Origin` is allowed (same-origin and no-Origin are)."""
-    return origin_allowed(websocket.headers, allowed_origins)
+def _origin_ok(scope: Scope, headers: Headers) -> bool:
+    config = scope["app"].state.config
+    return origin_allowed(
+        headers,
+        config.allowed_origins,
+        policy=scope["app"].state.host_policy,
+        server_port=server_port(scope),
+    )
 
 
-def check_sse_origin(request: Request, allowed_origins: tuple[str, ...]) -> None:
+def websocket_origin_ok(websocket: WebSocket) -> bool:
+    """Whether a WebSocket handshake's `Origin` is allowed: none, an allowed origin, or one of
+    the server's own (never judged by the request's own `Host`)."""
+    return _origin_ok(websocket.scope, websocket.headers)
+
+
+def check_sse_origin(request: Request) -> None:
     """Raise 403 `FORBIDDEN` when an SSE request's `Origin` is not allowed."""
-    if not origin_allowed(request.headers, allowed_origins):
+    if not _origin_ok(request.scope, request.headers):
         raise ServiceError("FORBIDDEN", f"origin {request.headers.get('origin')!r} is not allowed")

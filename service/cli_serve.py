@@ -42,6 +42,7 @@ ENV_VARS = {
     "replay_size": "RUNWIRE_REPLAY_SIZE",
     "token": "RUNWIRE_TOKEN",
     "allowed_origins": "RUNWIRE_ALLOWED_ORIGINS",
+    "allowed_hosts": "RUNWIRE_ALLOWED_HOSTS",
     "shutdown_grace": "RUNWIRE_SHUTDOWN_GRACE",
     "read_root": "RUNWIRE_READ_ROOT",
     "write_root": "RUNWIRE_WRITE_ROOT",
@@ -79,6 +80,11 @@ def add_parsers(sub: Any) -> None:
     p.add_argument(
         "--allowed-origins",
         help="comma-separated origins allowed for WebSocket/SSE (RUNWIRE_ALLOWED_ORIGINS)",
+    )
+    p.add_argument(
+        "--allowed-hosts",
+        help="comma-separated Host names a loopback-bound server answers besides its address "
+        "and localhost; others get 421 (RUNWIRE_ALLOWED_HOSTS)",
     )
     p.add_argument(
         "--shutdown-grace",
@@ -169,6 +175,8 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
         values["token"] = str(raw)
     if (raw := _setting(args, env, "allowed_origins")) is not None:
         values["allowed_origins"] = tuple(o.strip() for o in str(raw).split(",") if o.strip())
+    if (raw := _setting(args, env, "allowed_hosts")) is not None:
+        values["allowed_hosts"] = tuple(h.strip() for h in str(raw).split(",") if h.strip())
     if (raw := _setting(args, env, "read_root")) is not None:
         values["read_roots"] = _paths(raw)
     if (raw := _setting(args, env, "write_root")) is not None:

@@ -179,7 +179,8 @@ class RunwireClient:
         return self.request("PUT", path, json=body)
 
     def delete(self, path: str) -> Any:
-        return self.request("DELETE", path)
+        # No body, but the server's CSRF rule wants every state-changing request to be JSON.
+        return self.request("DELETE", path, headers={"Content-Type": "application/json"})
 
     def download(self, path: str, sink: IO[bytes]) -> int:
         """Stream the body of `GET /v1<path>` into `sink`; the number of bytes written."""

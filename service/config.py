@@ -19,6 +19,7 @@ class Config:
     replay_size: int = 1000  # RUNWIRE_REPLAY_SIZE: events kept in memory per session
     token: str | None = None  # RUNWIRE_TOKEN
     allowed_origins: tuple[str, ...] = ()  # RUNWIRE_ALLOWED_ORIGINS (comma-separated)
+    allowed_hosts: tuple[str, ...] = ()  # RUNWIRE_ALLOWED_HOSTS: extra Host names on loopback
     shutdown_grace: float = 10.0  # RUNWIRE_SHUTDOWN_GRACE
     read_roots: tuple[Path, ...] = ()  # RUNWIRE_READ_ROOT (os.pathsep-separated); empty: anywhere
     write_roots: tuple[Path, ...] = ()  # RUNWIRE_WRITE_ROOT

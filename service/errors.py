@@ -21,6 +21,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "RUN_NOT_RETRYABLE": 409,
     "RUN_NOT_CANCELLABLE": 409,
     "QUEUE_FULL": 429,
+    "MISDIRECTED_REQUEST": 421,
     "SERVICE_UNAVAILABLE": 503,
     "INTERNAL": 500,
     # Not one of the contract's codes (the contract never lists 405), but still a problem:

@@ -1,13 +1,15 @@
 """Request body limits, as pure ASGI middleware in front of every HTTP handler.
 
-For a request that carries a body (POST, PUT, PATCH, DELETE with content):
+For every state-changing request (POST, PUT, PATCH, DELETE):
 
 - size: more than `max_body_bytes` is 413 `PAYLOAD_TOO_LARGE`. A `Content-Length` over the limit
   is refused before anything is read; a chunked or streamed body is counted while it arrives
   and refused as soon as it passes the limit, so memory held per request is bounded by the
   limit whatever the client claims.
-- media type: a non-empty body must be JSON (`application/json` or any `+json` type), else 415
-  `UNSUPPORTED_MEDIA_TYPE`.
+- media type: the request must say it is JSON (`application/json` or any `+json` type), even
+  with an empty body, else 415 `UNSUPPORTED_MEDIA_TYPE` before the body is read. This is the
+  CSRF defence: the bodies a browser sends cross-site without a CORS preflight are forms and
+  `text/plain`, so a request that could come from another site's page never acts.
 - shape: JSON nested deeper than `max_depth` or with a number literal longer than
   `max_number_chars` is 422 `INVALID_REQUEST`. These bounds keep decoding cost linear and stop
   numbers that overflow or take quadratic time to parse.
@@ -19,54 +21,21 @@ body is complete gets no answer, and the cut-short body never reaches a handler.
 
 from __future__ import annotations
 
-import re
 from functools import partial
 
 import anyio.to_thread
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from streaming.jsonshape import DEFAULT_MAX_DEPTH, DEFAULT_MAX_NUMBER_CHARS, check_json_shape
+
 from .errors import ServiceError
 from .problems import problem_response
 
 __all__ = ["BodyLimitMiddleware", "check_json_shape"]
 
-DEFAULT_MAX_DEPTH = 32
-DEFAULT_MAX_NUMBER_CHARS = 64
 _SCAN_ON_LOOP_MAX = 64 * 1024  # bodies this small are scanned in well under 1 ms
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-# A JSON string literal (with escapes); removed before counting brackets so that brackets and
-# digits inside strings do not count.
-_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
-_NOT_BRACKET = re.compile(rb"[^\[\]{}]+")
-
-
-def _number_run(limit: int) -> re.Pattern[bytes]:
-    return re.compile(rb"[-+0-9.eE]{%d,}" % (limit + 1))
-
-
-def check_json_shape(body: bytes, *, max_depth: int, max_number_chars: int) -> str | None:
-    """Why `body` is too deep or has too large a number, or None when it is within bounds.
-
-    Syntax errors are left to the decoder (it names the position); this only bounds shape.
-    Typical bodies take the fast path: too few brackets to be deep and no long digit run at
-    all; only a suspicious body pays for the exact scan with string literals removed.
-    """
-    few_brackets = body.count(b"[") + body.count(b"{") <= max_depth
-    if few_brackets and not _number_run(max_number_chars).search(body):
-        return None
-    without_strings = _STRING.sub(b'""', body)
-    if _number_run(max_number_chars).search(without_strings):
-        return f"a number literal is longer than {max_number_chars} characters"
-    depth = 0
-    for bracket in _NOT_BRACKET.sub(b"", without_strings):
-        if bracket in b"[{":
-            depth += 1
-            if depth > max_depth:
-                return f"JSON is nested deeper than {max_depth} levels"
-        else:
-            depth -= 1
-    return None
 
 
 def _is_json(content_type: str | None) -> bool:
@@ -103,7 +72,7 @@ class BodyLimitMiddleware:
             body = await self._checked_body(scope, receive)
         except ServiceError as exc:
             response = problem_response(exc)
-            if exc.code == "PAYLOAD_TOO_LARGE":
+            if exc.code in ("PAYLOAD_TOO_LARGE", "UNSUPPORTED_MEDIA_TYPE"):
                 # The rest of the body is not read: tell the client the connection ends.
                 response.headers["Connection"] = "close"
             await response(scope, receive, send)
@@ -129,6 +98,15 @@ class BodyLimitMiddleware:
         declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise too_large
+        content_type = headers.get("content-type")
+        if not _is_json(content_type):
+            # CSRF: a browser sends form and text/plain bodies cross-site without a preflight,
+            # so such a request must not act, even with an empty body (cancel, retry, delete).
+            given = f"not {content_type!r}" if content_type else "but no Content-Type was sent"
+            raise ServiceError(
+                "UNSUPPORTED_MEDIA_TYPE",
+                f"state-changing requests must be sent as application/json, {given}",
+            )
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -145,12 +123,6 @@ class BodyLimitMiddleware:
         body = b"".join(chunks)
         if not body.strip():
             return body
-        content_type = headers.get("content-type")
-        if not _is_json(content_type):
-            given = f"not {content_type!r}" if content_type else "but no Content-Type was sent"
-            raise ServiceError(
-                "UNSUPPORTED_MEDIA_TYPE", f"request bodies must be application/json, {given}"
-            )
         check = partial(
             check_json_shape,
             body,

@@ -54,6 +54,9 @@ class Operation:
     response: Any = None  # a Struct type / list type; None with status 204 (no body)
     alt_responses: tuple[tuple[int, Any], ...] = ()  # other successes: (status, type)
     media_type: str = "application/json"
+    # Media types a file download may be served as (the first is `media_type`'s place in the
+    # document); empty: just `media_type`.
+    media_types: tuple[str, ...] = ()
     errors: tuple[str, ...] = ()
     params: tuple[Param, ...] = ()
     path_descriptions: dict[str, str] = field(default_factory=dict)
@@ -106,9 +109,27 @@ def _problem_responses(codes: Iterable[str]) -> dict[str, Any]:
     return responses
 
 
-# Every operation can answer these (limits, auth, unexpected errors).
-_COMMON_ERRORS = ("UNAUTHORIZED", "INTERNAL")
+# Every operation can answer these (Host check, auth, unexpected errors).
+_COMMON_ERRORS = ("MISDIRECTED_REQUEST", "UNAUTHORIZED", "INTERNAL")
+# Every state-changing operation can answer these, body or not: the CSRF rule wants
+# `Content-Type: application/json` even on a body-less POST or DELETE (415).
 _BODY_ERRORS = ("INVALID_REQUEST", "PAYLOAD_TOO_LARGE", "UNSUPPORTED_MEDIA_TYPE")
+_STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_NO_BODY = {
+    "required": False,
+    "description": "No body is needed (anything sent is ignored), but the request must still "
+    "say `Content-Type: application/json` (CSRF protection; else 415).",
+    "content": {"application/json": {"schema": {"type": "object"}}},
+}
+# Rules a msgspec Struct cannot state in its generated schema (its `__post_init__` checks).
+_SCHEMA_RULES: dict[str, dict[str, Any]] = {
+    "PipelineInput": {
+        "oneOf": [
+            {"required": ["yaml_text"], "properties": {"yaml_text": {"type": "string"}}},
+            {"required": ["path"], "properties": {"path": {"type": "string"}}},
+        ],
+    },
+}
 
 
 def openapi_document(
@@ -128,6 +149,9 @@ def openapi_document(
         types, ref_template="#/components/schemas/{name}"
     )
     schema_of = dict(zip(map(id, types), schemas, strict=True))
+    for name, rule in _SCHEMA_RULES.items():
+        if name in components:
+            components[name] = {**components[name], **rule}
 
     paths: dict[str, dict[str, Any]] = {}
     for op in operations:
@@ -160,15 +184,23 @@ def openapi_document(
         if parameters:
             item["parameters"] = parameters
         errors = list(_COMMON_ERRORS) + list(op.errors)
+        if _PATH_PARAM.search(op.path):
+            errors.append("NOT_FOUND")  # a path parameter that cannot match (e.g. a '/')
         if op.request is not None:
             item["requestBody"] = {
                 "required": not op.request_optional,
                 "content": {"application/json": {"schema": schema_of[id(op.request)]}},
             }
+        elif op.method in _STATE_CHANGING:
+            item["requestBody"] = _NO_BODY
+        if op.method in _STATE_CHANGING:
             errors += [c for c in _BODY_ERRORS if c not in errors]
         ok: dict[str, Any] = {"description": _STATUS_TEXT.get(op.status, "OK")}
         if op.response is not None:
             ok["content"] = {op.media_type: {"schema": schema_of[id(op.response)]}}
+        elif op.media_types:
+            binary = {"type": "string", "format": "binary"}
+            ok["content"] = {media: {"schema": binary} for media in op.media_types}
         elif op.media_type != "application/json":
             ok["content"] = {op.media_type: {"schema": {"type": "string"}}}
         if op.location_header:

@@ -40,15 +40,24 @@ __all__ = ["RuntimeControl", "table"]
 table = OperationTable("events")
 
 _SSE = "text/event-stream"
+# An event id as the server issues it, `<epoch>-<seq>` (the epoch may itself hold dashes; seq
+# is decimal), or `0` for "everything still retained". Anything else is 422.
+EVENT_ID_SCHEMA = {"type": "string", "pattern": "^(0|[!-~]+-[0-9]+)$", "maxLength": 200}
 _RESUME = (
-    Param("Last-Event-ID", "header", {"type": "string"}, "resume after this event id"),
-    Param("since", "query", {"type": "string"}, "resume after this id (`0`: all retained)"),
-    Param("last_event_id", "query", {"type": "string"}, "alias of `since`; the header wins"),
+    Param(
+        "Last-Event-ID",
+        "header",
+        EVENT_ID_SCHEMA,
+        "resume after this event id (`<epoch>-<seq>`, an event's `id`; `0`: all retained); "
+        "wins over the query parameters; malformed: 422",
+    ),
+    Param("since", "query", EVENT_ID_SCHEMA, "resume after this id (`0`: all retained)"),
+    Param("last_event_id", "query", EVENT_ID_SCHEMA, "alias of `since`; the header wins"),
 )
 
 
 async def _sse(request: Request, sessions: list[str] | None, run_id: str | None = None) -> Response:
-    check_sse_origin(request, request.app.state.config.allowed_origins)
+    check_sse_origin(request)
     try:
         return sse_response(request, request.app.state.broker, sessions=sessions, run_id=run_id)
     except InvalidEventId as exc:
@@ -178,7 +187,7 @@ async def _serve(websocket: WebSocket, sessions: list[str] | None, since: str | 
 
 async def ws_multiplexed(websocket: WebSocket) -> None:
     """`/v1/ws`: subscribe and control over one connection."""
-    if not websocket_origin_ok(websocket, websocket.app.state.config.allowed_origins):
+    if not websocket_origin_ok(websocket):
         await reject_websocket(websocket, "origin not allowed")
         return
     await _serve(websocket, None, None)
@@ -187,7 +196,7 @@ async def ws_multiplexed(websocket: WebSocket) -> None:
 async def ws_session(websocket: WebSocket) -> None:
     """`/v1/sessions/{sid}/events` over WebSocket: subscribed to the session from the start."""
     state = websocket.app.state
-    if not websocket_origin_ok(websocket, state.config.allowed_origins):
+    if not websocket_origin_ok(websocket):
         await reject_websocket(websocket, "origin not allowed")
         return
     try:

@@ -74,6 +74,18 @@ class ArtifactManifest(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 table = OperationTable("retained-runs")
+# What an artifact is served as (`pipeline.rundir.media_type`, also each manifest entry's
+# `media_type`); `*/*` for files of other kinds, typed by their extension.
+ARTIFACT_MEDIA_TYPES = (
+    "application/x-hdf5",
+    "text/csv",
+    "application/json",
+    "application/x-ndjson",
+    "image/png",
+    "text/plain",
+    "application/octet-stream",
+    "*/*",
+)
 _RUN = {"run_id": "run id"}
 _STATUSES = [str(s) for s in RunStatus]
 _SESSION_PARAM = Param("session_id", "query", {"type": "string"}, "only this session's runs")
@@ -205,7 +217,7 @@ async def retained_run_reports(request: Request) -> Response:
 @table.route(
     "GET",
     "/retained-runs/{run_id}/reports/{name}",
-    media_type="application/octet-stream",
+    media_types=("application/json", "application/x-ndjson"),
     errors=("RUN_NOT_FOUND", "NOT_FOUND"),
     path_descriptions={**_RUN, "name": "summary.json, run-request.json or events.ndjson"},
 )
@@ -236,7 +248,7 @@ async def retained_run_manifest(request: Request) -> Response:
 @table.route(
     "GET",
     "/retained-runs/{run_id}/artifacts/{path:path}",
-    media_type="application/octet-stream",
+    media_types=ARTIFACT_MEDIA_TYPES,
     errors=("RUN_NOT_FOUND", "NOT_FOUND"),
     path_descriptions={**_RUN, "path": "artifact path relative to the run's artifacts/"},
 )

@@ -45,8 +45,10 @@ _IDEMPOTENCY_KEY_MAX = 200
 _IDEMPOTENCY = Param(
     "Idempotency-Key",
     "header",
-    {"type": "string", "maxLength": _IDEMPOTENCY_KEY_MAX},
-    "a repeated submit with the same key returns the first run instead of queueing another",
+    {"type": "string", "minLength": 1, "maxLength": _IDEMPOTENCY_KEY_MAX},
+    "an opaque key of 1 to 200 characters chosen by the client (a UUID is a good choice); "
+    "a repeated submit with the same key returns the first run instead of queueing another. "
+    "Keys are kept for 7 days. Another length: 422",
 )
 
 
@@ -145,12 +147,36 @@ async def patch_source(request: Request) -> Response:
     return _session_response(await _runtime(request).patch_source(_sid(request), body))
 
 
+# `POST .../sources/patch` upserts one source, and `DELETE .../sources/{ref}` removes one; a
+# source may well be called `patch`. Routing tells them apart by method, but an OpenAPI path
+# lookup prefers the concrete path `.../sources/patch` (which would then list only POST), so the
+# DELETE of a ref named `patch` is declared on the concrete path too, by the same handler.
+_REF_PATCH = (
+    "source ref (any ref: `DELETE .../sources/patch` removes the source named `patch` and is "
+    "listed under that concrete path)"
+)
+
+
+@table.route(
+    "DELETE",
+    "/sessions/{sid}/sources/patch",
+    operation_id="delete_source_named_patch",
+    summary="Remove the source whose ref is `patch`.",
+    status=204,
+    errors=("SESSION_NOT_FOUND", "NOT_FOUND"),
+    path_descriptions=_SID,
+)
+async def delete_source_named_patch(request: Request) -> Response:
+    await _runtime(request).delete_source(_sid(request), "patch")
+    return Response(status_code=204)
+
+
 @table.route(
     "DELETE",
     "/sessions/{sid}/sources/{ref}",
     status=204,
     errors=("SESSION_NOT_FOUND", "NOT_FOUND"),
-    path_descriptions={**_SID, "ref": "source ref"},
+    path_descriptions={**_SID, "ref": _REF_PATCH},
 )
 async def delete_source(request: Request) -> Response:
     """Remove one source."""
@@ -188,10 +214,24 @@ async def patch_sink(request: Request) -> Response:
 
 @table.route(
     "DELETE",
+    "/sessions/{sid}/sinks/patch",
+    operation_id="delete_sink_named_patch",
+    summary="Remove the sink whose ref is `patch`.",
+    status=204,
+    errors=("SESSION_NOT_FOUND", "NOT_FOUND"),
+    path_descriptions=_SID,
+)
+async def delete_sink_named_patch(request: Request) -> Response:
+    await _runtime(request).delete_sink(_sid(request), "patch")
+    return Response(status_code=204)
+
+
+@table.route(
+    "DELETE",
     "/sessions/{sid}/sinks/{ref}",
     status=204,
     errors=("SESSION_NOT_FOUND", "NOT_FOUND"),
-    path_descriptions={**_SID, "ref": "sink ref"},
+    path_descriptions={**_SID, "ref": _REF_PATCH.replace("source", "sink")},
 )
 async def delete_sink(request: Request) -> Response:
     """Remove one sink."""

@@ -3,7 +3,8 @@
 Everything here is synchronous (it touches the file system or parses YAML) and is called by the
 runtime from its I/O thread, never on the event loop. Each check raises a `ServiceError` with the
 contract's code: FORBIDDEN (403) for a location outside the configured roots, INVALID_REQUEST
-(422) for an unreadable file, PIPELINE_INVALID (422) with every problem of a pipeline file,
+(422) for an unreadable file or a path that cannot name one (NUL byte, unknown `~user`, a
+segment over 255 bytes), PIPELINE_INVALID (422) with every problem of a pipeline file,
 PAYLOAD_TOO_LARGE (413) for a pipeline file over 1 MiB.
 """
 
@@ -38,8 +39,7 @@ def confine(location: str | os.PathLike[str], roots: Iterable[Path], *, what: st
 
     No roots configured means no confinement. Raises FORBIDDEN naming `what` and the location.
     """
-    path = Path(location).expanduser()
-    resolved = path.resolve(strict=False)
+    resolved = _resolved(location, what=what)
     roots = tuple(roots)
     if not roots:
         return resolved
@@ -47,6 +47,41 @@ def confine(location: str | os.PathLike[str], roots: Iterable[Path], *, what: st
         if resolved.is_relative_to(Path(root).resolve(strict=False)):
             return resolved
     raise ServiceError("FORBIDDEN", f"{what} {str(location)!r} is outside the allowed roots")
+
+
+# Linux limits (NAME_MAX, PATH_MAX): a longer name can never be opened, so it is a bad request,
+# not an OSError deep in a later open().
+MAX_SEGMENT_BYTES = 255
+MAX_PATH_BYTES = 4096
+
+
+def _resolved(location: str | os.PathLike[str], *, what: str) -> Path:
+    """`location` with `~` expanded and symlinks resolved; INVALID_REQUEST (422) for a path that
+    cannot name a file: a NUL byte, an unknown `~user`, a segment over 255 bytes or a whole
+    path over 4096, a symlink loop."""
+
+    def bad(reason: str) -> ServiceError:
+        return ServiceError("INVALID_REQUEST", f"{what} {str(location)!r}: {reason}")
+
+    text = os.fspath(location)
+    if "\0" in text:
+        raise bad("a path cannot contain a NUL byte")
+    try:
+        encoded = os.fsencode(text)
+    except UnicodeError:
+        raise bad("the path cannot be encoded for this file system") from None
+    if len(encoded) > MAX_PATH_BYTES:
+        raise bad(f"the path is longer than {MAX_PATH_BYTES} bytes")
+    if any(len(segment) > MAX_SEGMENT_BYTES for segment in encoded.split(b"/")):
+        raise bad(f"a path segment is longer than {MAX_SEGMENT_BYTES} bytes")
+    try:
+        path = Path(text).expanduser()
+    except RuntimeError:
+        raise bad("cannot expand '~': no such user or no home directory") from None
+    try:
+        return path.resolve(strict=False)
+    except (OSError, RuntimeError) as exc:
+        raise bad(f"cannot resolve the path: {getattr(exc, 'strerror', None) or exc}") from None
 
 
 def check_readable(path: Path, *, what: str) -> None:
@@ -126,8 +161,14 @@ def validate_sinks(
     checked: dict[str, SourceRecord] = {}
     for ref, sink in sinks.items():
         path = confine(sink.location, roots, what=f"sink {ref!r}")
-        directory = path if path.is_dir() else path.parent
-        if not directory.is_dir():
+        try:
+            directory = path if path.is_dir() else path.parent
+            exists = directory.is_dir()
+        except OSError as exc:  # e.g. ENAMETOOLONG once `~` expanded or symlinks resolved
+            raise ServiceError(
+                "INVALID_REQUEST", f"sink {ref!r}: cannot use {path}: {exc.strerror or exc}"
+            ) from None
+        if not exists:
             raise ServiceError(
                 "INVALID_REQUEST", f"sink {ref!r}: directory {directory} does not exist"
             )

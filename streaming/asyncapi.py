@@ -91,13 +91,17 @@ def _channel(address: str, messages: list[str], description: str, **params: str)
 _SSE_NOTE = (
     "Server-Sent Events (GET, Accept: text/event-stream): frames `id:`, `event:` (the type), "
     "`data:` (the envelope on one line); resume with `Last-Event-ID`, `?since=` or "
-    "`?last_event_id=` (the header wins; `0` replays everything retained)."
+    "`?last_event_id=` (the header wins; `0` replays everything retained). Ids are "
+    "`<epoch>-<seq>`; a malformed one is 422. Allowed origins get CORS headers."
 )
 _WS_NOTE = (
     "WebSocket, JSON text frames. Client ops carry an optional `id`, echoed in their reply. The "
     "subscribe reply precedes any replayed event. Close codes: 1000 normal, 1001 shutdown, "
     "1008 policy, 1009 message over 1 MiB, 1011 internal error, 1013 too slow (resume from "
-    "the last id)."
+    "the last id). A message that is not valid JSON, nests deeper than 32 levels, has a number "
+    "literal over 64 characters or names a bad path gets an INVALID_REQUEST error reply and the "
+    "connection stays. The handshake is refused with HTTP 421 MISDIRECTED_REQUEST when a "
+    "loopback-bound server does not know the Host; a disallowed Origin is closed with 1008."
 )
 
 

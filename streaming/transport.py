@@ -6,15 +6,16 @@ the peer has not read, and the server then waits (uvicorn: up to 10 s for a WebS
 a stalled reader off within a second we abort the TCP transport ourselves.
 
 uvicorn's `send` is a bound method of its protocol object, which has a `transport`; Starlette's
-middleware wraps `send` in closures. `find_transport` follows bound methods and closure cells a
-few levels deep. When it finds nothing (another server, a middleware that replaces `send` with
-a stream), the caller falls back to ending the ASGI call and letting the server close.
+middleware wraps `send` in closures or `functools.partial`s. `find_transport` follows bound
+methods, partials and closure cells a few levels deep. When it finds nothing (another server,
+a middleware that replaces `send` with a stream), the caller falls back to ending the ASGI call and letting the server close.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import socket
 import struct
 from typing import Any, Protocol
@@ -51,6 +52,10 @@ def find_owner(send: Any) -> Any | None:
         owner = getattr(obj, "__self__", None)
         if owner is not None:
             todo.append((owner, depth + 1))
+        if isinstance(obj, functools.partial):
+            # Starlette's CORSMiddleware wraps `send` in a partial (send=...), not a closure.
+            inner = (obj.func, *obj.args, *obj.keywords.values())
+            todo.extend((item, depth + 1) for item in inner if callable(item))
         for cell in getattr(obj, "__closure__", None) or ():
             try:
                 content = cell.cell_contents

@@ -3,8 +3,9 @@
 One connection = one `Subscription` (its session set grows and shrinks with `subscribe` /
 `unsubscribe`) and two tasks in one task group (memory per idle subscriber counts):
 
-- the reader (the ASGI task itself) decodes client ops (one msgspec decoder, tagged union)
-  and answers each with a reply; `process`, `set_sample`, `cancel` and `dry_run` go to the
+- the reader (the ASGI task itself) bounds each message's JSON shape (nesting depth, number
+  length: `streaming.jsonshape`, as over HTTP), decodes client ops (one msgspec decoder,
+  tagged union) and answers each with a reply; `process`, `set_sample`, `cancel` and `dry_run` go to the
   service's `ControlHandler`. A bad message gets an INVALID_REQUEST error reply and the
   connection stays.
 - the sender drains the subscription's own bounded queue, writing every ready item in one
@@ -28,9 +29,11 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Awaitable, Callable, Collection
+from functools import partial
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import msgspec
 from starlette.types import Message
 from starlette.websockets import WebSocket
@@ -38,6 +41,7 @@ from starlette.websockets import WebSocket
 from streaming.broker import Broker
 from streaming.envelope import Event
 from streaming.errors import BrokerClosed, ControlError, InvalidEventId
+from streaming.jsonshape import check_json_shape
 from streaming.messages import (
     CONTROL_OPS,
     ClientMessage,
@@ -61,6 +65,7 @@ log = logging.getLogger(__name__)
 ControlHandler = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
 MAX_MESSAGE_BYTES = 1 << 20
 STALL_GRACE_S = 0.5
+_SCAN_ON_LOOP_MAX = 64 * 1024  # messages this small are shape-checked in well under 1 ms
 
 
 class CloseCode(enum.IntEnum):
@@ -245,10 +250,18 @@ class _Connection:
             await self.handle(data)
 
     async def handle(self, data: str | bytes) -> None:
+        raw = data.encode() if isinstance(data, str) else data
+        check = partial(check_json_shape, raw)
+        # As over HTTP: bounded nesting and numbers (deep nesting would make the decoder raise
+        # RecursionError); a large message takes milliseconds to scan, off the event loop.
+        problem = check() if len(raw) < _SCAN_ON_LOOP_MAX else await anyio.to_thread.run_sync(check)
+        if problem is not None:
+            self.reply(error_reply(None, "INVALID_REQUEST", problem))
+            return
         try:
-            op: ClientMessage = decoder.decode(data)
+            op: ClientMessage = decoder.decode(raw)
         except msgspec.MsgspecError as exc:
-            self.reply(error_reply(request_id_of(data), "INVALID_REQUEST", str(exc)))
+            self.reply(error_reply(request_id_of(raw), "INVALID_REQUEST", str(exc)))
             return
         try:
             if isinstance(op, Subscribe):

@@ -49,7 +49,7 @@ async def http_layer(n: int, token: str | None) -> None:
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(
-                transport=transport, base_url="http://b", headers=headers
+                transport=transport, base_url="http://127.0.0.1", headers=headers
             ) as client:
                 body = {"session_id": "b", "pipeline": {"yaml_text": PIPELINE}}
                 (await client.post("/v1/sessions", json=body)).raise_for_status()

@@ -5,7 +5,7 @@ In-process (fast, no sockets):
 - `make_config(**overrides) -> Config`: a `Config` with its data directory under `tmp_path`
   (workers 2, a short shutdown grace).
 - `api` (async): an `Api(app, client, config)` with the app's lifespan running and an
-  `httpx.AsyncClient` over `ASGITransport` (base URL `http://testserver`; paths start with
+  `httpx.AsyncClient` over `ASGITransport` (base URL `http://127.0.0.1`, a Host the loopback-bound app answers; paths start with
   `/v1`). ASGITransport buffers whole responses, so use `live_server` for SSE streams.
 - `make_api(**config_overrides)`: async context manager giving another `Api`, e.g. with a
   token: `async with make_api(token="t") as api: ...`.
@@ -67,7 +67,7 @@ async def running_api(config: Config) -> AsyncIterator[Api]:
     app = create_app(config)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
             yield Api(app, client, config)
 
 

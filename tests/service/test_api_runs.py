@@ -41,7 +41,8 @@ async def test_unknown_run_is_404(api: Api) -> None:
         ("POST", "/v1/runs/r-none/cancel"),
         ("POST", "/v1/runs/r-none/retry"),
     ):
-        assert_problem(await api.client.request(method, path), 404, "RUN_NOT_FOUND")
+        json = {} if method == "POST" else None
+        assert_problem(await api.client.request(method, path, json=json), 404, "RUN_NOT_FOUND")
     assert_problem(await api.client.get("/v1/sessions/none/runs"), 404, "SESSION_NOT_FOUND")
 
 
@@ -51,16 +52,16 @@ async def test_cancel_queued_and_running_runs(api: Api) -> None:
     running = await submit(api, "c")
     queued = await submit(api, "c")  # one active run per session: this one waits
 
-    r = await api.client.post(f"/v1/runs/{queued}/cancel")
+    r = await api.client.post(f"/v1/runs/{queued}/cancel", json={})
     assert r.status_code == 202, r.text
     assert r.json()["status"] == "cancelled"  # a queued run is cancelled at once
 
-    r = await api.client.post(f"/v1/runs/{running}/cancel")
+    r = await api.client.post(f"/v1/runs/{running}/cancel", json={})
     assert r.status_code == 202
     assert r.json()["status"] in ("cancelling", "cancelled")
     assert (await finished_run(api, running))["status"] == "cancelled"
 
-    assert_problem(await api.client.post(f"/v1/runs/{running}/cancel"), 409, "RUN_NOT_CANCELLABLE")
+    assert_problem(await api.client.post(f"/v1/runs/{running}/cancel", json={}), 409, "RUN_NOT_CANCELLABLE")
 
 
 async def test_retry_failed_run_gives_new_run_with_retry_of(api: Api) -> None:
@@ -69,7 +70,7 @@ async def test_retry_failed_run_gives_new_run_with_retry_of(api: Api) -> None:
     ).status_code == 201
     failed = await submit(api, "f")
     assert (await finished_run(api, failed))["status"] == "failed"
-    r = await api.client.post(f"/v1/runs/{failed}/retry")
+    r = await api.client.post(f"/v1/runs/{failed}/retry", json={})
     assert r.status_code == 202, r.text
     new_id = r.json()["run_id"]
     assert new_id != failed
@@ -81,4 +82,4 @@ async def test_retry_of_succeeded_run_is_409(api: Api) -> None:
     assert (await api.client.post("/v1/sessions", json=session_body("ok"))).status_code == 201
     run_id = await submit(api, "ok")
     await finished_run(api, run_id)
-    assert_problem(await api.client.post(f"/v1/runs/{run_id}/retry"), 409, "RUN_NOT_RETRYABLE")
+    assert_problem(await api.client.post(f"/v1/runs/{run_id}/retry", json={}), 409, "RUN_NOT_RETRYABLE")

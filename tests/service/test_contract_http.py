@@ -43,7 +43,8 @@ async def test_405_allow_header_lists_every_method_of_the_resource(
 ) -> None:
     # Each route carries one method; Starlette named only the first route that matched, so a
     # client told `Allow: POST` for /v1/sessions never learnt that GET lists them.
-    response = await api.client.request(method, path)
+    headers = {"content-type": "application/json"}  # past the CSRF check, to the router
+    response = await api.client.request(method, path, headers=headers)
     assert_problem(response, 405, "METHOD_NOT_ALLOWED")
     methods = {m.strip() for m in response.headers["allow"].split(",")}
     assert allowed <= methods
@@ -65,7 +66,7 @@ async def test_415_without_content_type_says_so(api: Api) -> None:
 async def test_required_body_missing_is_a_clear_422(api: Api, path: str) -> None:
     created = await api.client.post("/v1/sessions", json=session_body("s1"))
     assert created.status_code == 201, created.text
-    response = await api.client.post(path)
+    response = await api.client.post(path, headers={"content-type": "application/json"})
     body = assert_problem(response, 422, "INVALID_REQUEST")
     assert "required" in body["detail"]
     assert "truncated" not in body["detail"]
@@ -75,10 +76,10 @@ async def test_required_body_missing_is_a_clear_422(api: Api, path: str) -> None
 async def test_process_body_stays_optional(api: Api) -> None:
     created = await api.client.post("/v1/sessions", json=session_body("s1"))
     assert created.status_code == 201, created.text
-    response = await api.client.post("/v1/sessions/s1/process")
+    response = await api.client.post("/v1/sessions/s1/process", json={})
     assert response.status_code == 202, response.text
     assert response.headers["location"] == f"/v1/runs/{response.json()['run_id']}"
-    dry = await api.client.post("/v1/sessions/s1/process/dry-run")
+    dry = await api.client.post("/v1/sessions/s1/process/dry-run", json={})
     assert dry.status_code == 200, dry.text
 
 
@@ -315,11 +316,11 @@ async def test_dry_run_says_cannot_process_when_a_source_file_is_gone(
         await api.client.post("/v1/sessions/gone/sources/patch", json=source)
     ).status_code == 200
     sample.unlink()
-    plan = await api.client.post("/v1/sessions/gone/process/dry-run")
+    plan = await api.client.post("/v1/sessions/gone/process/dry-run", json={})
     assert plan.status_code == 200, plan.text
     assert plan.json()["can_process"] is False
     assert any(str(sample) in warning for warning in plan.json()["warnings"])
-    refused = await api.client.post("/v1/sessions/gone/process")
+    refused = await api.client.post("/v1/sessions/gone/process", json={})
     assert str(sample) in assert_problem(refused, 422, "INVALID_REQUEST")["detail"]
 
 

@@ -91,8 +91,11 @@ async def test_json_suffix_and_charset_are_json(client: httpx.AsyncClient) -> No
         assert r.status_code == 200, content_type
 
 
-async def test_empty_body_needs_no_content_type(client: httpx.AsyncClient) -> None:
-    r = await client.post("/echo")
+async def test_empty_body_still_needs_json_content_type(client: httpx.AsyncClient) -> None:
+    # CSRF: a body-less cross-site POST (cancel, retry) must not act either.
+    assert_problem(await client.post("/echo"), 415, "UNSUPPORTED_MEDIA_TYPE")
+    assert_problem(await client.delete("/echo"), 415, "UNSUPPORTED_MEDIA_TYPE")
+    r = await client.post("/echo", headers={"content-type": "application/json"})
     assert r.status_code == 200
     assert r.json()["size"] == 0
 

@@ -74,14 +74,14 @@ async def test_full_queue_answers_429_with_retry_after(client: httpx.AsyncClient
     assert int(rejected.headers["retry-after"]) >= 1
     assert 2 <= len(accepted) <= 4
     for run_id in accepted:
-        assert (await client.post(f"/v1/runs/{run_id}/cancel")).status_code == 202
+        assert (await client.post(f"/v1/runs/{run_id}/cancel", json={})).status_code == 202
 
 
 async def test_cancel_stops_a_running_sleep(client: httpx.AsyncClient) -> None:
     await create(client, "c", LONG)
     run_id = await submit(client, "c")
     await wait_progress(client, run_id)
-    r = await client.post(f"/v1/runs/{run_id}/cancel")
+    r = await client.post(f"/v1/runs/{run_id}/cancel", json={})
     assert r.status_code == 202
     assert r.json()["status"] in ("cancelling", "cancelled")
     run = await wait_end(client, run_id)
@@ -103,10 +103,10 @@ async def test_sessions_run_in_parallel_and_each_session_serially(
     assert (await client.get(f"/v1/runs/{a1}")).json()["status"] == "running"
     # ...and a2 waits for a1: runs of one session are serial.
     assert (await client.get(f"/v1/runs/{a2}")).json()["status"] == "queued"
-    await client.post(f"/v1/runs/{a1}/cancel")
+    await client.post(f"/v1/runs/{a1}/cancel", json={})
     first = await wait_end(client, a1)
     await wait_progress(client, a2)
     second = (await client.get(f"/v1/runs/{a2}")).json()
     assert second["started_utc"] >= first["finished_utc"]
-    await client.post(f"/v1/runs/{a2}/cancel")
+    await client.post(f"/v1/runs/{a2}/cancel", json={})
     assert (await wait_end(client, a2))["status"] == "cancelled"

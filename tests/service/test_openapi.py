@@ -3,16 +3,19 @@ handlers decode; this test fails when a route is added without a description."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
-from api_support import Api
+from api_support import NEEDS_SAMPLE, Api, assert_problem
 
 from service.models import CreateSessionRequest, ProcessRequest
 from service.openapi import API_PREFIX, route_paths
 
 pytestmark = pytest.mark.anyio
+JSON = {"content-type": "application/json"}
 
 
 @pytest.fixture
@@ -87,3 +90,68 @@ async def test_document_is_openapi_3_1_with_bearer_auth(document: dict[str, Any]
     assert document["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
     ops = [op for item in document["paths"].values() for op in item.values()]
     assert len({op["operationId"] for op in ops}) == len(ops)
+
+
+async def test_headers_document_their_formats(document: dict[str, Any]) -> None:
+    events = document["paths"]["/v1/events"]["get"]
+    last_id = next(p for p in events["parameters"] if p["name"] == "Last-Event-ID")
+    assert last_id["in"] == "header"
+    pattern = re.compile(last_id["schema"]["pattern"])
+    assert pattern.match("3fa9c2d1-42") and pattern.match("0")
+    assert not pattern.match("not an id") and not pattern.match("abc-")
+    process = document["paths"]["/v1/sessions/{sid}/process"]["post"]
+    key = next(p for p in process["parameters"] if p["name"] == "Idempotency-Key")
+    assert key["schema"] == {"type": "string", "minLength": 1, "maxLength": 200}
+
+
+async def test_pipeline_is_one_of_yaml_text_or_path(document: dict[str, Any]) -> None:
+    pipeline = document["components"]["schemas"]["PipelineInput"]
+    assert [rule["required"] for rule in pipeline["oneOf"]] == [["yaml_text"], ["path"]]
+
+
+async def test_streams_and_files_have_their_real_media_types(document: dict[str, Any]) -> None:
+    for path in ("/v1/events", "/v1/sessions/{sid}/events", "/v1/runs/{run_id}/events"):
+        assert set(document["paths"][path]["get"]["responses"]["200"]["content"]) == {
+            "text/event-stream"
+        }
+    reports = document["paths"]["/v1/retained-runs/{run_id}/reports/{name}"]["get"]
+    assert set(reports["responses"]["200"]["content"]) == {
+        "application/json",
+        "application/x-ndjson",
+    }
+    artifact = document["paths"]["/v1/retained-runs/{run_id}/artifacts/{path}"]["get"]
+    media = artifact["responses"]["200"]["content"]
+    assert {"application/x-hdf5", "text/csv", "application/json"} <= set(media)
+
+
+async def test_every_state_changing_operation_documents_415_and_every_one_421(
+    document: dict[str, Any],
+) -> None:
+    for path, item in document["paths"].items():
+        for method, op in item.items():
+            assert "421" in op["responses"], (method, path)
+            if method in ("post", "put", "patch", "delete"):
+                assert "415" in op["responses"], (method, path)
+                assert "application/json" in op["requestBody"]["content"], (method, path)
+
+
+async def test_a_source_named_patch_is_deleted_through_the_documented_path(
+    api: Api, document: dict[str, Any], tmp_path: Path
+) -> None:
+    # `.../sources/patch` is a concrete path (POST upserts one source): its DELETE is listed
+    # there, and removes the source whose ref is `patch`.
+    assert set(document["paths"]["/v1/sessions/{sid}/sources/patch"]) == {"post", "delete"}
+    assert set(document["paths"]["/v1/sessions/{sid}/sinks/patch"]) == {"post", "delete"}
+    sample = tmp_path / "patch.json"
+    sample.write_text('{"value": 1}')
+    body = {"session_id": "s", "pipeline": {"yaml_text": NEEDS_SAMPLE}}
+    assert (await api.client.post("/v1/sessions", json=body)).status_code == 201
+    source = {"ref": "patch", "type": "json", "location": str(sample)}
+    r = await api.client.post("/v1/sessions/s/sources/patch", json=source)
+    assert r.status_code == 200, r.text
+    assert "patch" in r.json()["sources"]
+    r = await api.client.delete("/v1/sessions/s/sources/patch", headers=JSON)
+    assert r.status_code == 204, r.text
+    assert (await api.client.get("/v1/sessions/s")).json()["sources"] == {}
+    r = await api.client.delete("/v1/sessions/s/sources/patch", headers=JSON)
+    assert_problem(r, 404, "NOT_FOUND")

@@ -49,6 +49,7 @@ def test_every_setting_has_flag_and_environment_variable(tmp_path: Path) -> None
         "RUNWIRE_REPLAY_SIZE": "7",
         "RUNWIRE_TOKEN": "t",
         "RUNWIRE_ALLOWED_ORIGINS": "https://a.example, https://b.example",
+        "RUNWIRE_ALLOWED_HOSTS": "pc.local, proxy.local",
         "RUNWIRE_SHUTDOWN_GRACE": "1.5",
         "RUNWIRE_READ_ROOT": f"{a}{os.pathsep}{b}",
         "RUNWIRE_DEMO": "1",
@@ -57,6 +58,7 @@ def test_every_setting_has_flag_and_environment_variable(tmp_path: Path) -> None
     assert config.host == "::1" and config.queue_size == 5 and config.replay_size == 7
     assert config.token == "t"
     assert config.allowed_origins == ("https://a.example", "https://b.example")
+    assert config.allowed_hosts == ("pc.local", "proxy.local")
     assert config.shutdown_grace == 1.5
     assert config.read_roots == (a.resolve(), b.resolve())
     assert config.demo is True
@@ -251,3 +253,12 @@ def test_demo_feeds_session_demo_so_events_flow_at_once(tmp_path: Path) -> None:
         assert finished["data"]["status"] == "succeeded"  # type: ignore[index]
         server.proc.send_signal(signal.SIGTERM)
         assert server.proc.wait(timeout=STARTUP_TIMEOUT_S) == 0
+
+
+def test_allowed_hosts_flag_wins_over_environment() -> None:
+    env = {"RUNWIRE_ALLOWED_HOSTS": "env.local"}
+    assert build_config(parse("--allowed-hosts", "a.local,b.local"), env).allowed_hosts == (
+        "a.local",
+        "b.local",
+    )
+    assert build_config(parse(), env).allowed_hosts == ("env.local",)
