@@ -41,6 +41,9 @@ from .metrics import ServiceMetrics
 from .openapi import API_PREFIX, Operation, route_paths
 from .problems import InternalErrorMiddleware, exception_handlers
 from .retained import RetainedRuns
+from .routes_curve import table as curve_table  # dashboard: I(q) of a run
+from .routes_pipeline import table as pipeline_table  # dashboard: step tree, examples
+from .routes_ui import routes as ui_routes  # dashboard: / and /ui/
 from .runtime import Runtime
 from .store import SessionStore
 
@@ -54,6 +57,8 @@ _TABLES = (
     routes_runs.table,
     routes_events.table,
     routes_retained.table,
+    curve_table,
+    pipeline_table,
 )
 
 
@@ -65,7 +70,7 @@ def create_app(config: Config) -> Starlette:
     """The runwire ASGI app for `config` (resources open in its lifespan, see module doc)."""
     routes: list[BaseRoute] = [r for table in _TABLES for r in table.routes]
     app = Starlette(
-        routes=[Mount(API_PREFIX, routes=routes)],
+        routes=[Mount(API_PREFIX, routes=routes), *ui_routes()],
         middleware=[
             Middleware(InternalErrorMiddleware),
             Middleware(AuthMiddleware, token=config.token),
