@@ -150,7 +150,7 @@ class DashboardServer:
         return sorted(events, key=lambda e: e["seq"])
 
 
-def wait_until(page: Any, predicate: str, arg: Any = None, timeout_ms: int = WAIT_MS) -> Any:
+def wait_until(page: Any, predicate: str, arg: Any = None, *, timeout_ms: int = WAIT_MS) -> Any:
     """Wait for a JS arrow function `predicate` (a function literal: the page's CSP forbids
     Playwright evaluating a plain string) to return something truthy."""
     return page.wait_for_function(predicate, arg=arg, timeout=timeout_ms)

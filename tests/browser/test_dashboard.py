@@ -219,3 +219,26 @@ def test_token_is_asked_once_and_never_put_in_a_url(tmp_path: Path, context: Any
         assert stored == 0  # kept for the tab only (sessionStorage), never in localStorage
     finally:
         server.stop()
+
+
+def test_demo_server_shows_the_demo_session_live(tmp_path: Path, context: Any) -> None:
+    server = DashboardServer(tmp_path / "data", demo=True)
+    server.start()
+    try:
+        page = context.new_page()
+        errors = record_console(page)
+        page.goto(server.url + "/")  # and nothing else
+        wait_until(page, "() => location.hash === '#/sessions/demo'")
+        page.wait_for_selector("#conn.conn-live")
+        # Live: a run of the simulated instrument finishes while the page watches, and its
+        # curve is drawn.
+        wait_until(
+            page,
+            "() => window.__runwire.events().some(e => e.sessionid === 'demo' && e.type === 'run.finished')",
+            timeout_ms=120_000,
+        )
+        wait_until(page, "() => window.__runwire.plot().runs.length >= 1", timeout_ms=60_000)
+        page.screenshot(path=str(tmp_path / "demo.png"), full_page=True)
+        assert [e for e in errors() if not e.startswith("console: Failed to load resource")] == []
+    finally:
+        server.stop()

@@ -90,9 +90,23 @@ function scheduleRefresh() {
   }, REFRESH_MS);
 }
 
+let landing = location.hash === "" || location.hash === "#";
+
 async function refreshState() {
   const { sessions } = await api("GET", "/sessions");
   state.sessions = new Map(sessions.map((s) => [s.session_id, s]));
+  if (landing && (location.hash === "" || location.hash === "#")) {
+    // Opened without a route: once there is one session (`runwire serve --demo` creates it a
+    // moment after start), show it live. A second session, or any navigation, ends this.
+    if (sessions.length === 1) {
+      landing = false;
+      location.replace(`#/sessions/${encodeURIComponent(sessions[0].session_id)}`);
+      return;
+    }
+    if (sessions.length > 1) landing = false;
+  } else {
+    landing = false;
+  }
   markDirty("sessions");
   if (state.route.view === "session") {
     const sid = state.route.sid;
