@@ -132,12 +132,20 @@ function onEvent(ev) {
   tail.add(ev);
   markDirty("tail");
   if (ev.type === "stream.gap") { scheduleRefresh(); runView.reload(); plot.reloadSoon(); return; }
-  if (SESSION_EVENTS.has(ev.type)) scheduleRefresh();
-  if (state.route.view !== "session" || ev.sessionid !== state.route.sid) return;
+  const here = state.route.view === "session" && ev.sessionid === state.route.sid;
+  // The session view refetches for its own session's events only (other sessions' runs do
+  // not change what it shows), plus sessions appearing or going.
+  if (SESSION_EVENTS.has(ev.type) && (state.route.view === "sessions" || here || ev.type === "session.created" || ev.type === "session.deleted")) {
+    scheduleRefresh();
+  }
+  if (!here) return;
   if (!state.route.rid && (ev.type === "run.queued" || ev.type === "run.started") && ev.runid) {
     runView.follow(ev.runid, ev);
   }
   if (runView.apply(ev)) markDirty("run");
+  if (ev.type === "step.finished" && ev.data && ev.data.status === "succeeded" && runView.writesCurve(ev.data.step)) {
+    plot.prefetch(ev.runid); // the NXcanSAS file is complete once its writer step succeeded
+  }
   if (ev.type === "run.finished" && ev.data && ev.data.status === "succeeded") {
     plot.runFinished(ev.runid, performance.now());
   }
@@ -146,6 +154,9 @@ function onEvent(ev) {
 
 // --- rendering, once per frame ----------------------------------------------------------------
 let frameRequested = false;
+const TAIL_MS = 100;
+let lastTailRender = -Infinity;
+let tailTimer = null;
 const stats = { frames: 0 };
 function markDirty(what) {
   state.dirty.add(what);
@@ -163,7 +174,18 @@ function renderFrame() {
   if (dirty.has("sessions") && state.route.view === "sessions") renderSessions();
   if (dirty.has("session") && state.route.view === "session") renderSession();
   if (dirty.has("run") && state.route.view === "session") runView.render();
-  if (dirty.has("tail")) tail.render();
+  if (dirty.has("tail")) {
+    // Nobody reads 1,000 lines a second: the tail is redrawn at most every TAIL_MS, which keeps
+    // layout and paint of a burst small; the next frame after that picks the rest up.
+    const now = performance.now();
+    if (now - lastTailRender >= TAIL_MS) {
+      lastTailRender = now;
+      tail.render();
+    } else {
+      state.dirty.add("tail");
+      if (!tailTimer) tailTimer = setTimeout(() => { tailTimer = null; markDirty("tail"); }, TAIL_MS);
+    }
+  }
 }
 
 function renderSessions() {
@@ -381,6 +403,7 @@ window.__runwire = {
   plot: () => plot.snapshot(),
   run: () => runView.snapshot(),
   frames: () => stats.frames,
+  received: () => tail.total,
   domRows: () => $("#event-list").childElementCount,
 };
 

@@ -24,6 +24,7 @@ export class CurvePlot {
     this.timings = []; // ms from run.finished received to the plot drawn (bounded)
     this.draws = 0;
     this.generation = 0;
+    this.prefetched = null; // {runId, sid, curve: Promise}
     this.resizeObserver = new ResizeObserver(() => {
       if (this.chart) this.chart.setSize(this.size());
     });
@@ -65,9 +66,17 @@ export class CurvePlot {
     }
   }
 
+  // Start reading a run's curve before its run.finished arrives (its writer step succeeded), so
+  // that run.finished only has to draw. At most one prefetch is kept.
+  prefetch(runId) {
+    this.prefetched = { runId, sid: this.sid, curve: this.fetchCurve(runId) };
+  }
+
   async runFinished(runId, t0) {
     const sid = this.sid;
-    const curve = await this.fetchCurve(runId);
+    const early = this.prefetched && this.prefetched.runId === runId && this.prefetched.sid === sid ? this.prefetched.curve : null;
+    this.prefetched = null;
+    const curve = (early && (await early)) || (await this.fetchCurve(runId));
     if (!curve || sid !== this.sid || this.curves.some((c) => c.run_id === runId)) return;
     this.curves = [curve, ...this.curves].slice(0, MAX_EARLIER + 1);
     this.pending = { run_id: runId, t0 };

@@ -24,6 +24,7 @@ export class RunView {
     this.sid = null;
     this.tree = [];
     this.rows = new Map(); // full id -> {row, bar, state, dur, err}
+    this.curveWriters = new Set();
     this.clearRun(null);
     this.treeEl.replaceChildren();
     this.linksEl.replaceChildren();
@@ -44,12 +45,19 @@ export class RunView {
     if (this.sid !== sid) return;
     this.tree = view.tree;
     this.rows = new Map();
+    this.curveWriters = new Set();
     this.treeEl.replaceChildren(...view.tree.map((n) => this.buildNode(n)));
     this.changed = new Set(this.rows.keys());
     this.render();
   }
 
+  // Whether step `id` writes the NXcanSAS file the I(q) plot reads.
+  writesCurve(id) {
+    return this.curveWriters.has(id);
+  }
+
   buildNode(node) {
+    if (node.use === "write.nxcansas") this.curveWriters.add(node.full_id);
     const bar = el("progress", { max: "1", value: "0", "aria-label": `${node.full_id} progress` });
     const state = el("span", { class: "state" }, badge("pending"));
     const dur = el("span", { class: "dur" });
