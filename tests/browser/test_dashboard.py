@@ -105,6 +105,43 @@ def test_create_process_and_see_steps_and_curves(server: DashboardServer, contex
     assert errors() == []
 
 
+FAILING = """\
+name: failing
+steps:
+  - id: prepare
+    use: diag.sleep
+    params: {seconds: 0.0, ticks: 1}
+  - id: checks
+    parallel: true
+    steps:
+      - {id: ok, use: diag.sleep, params: {seconds: 0.0, ticks: 1}}
+      - {id: broken, use: diag.fail, params: {message: detector offline}}
+"""
+
+
+def test_failed_step_shows_its_error_and_the_tail_filters(server: DashboardServer, context: Any, tmp_path: Path) -> None:
+    with server.client() as api:
+        r = api.post("/sessions", json={"session_id": "bad", "pipeline": {"yaml_text": FAILING}})
+        assert r.status_code == 201, r.text
+    page = context.new_page()
+    page.goto(server.url + "/ui/#/sessions/bad")
+    page.wait_for_selector("#conn.conn-live")
+    page.wait_for_selector('#step-tree .step[data-step="checks.broken"]')
+    page.locator("#process-form").get_by_role("button", name="Process", exact=True).click()
+    wait_until(page, "() => window.__runwire.run().status === 'failed'")
+    broken = page.locator('#step-tree .step[data-step="checks.broken"]')
+    wait_until(page, "() => document.querySelector('#step-tree .step[data-step=\"checks.broken\"]').dataset.status === 'failed'")
+    assert "detector offline" in broken.locator(".step-error").inner_text()
+    assert "detector offline" in page.locator("#run-error").inner_text()
+    assert page.locator('#step-tree .step[data-step="checks.ok"]').get_attribute("data-status") == "succeeded"
+    # The tail, filtered by type, shows only that type.
+    page.get_by_label("Event type").select_option("step.finished")
+    wait_until(page, "() => document.querySelectorAll('#event-list li').length > 0")
+    types = page.locator("#event-list li span:nth-child(3)").all_inner_texts()
+    assert types and set(types) == {"step.finished"}
+    page.screenshot(path=str(tmp_path / "failed.png"), full_page=True)
+
+
 PIPELINE = """\
 name: ticking
 steps:

@@ -139,8 +139,10 @@ function onEvent(ev) {
     scheduleRefresh();
   }
   if (!here) return;
-  if (!state.route.rid && (ev.type === "run.queued" || ev.type === "run.started") && ev.runid) {
-    runView.follow(ev.runid, ev);
+  // Following the newest run: switch when one starts, or when one is queued while the shown
+  // run is over (a queued run does not take the view from a running one).
+  if (!state.route.rid && ev.runid && (ev.type === "run.started" || (ev.type === "run.queued" && runView.settled()))) {
+    runView.follow(ev.runid);
   }
   if (runView.apply(ev)) markDirty("run");
   if (ev.type === "step.finished" && ev.data && ev.data.status === "succeeded" && runView.writesCurve(ev.data.step)) {

@@ -51,6 +51,11 @@ export class RunView {
     this.render();
   }
 
+  // True when no run is shown or the shown one is over.
+  settled() {
+    return !this.runId || FINAL.has(this.run.status);
+  }
+
   // Whether step `id` writes the NXcanSAS file the I(q) plot reads.
   writesCurve(id) {
     return this.curveWriters.has(id);
