@@ -137,7 +137,7 @@ def test_failed_step_shows_its_error_and_the_tail_filters(server: DashboardServe
     # The tail, filtered by type, shows only that type.
     page.get_by_label("Event type").select_option("step.finished")
     wait_until(page, "() => document.querySelectorAll('#event-list li').length > 0")
-    types = page.locator("#event-list li span:nth-child(3)").all_inner_texts()
+    types = page.evaluate("() => [...document.querySelectorAll('#event-list li')].map(li => li.dataset.type)")
     assert types and set(types) == {"step.finished"}
     page.screenshot(path=str(tmp_path / "failed.png"), full_page=True)
 
