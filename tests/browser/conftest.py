@@ -21,7 +21,9 @@ if importlib.util.find_spec("playwright") is None or chromium_path() is None:
     collect_ignore_glob = ["test_*.py"]
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: Playwright's sync API keeps an event loop running in this thread
+# until it is closed, and the async tests of the other packages need the thread free.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
