@@ -64,7 +64,10 @@ def _text(value: object) -> str | None:
 
 def _values(dataset: h5py.Dataset, stride: int) -> list[float | None]:
     data = np.asarray(dataset[::stride], dtype=np.float64)
-    return [float(v) if np.isfinite(v) else None for v in data]
+    values: list[float | None] = data.tolist()
+    for index in np.flatnonzero(~np.isfinite(data)):  # JSON has no NaN or infinity
+        values[index] = None
+    return values
 
 
 def _read_file(path: Path, run_id: str, rel: str) -> Curve | None:
