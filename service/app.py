@@ -46,6 +46,9 @@ from .metrics import ServiceMetrics
 from .openapi import API_PREFIX, Operation, route_paths
 from .problems import InternalErrorMiddleware, exception_handlers
 from .retained import RetainedRuns
+from .routes_curve import table as curve_table  # dashboard: I(q) of a run
+from .routes_pipeline import table as pipeline_table  # dashboard: step tree, examples
+from .routes_ui import routes as ui_routes  # dashboard: / and /ui/
 from .runtime import Runtime
 from .store import SessionStore
 
@@ -59,6 +62,8 @@ _TABLES = (
     routes_runs.table,
     routes_events.table,
     routes_retained.table,
+    curve_table,
+    pipeline_table,
 )
 
 
@@ -71,7 +76,7 @@ def create_app(config: Config) -> Starlette:
     routes: list[BaseRoute] = [r for table in _TABLES for r in table.routes]
     host_policy = HostPolicy(config.host, config.allowed_hosts)
     app = Starlette(
-        routes=[Mount(API_PREFIX, routes=routes)],
+        routes=[Mount(API_PREFIX, routes=routes), *ui_routes()],
         middleware=[
             Middleware(InternalErrorMiddleware),
             Middleware(HostCheckMiddleware, policy=host_policy),

@@ -39,6 +39,8 @@ __all__ = [
 
 # Open without a token: liveness probes come from load balancers that hold no secret.
 PUBLIC_PATHS = frozenset({"/v1/health"})
+# The dashboard's static files hold no data; the page asks for the token when the API says 401.
+PUBLIC_PREFIXES = ("/ui/",)
 WS_POLICY_VIOLATION = 1008
 
 
@@ -82,6 +84,7 @@ class AuthMiddleware:
             self.token is None
             or scope["type"] not in ("http", "websocket")
             or scope["path"] in PUBLIC_PATHS
+            or scope["path"] in ("/", "/ui") or scope["path"].startswith(PUBLIC_PREFIXES)
             or token_matches(self.token, _presented_token(scope))
         ):
             await self.app(scope, receive, send)
