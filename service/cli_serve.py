@@ -24,6 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 from .cli_errors import EXIT_USAGE, CliError
 
+# sysexits.h EX_UNAVAILABLE: another server already serves this data directory.
+EXIT_DATA_DIR_IN_USE = 69
+
 if TYPE_CHECKING:
     from .config import Config
 
@@ -249,9 +252,26 @@ def run_serve(args: argparse.Namespace) -> int:
     config = build_config(args, os.environ)
     level = log_level(args, os.environ)
     _check_bind(config)
-    _check_data_dir(config)
-    from .server import serve
+    # The lock comes before anything reads or writes the data directory (store, recovery,
+    # demo): a second server must leave the first one's runs alone. Held until we return.
+    with _lock_data_dir(config):
+        _check_data_dir(config)
+        from .server import serve
 
-    serve(config, log_config=log_config(level), log_level=level)
+        serve(config, log_config=log_config(level), log_level=level)
     logging.shutdown()  # flush every handler before the process exits
     return 0
+
+
+def _lock_data_dir(config: Config) -> Any:
+    """The data directory's exclusive lock (see `service.datalock`), taken now: exit 69 with
+    one line naming the directory and the holder's pid when another server has it."""
+    from .datalock import DataDirLock, DataDirLocked
+
+    try:
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        return DataDirLock(config.data_dir).acquire()
+    except DataDirLocked as exc:
+        raise CliError(str(exc), EXIT_DATA_DIR_IN_USE) from None
+    except OSError as exc:
+        raise CliError(f"cannot start: cannot lock {config.data_dir}: {exc}") from None
