@@ -11,6 +11,12 @@ call, so there are at most as many pending calls as concurrent requests and runs
 
 Records crossing to the thread must be snapshots (`snapshot`): the loop keeps mutating its own
 copies while the thread encodes them.
+
+Files a *user* named (a pipeline path, source files, sink directories) are never read on the
+I/O thread: a slow or hostile path (a FIFO, a hung network mount) would stall every commit,
+readiness probe and shutdown behind it. Those checks go through `DurableIO.examine`, a separate
+pool of `EXAMINE_THREADS` threads, and open files through `pipeline.safeio` (regular files
+only, non-blocking open, bounded reads).
 """
 
 from __future__ import annotations
@@ -31,7 +37,11 @@ from .publisher import EventPublisher, EventSink
 from .records import FINAL_RUN_STATUSES, RunRecord, SessionRecord
 from .store import SessionStore, StoreError
 
-__all__ = ["DurableIO", "snapshot"]
+__all__ = ["EXAMINE_THREADS", "DurableIO", "snapshot"]
+
+# Threads checking user-named files (`DurableIO.examine`). Few: the checks are short (stat, a
+# non-blocking open, at most 1 MiB read); callers beyond this wait their turn, off the loop.
+EXAMINE_THREADS = 2
 
 T = TypeVar("T")
 S = TypeVar("S", bound=msgspec.Struct)
@@ -52,6 +62,9 @@ class DurableIO:
         self.store_ok = True  # false after a store failure, until a store call succeeds again
         self.last_updated_utc: str | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="runwire-io")
+        self._examine_pool = ThreadPoolExecutor(
+            max_workers=EXAMINE_THREADS, thread_name_prefix="runwire-examine"
+        )
 
     async def io(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a synchronous call in the I/O thread and return its result (or raise)."""
@@ -67,6 +80,12 @@ class DurableIO:
         self.last_updated_utc = utc_now()
         return result
 
+    async def examine(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a check of user-named files (validation, pipeline loading) off the I/O thread,
+        so that whatever the path names cannot delay a commit."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._examine_pool, partial(fn, *args))
+
     async def emit(
         self, type: str, session_id: str, data: dict[str, Any], run_id: str | None = None
     ) -> None:
@@ -81,6 +100,7 @@ class DurableIO:
         """Close the journals, then let the thread finish what is queued (no new calls)."""
         await self.io(self.publisher.close)
         self._pool.shutdown(wait=False)
+        self._examine_pool.shutdown(wait=False)
 
     # -- synchronous work, on the I/O thread ---------------------------------------------------
 
