@@ -202,7 +202,13 @@ def log_level(args: argparse.Namespace, env: Mapping[str, str]) -> str:
 
 def log_config(level: str) -> dict[str, Any]:
     """One plain format on stderr for uvicorn's loggers and ours; access log at the same level."""
-    handler = {"class": "logging.StreamHandler", "formatter": "plain", "stream": "ext://sys.stderr"}
+    handler: dict[str, Any] = {
+        "class": "logging.StreamHandler",
+        "formatter": "plain",
+        "stream": "ext://sys.stderr",
+    }
+    # A failing disk repeats one error per event: logged once, then counted (service.logcollapse).
+    handler["filters"] = ["collapse_repeats"]
     ours = {"handlers": ["stderr"], "level": level.upper(), "propagate": False}
     return {
         "version": 1,
@@ -211,6 +217,7 @@ def log_config(level: str) -> dict[str, Any]:
             "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
         },
         "handlers": {"stderr": handler},
+        "filters": {"collapse_repeats": {"()": "service.logcollapse.RepeatFilter"}},
         "loggers": {
             name: dict(ours)
             for name in ("uvicorn", "uvicorn.access", "runwire", "service", "streaming", "pipeline")
@@ -238,12 +245,21 @@ def _check_bind(config: Config) -> None:
 def _check_data_dir(config: Config) -> None:
     """Open the store once before serving, so that an unusable data directory is one clear
     line and exit 1 rather than a traceback from the server's startup."""
-    from .store import SessionStore, StoreError
+    from .errors import is_storage_full
+    from .store import SessionStore, StoreError, probe_disk
 
     try:
         config.data_dir.mkdir(parents=True, exist_ok=True)
+        # Recovery writes at start: a full disk is reported now, in one line, not as a
+        # traceback from the server's startup.
+        probe_disk(config.data_dir)
         SessionStore(config.store_path).close()
     except (StoreError, OSError) as exc:
+        if is_storage_full(exc):
+            raise CliError(
+                f"cannot start: the disk of data directory {config.data_dir} is full "
+                "(free some space and start again)"
+            ) from None
         raise CliError(f"cannot start: {exc}") from None
 
 

@@ -22,6 +22,7 @@ only, non-blocking open, bounded reads).
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -33,6 +34,7 @@ import msgspec
 from pipeline.rundir import RunDirectory
 from streaming.envelope import utc_now
 
+from .errors import is_storage_full, storage_full_error
 from .publisher import EventPublisher, EventSink
 from .records import FINAL_RUN_STATUSES, RunRecord, SessionRecord
 from .store import SessionStore, StoreError
@@ -60,6 +62,9 @@ class DurableIO:
         self.runs_dir = Path(runs_dir)
         self.publisher = EventPublisher(broker, self.runs_dir)
         self.store_ok = True  # false after a store failure, until a store call succeeds again
+        # True from a write that failed for want of space until a call succeeds again (or the
+        # readiness probe writes): readiness is `unavailable` meanwhile.
+        self.storage_full = False
         self.last_updated_utc: str | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="runwire-io")
         self._examine_pool = ThreadPoolExecutor(
@@ -67,16 +72,27 @@ class DurableIO:
         )
 
     async def io(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a synchronous call in the I/O thread and return its result (or raise)."""
+        """Run a synchronous call in the I/O thread and return its result (or raise).
+
+        A call that fails because the disk (or quota) is full raises `ServiceError`
+        STORAGE_FULL (507 with `Retry-After`) instead of its raw error: the store rolled its
+        transaction back, so nothing was half-written, and the caller's own clean-up runs.
+        """
         loop = asyncio.get_running_loop()
         try:
             result = await loop.run_in_executor(self._pool, partial(fn, *args))
-        except StoreError:
-            self.store_ok = False
+        except Exception as exc:
+            if is_storage_full(exc):
+                self.store_ok = False
+                self.storage_full = True
+                raise storage_full_error() from exc
+            if isinstance(exc, StoreError):
+                self.store_ok = False
             raise
         # A store call that worked means the store is usable again (readiness recovers without
         # a restart once, say, the disk has space again).
         self.store_ok = True
+        self.storage_full = False
         self.last_updated_utc = utc_now()
         return result
 
@@ -118,6 +134,16 @@ class DurableIO:
             self.store.save_session(session, pipeline_text)
             if idempotency_key is not None:
                 self.store.save_idempotency(session.session_id, idempotency_key, record.run_id)
+
+    async def discard_new_run_dir(
+        self, writing: asyncio.Task[None] | None, run_dir: RunDirectory
+    ) -> None:
+        """Remove the directory of a run whose submit failed, once its background write
+        (`writing`) is over: a refused submit leaves nothing behind. Only files this runtime
+        wrote are there (the request, temporaries)."""
+        if writing is not None:
+            await asyncio.gather(writing, return_exceptions=True)
+        await self.io(shutil.rmtree, run_dir.path, True)
 
     @staticmethod
     def write_new_run_dir(

@@ -266,10 +266,12 @@ class Scheduler:
                 body,
                 idempotency_key,
             )
-        except BaseException:
+        except BaseException as exc:
             self.queue.remove(run_id)
             self.live.pop(run_id, None)
             entry.record.queued_run_ids.remove(run_id)
+            if isinstance(exc, Exception):  # refused (disk full...): leave no directory behind
+                await self.durable.discard_new_run_dir(live.dir_task, live.run_dir)
             raise
         for event_type, event_data in announce:
             await self.emit(event_type, sid, event_data)

@@ -13,11 +13,13 @@ the whole block, so several saves become one commit and no other thread interlea
 Failure policy: a store that cannot be opened, read, written or migrated raises
 `StoreError(path, reason)` — at open for a corrupt file, a directory in its place, a read-only
 file or a schema from a newer runwire. The file is never replaced or repaired silently; the
-operator decides. Errors during later calls (disk full, I/O) are raised as `StoreError` too.
+operator decides. Errors during later calls (disk full, I/O) are raised as `StoreError` too,
+chained to the sqlite3 error (`service.errors.is_storage_full` recognises a full disk in it).
 """
 
 from __future__ import annotations
 
+import os
 import secrets
 import sqlite3
 import threading
@@ -55,6 +57,27 @@ class StoreError(Exception):
 
 def _utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+# The readiness probe also writes this much beside the database (then removes it): SQLite's own
+# probe rolls back before anything reaches the disk, so it cannot see a full disk.
+DISK_PROBE_BYTES = 4096
+DISK_PROBE_NAME = ".runwire-write-probe"
+
+
+def probe_disk(directory: Path) -> None:
+    """Write `DISK_PROBE_BYTES` to a scratch file in `directory` and remove it; raises the
+    `OSError` (ENOSPC on a full disk, EDQUOT over quota, EROFS...) when that is impossible."""
+    path = directory / DISK_PROBE_NAME
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, b"\0" * DISK_PROBE_BYTES)
+        finally:
+            os.close(fd)
+    finally:
+        with suppress(OSError):
+            os.unlink(path)
 
 
 def _probe_write(conn: sqlite3.Connection) -> None:
@@ -191,13 +214,15 @@ class SessionStore:
                 raise StoreError(self.path, str(exc)) from exc
 
     def writable(self) -> bool:
-        """True when a write transaction can start now (readiness probe; takes the lock)."""
+        """True when a write transaction can start now and the disk has room for a page
+        (readiness probe; takes the lock)."""
         with self._lock:
             if self._depth:
                 return True
             try:
                 _probe_write(self._conn)
-            except sqlite3.Error:
+                probe_disk(self.path.parent)
+            except (sqlite3.Error, OSError):
                 return False
             return True
 
