@@ -37,7 +37,7 @@ from streaming.envelope import utc_now
 from .errors import is_storage_full, storage_full_error
 from .publisher import EventPublisher, EventSink
 from .records import FINAL_RUN_STATUSES, RunRecord, SessionRecord
-from .store import SessionStore, StoreError
+from .store import SessionStore, StoreError, check_room
 
 __all__ = ["EXAMINE_THREADS", "DurableIO", "snapshot"]
 
@@ -101,6 +101,11 @@ class DurableIO:
         so that whatever the path names cannot delay a commit."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._examine_pool, partial(fn, *args))
+
+    async def ensure_room(self) -> None:
+        """Raise STORAGE_FULL (507) now if the data directory's disk is (nearly) full: for
+        changes made in memory before their commit, so that a full disk changes nothing."""
+        await self.io(check_room, self.store.path.parent)
 
     async def emit(
         self, type: str, session_id: str, data: dict[str, Any], run_id: str | None = None

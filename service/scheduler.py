@@ -335,6 +335,7 @@ class Scheduler:
         step boundary (cooperative: between steps and inside long steps). Already `cancelling`:
         nothing more to do.
         """
+        await self.durable.ensure_room()  # a full disk: 507 before anything changes
         status = live.record.status
         if live.record.run_id in self.queue.waiting_for(entry.record.session_id):
             await self.cancel_queued(entry, live)
@@ -346,6 +347,7 @@ class Scheduler:
 
     async def cancel_queued(self, entry: SessionEntry, live: LiveRun) -> None:
         """Cancel a waiting run at once. Call with `entry.lock` held."""
+        await self.durable.ensure_room()  # a full disk: 507 before anything changes
         await live.dir_ready()
         record = live.record
         self.queue.remove(record.run_id)

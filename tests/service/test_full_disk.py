@@ -129,6 +129,11 @@ def test_full_disk_gives_507_fails_the_finishing_run_once_and_recovers_without_r
             assert run_dirs(data_dir, "quick") == before  # a refused submit leaves no directory
             assert c.get("/sessions/quick/runs").json()["runs"] == []
 
+            # A cancel needs a commit too: 507, and the run is left as it was.
+            cancel = c.post(f"/runs/{run_id}/cancel", json={})
+            assert cancel.status_code == 507, cancel.text
+            assert c.get(f"/runs/{run_id}").json()["status"] == "running"
+
             # Readiness: not ready while writes fail.
             ready = c.get("/readiness")
             assert ready.status_code == 503
