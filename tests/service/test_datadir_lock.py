@@ -1,6 +1,7 @@
 """One server per data directory (contract section 1): a second `runwire serve` on a directory
 a live server holds exits 69 with one line naming the directory and the holder's pid, and
-touches nothing; the first server's runs carry on, each with exactly one terminal event."""
+touches nothing: the first server's running run is not interrupted, its queued run not started
+a second time, and each ends with exactly one terminal event."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ name: slow
 steps:
   - id: wait
     use: diag.sleep
-    params: {seconds: 1.5, ticks: 3}
+    params: {seconds: 60, ticks: 120}
 """
 
 
@@ -52,7 +53,6 @@ def test_second_server_on_one_data_directory_exits_69_and_touches_nothing(
             assert follower.wait_for(
                 lambda evs: any(e[1] == "run.started" for e in evs), timeout=60
             )
-            store_before = (data_dir / "runwire.sqlite3").stat().st_mtime_ns
             second = subprocess.run(
                 [
                     *serve_command(),
@@ -70,19 +70,24 @@ def test_second_server_on_one_data_directory_exits_69_and_touches_nothing(
             lines = second.stderr.strip().splitlines()
             assert len(lines) == 1, second.stderr
             assert str(data_dir) in lines[0] and f"pid {first.proc.pid}" in lines[0]
-            # Nothing touched: the store unchanged by the refused server, the lock still names
-            # the first one.
-            assert (data_dir / "runwire.sqlite3").stat().st_mtime_ns == store_before
+            # Nothing touched: the lock still names the first server, the running run is still
+            # running (not `interrupted`) and the queued one still waits (not run twice).
             assert (data_dir / "runwire.lock").read_text().strip() == str(first.proc.pid)
+            assert c.get(f"/runs/{running}").json()["status"] == "running"
+            assert c.get(f"/runs/{queued}").json()["status"] == "queued"
+
+            # The first server still owns its runs: it cancels them, each with one terminal event.
+            for run_id in (queued, running):
+                assert c.post(f"/runs/{run_id}/cancel", json={}).status_code == 202
 
             def both_final(_: object) -> bool:
                 return all(
-                    c.get(f"/runs/{r}").json()["status"] == "succeeded" for r in (running, queued)
+                    c.get(f"/runs/{r}").json()["status"] == "cancelled" for r in (running, queued)
                 )
 
             assert follower.wait_for(both_final, timeout=120, recheck=0.5)
         for run_id in (running, queued):
-            assert _terminal_types(data_dir, "s1", run_id) == ["run.finished"]
+            assert _terminal_types(data_dir, "s1", run_id) == ["run.cancelled"]
     finally:
         if follower is not None:
             first.kill()
