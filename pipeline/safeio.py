@@ -21,7 +21,6 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from pathlib import Path
 from typing import BinaryIO
 
 __all__ = [
@@ -111,11 +110,3 @@ def read_regular_bytes(path: str | os.PathLike[str], max_bytes: int) -> bytes:
     if len(data) > max_bytes:
         raise FileTooLargeError(path, len(data), max_bytes)
     return data
-
-
-def is_regular_file(path: str | os.PathLike[str]) -> bool:
-    """Whether `path` exists and is a regular file (symlinks followed); never opens it."""
-    try:
-        return stat.S_ISREG(os.stat(Path(path)).st_mode)
-    except (OSError, ValueError):
-        return False
