@@ -22,6 +22,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
+from .safeio import open_regular
 from .step import SourceSpec
 
 SMALL_ARRAY_ELEMENTS = 65_536
@@ -71,7 +72,7 @@ def source_signature(spec: SourceSpec) -> str:
 def file_digest(path: str) -> str:
     """blake2b of a file's content, read in 1 MiB chunks."""
     h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
+    with open_regular(path) as f:  # a FIFO or device swapped in is refused, never read
         while chunk := f.read(_HASH_CHUNK):
             h.update(chunk)
     return h.hexdigest()

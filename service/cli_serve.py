@@ -24,6 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 from .cli_errors import EXIT_USAGE, CliError
 
+# sysexits.h EX_UNAVAILABLE: another server already serves this data directory.
+EXIT_DATA_DIR_IN_USE = 69
+
 if TYPE_CHECKING:
     from .config import Config
 
@@ -207,7 +210,13 @@ def log_level(args: argparse.Namespace, env: Mapping[str, str]) -> str:
 
 def log_config(level: str) -> dict[str, Any]:
     """One plain format on stderr for uvicorn's loggers and ours; access log at the same level."""
-    handler = {"class": "logging.StreamHandler", "formatter": "plain", "stream": "ext://sys.stderr"}
+    handler: dict[str, Any] = {
+        "class": "logging.StreamHandler",
+        "formatter": "plain",
+        "stream": "ext://sys.stderr",
+    }
+    # A failing disk repeats one error per event: logged once, then counted (service.logcollapse).
+    handler["filters"] = ["collapse_repeats"]
     ours = {"handlers": ["stderr"], "level": level.upper(), "propagate": False}
     return {
         "version": 1,
@@ -216,6 +225,7 @@ def log_config(level: str) -> dict[str, Any]:
             "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
         },
         "handlers": {"stderr": handler},
+        "filters": {"collapse_repeats": {"()": "service.logcollapse.RepeatFilter"}},
         "loggers": {
             name: dict(ours)
             for name in ("uvicorn", "uvicorn.access", "runwire", "service", "streaming", "pipeline")
@@ -243,12 +253,21 @@ def _check_bind(config: Config) -> None:
 def _check_data_dir(config: Config) -> None:
     """Open the store once before serving, so that an unusable data directory is one clear
     line and exit 1 rather than a traceback from the server's startup."""
-    from .store import SessionStore, StoreError
+    from .errors import is_storage_full
+    from .store import SessionStore, StoreError, probe_disk
 
     try:
         config.data_dir.mkdir(parents=True, exist_ok=True)
+        # Recovery writes at start: a full disk is reported now, in one line, not as a
+        # traceback from the server's startup.
+        probe_disk(config.data_dir)
         SessionStore(config.store_path).close()
     except (StoreError, OSError) as exc:
+        if is_storage_full(exc):
+            raise CliError(
+                f"cannot start: the disk of data directory {config.data_dir} is full "
+                "(free some space and start again)"
+            ) from None
         raise CliError(f"cannot start: {exc}") from None
 
 
@@ -257,9 +276,26 @@ def run_serve(args: argparse.Namespace) -> int:
     config = build_config(args, os.environ)
     level = log_level(args, os.environ)
     _check_bind(config)
-    _check_data_dir(config)
-    from .server import serve
+    # The lock comes before anything reads or writes the data directory (store, recovery,
+    # demo): a second server must leave the first one's runs alone. Held until we return.
+    with _lock_data_dir(config):
+        _check_data_dir(config)
+        from .server import serve
 
-    serve(config, log_config=log_config(level), log_level=level)
+        serve(config, log_config=log_config(level), log_level=level)
     logging.shutdown()  # flush every handler before the process exits
     return 0
+
+
+def _lock_data_dir(config: Config) -> Any:
+    """The data directory's exclusive lock (see `service.datalock`), taken now: exit 69 with
+    one line naming the directory and the holder's pid when another server has it."""
+    from .datalock import DataDirLock, DataDirLocked
+
+    try:
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        return DataDirLock(config.data_dir).acquire()
+    except DataDirLocked as exc:
+        raise CliError(str(exc), EXIT_DATA_DIR_IN_USE) from None
+    except OSError as exc:
+        raise CliError(f"cannot start: cannot lock {config.data_dir}: {exc}") from None

@@ -11,11 +11,18 @@ call, so there are at most as many pending calls as concurrent requests and runs
 
 Records crossing to the thread must be snapshots (`snapshot`): the loop keeps mutating its own
 copies while the thread encodes them.
+
+Files a *user* named (a pipeline path, source files, sink directories) are never read on the
+I/O thread: a slow or hostile path (a FIFO, a hung network mount) would stall every commit,
+readiness probe and shutdown behind it. Those checks go through `DurableIO.examine`, a separate
+pool of `EXAMINE_THREADS` threads, and open files through `pipeline.safeio` (regular files
+only, non-blocking open, bounded reads).
 """
 
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -27,11 +34,16 @@ import msgspec
 from pipeline.rundir import RunDirectory
 from streaming.envelope import utc_now
 
+from .errors import is_storage_full, storage_full_error
 from .publisher import EventPublisher, EventSink
 from .records import FINAL_RUN_STATUSES, RunRecord, SessionRecord
-from .store import SessionStore, StoreError
+from .store import SessionStore, StoreError, check_room
 
-__all__ = ["DurableIO", "snapshot"]
+__all__ = ["EXAMINE_THREADS", "DurableIO", "snapshot"]
+
+# Threads checking user-named files (`DurableIO.examine`). Few: the checks are short (stat, a
+# non-blocking open, at most 1 MiB read); callers beyond this wait their turn, off the loop.
+EXAMINE_THREADS = 2
 
 T = TypeVar("T")
 S = TypeVar("S", bound=msgspec.Struct)
@@ -50,22 +62,50 @@ class DurableIO:
         self.runs_dir = Path(runs_dir)
         self.publisher = EventPublisher(broker, self.runs_dir)
         self.store_ok = True  # false after a store failure, until a store call succeeds again
+        # True from a write that failed for want of space until a call succeeds again (or the
+        # readiness probe writes): readiness is `unavailable` meanwhile.
+        self.storage_full = False
         self.last_updated_utc: str | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="runwire-io")
+        self._examine_pool = ThreadPoolExecutor(
+            max_workers=EXAMINE_THREADS, thread_name_prefix="runwire-examine"
+        )
 
     async def io(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a synchronous call in the I/O thread and return its result (or raise)."""
+        """Run a synchronous call in the I/O thread and return its result (or raise).
+
+        A call that fails because the disk (or quota) is full raises `ServiceError`
+        STORAGE_FULL (507 with `Retry-After`) instead of its raw error: the store rolled its
+        transaction back, so nothing was half-written, and the caller's own clean-up runs.
+        """
         loop = asyncio.get_running_loop()
         try:
             result = await loop.run_in_executor(self._pool, partial(fn, *args))
-        except StoreError:
-            self.store_ok = False
+        except Exception as exc:
+            if is_storage_full(exc):
+                self.store_ok = False
+                self.storage_full = True
+                raise storage_full_error() from exc
+            if isinstance(exc, StoreError):
+                self.store_ok = False
             raise
         # A store call that worked means the store is usable again (readiness recovers without
         # a restart once, say, the disk has space again).
         self.store_ok = True
+        self.storage_full = False
         self.last_updated_utc = utc_now()
         return result
+
+    async def examine(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a check of user-named files (validation, pipeline loading) off the I/O thread,
+        so that whatever the path names cannot delay a commit."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._examine_pool, partial(fn, *args))
+
+    async def ensure_room(self) -> None:
+        """Raise STORAGE_FULL (507) now if the data directory's disk is (nearly) full: for
+        changes made in memory before their commit, so that a full disk changes nothing."""
+        await self.io(check_room, self.store.path.parent)
 
     async def emit(
         self, type: str, session_id: str, data: dict[str, Any], run_id: str | None = None
@@ -81,6 +121,7 @@ class DurableIO:
         """Close the journals, then let the thread finish what is queued (no new calls)."""
         await self.io(self.publisher.close)
         self._pool.shutdown(wait=False)
+        self._examine_pool.shutdown(wait=False)
 
     # -- synchronous work, on the I/O thread ---------------------------------------------------
 
@@ -98,6 +139,16 @@ class DurableIO:
             self.store.save_session(session, pipeline_text)
             if idempotency_key is not None:
                 self.store.save_idempotency(session.session_id, idempotency_key, record.run_id)
+
+    async def discard_new_run_dir(
+        self, writing: asyncio.Task[None] | None, run_dir: RunDirectory
+    ) -> None:
+        """Remove the directory of a run whose submit failed, once its background write
+        (`writing`) is over: a refused submit leaves nothing behind. Only files this runtime
+        wrote are there (the request, temporaries)."""
+        if writing is not None:
+            await asyncio.gather(writing, return_exceptions=True)
+        await self.io(shutil.rmtree, run_dir.path, True)
 
     @staticmethod
     def write_new_run_dir(

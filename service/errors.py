@@ -3,6 +3,8 @@ in exactly one place (`service.problems`)."""
 
 from __future__ import annotations
 
+import errno
+import sqlite3
 from typing import Any
 
 # code -> HTTP status (contract section 4)
@@ -22,6 +24,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "RUN_NOT_CANCELLABLE": 409,
     "QUEUE_FULL": 429,
     "MISDIRECTED_REQUEST": 421,
+    "STORAGE_FULL": 507,
     "SERVICE_UNAVAILABLE": 503,
     "INTERNAL": 500,
     # Not one of the contract's codes (the contract never lists 405), but still a problem:
@@ -63,3 +66,41 @@ class ServiceError(Exception):
         if self.errors:
             body["errors"] = self.errors
         return body
+
+
+# Seconds a client is asked to wait after STORAGE_FULL: freeing space is an operator's job, so
+# not at once, but the service retries by itself and works again as soon as there is room.
+STORAGE_FULL_RETRY_AFTER_S = 30
+
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def is_storage_full(exc: BaseException | None) -> bool:
+    """Whether `exc`, or an exception it was raised from, says the disk (or the quota) is full:
+    `OSError` ENOSPC/EDQUOT, SQLite's SQLITE_FULL ("database or disk is full"), or one of our
+    errors wrapping either."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, ServiceError) and exc.code == "STORAGE_FULL":
+            return True
+        if isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS:
+            return True
+        if isinstance(exc, sqlite3.Error) and (
+            getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+            or "database or disk is full" in str(exc)
+        ):
+            return True
+        if "database or disk is full" in str(exc) or "No space left on device" in str(exc):
+            return True  # a wrapper that kept the message but not the cause (StoreError)
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def storage_full_error() -> ServiceError:
+    """507 STORAGE_FULL with `Retry-After` (contract section 4): nothing was half-written."""
+    return ServiceError(
+        "STORAGE_FULL",
+        "the data directory's disk is full: nothing was changed; retry once space is freed",
+        headers={"Retry-After": str(STORAGE_FULL_RETRY_AFTER_S)},
+    )

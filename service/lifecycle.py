@@ -29,6 +29,7 @@ from pipeline.observer import RunInfo
 from streaming import envelope as ev
 from streaming.envelope import utc_now
 
+from .diskfull import commit_outcome, retry_while_full
 from .durable import snapshot
 from .execution import RunJob, RunOutcome, execute_run
 from .records import RunRecord, RunStatus, SessionState
@@ -148,7 +149,10 @@ async def finish(sched: Scheduler, entry: SessionEntry, live: LiveRun, outcome: 
         # Planning failed before the first step (or the run crashed): announce the start
         # anyway so that every run's events read started -> terminal.
         mode = outcome.effective_mode or ("full" if live.record.mode != "partial" else "partial")
-        await announce_start(sched, entry, live, mode, outcome.dirty_steps, outcome.skipped_steps)
+        start = partial(
+            announce_start, sched, entry, live, mode, outcome.dirty_steps, outcome.skipped_steps
+        )
+        await retry_while_full(sched, start)  # a full disk delays the start, never skips it
     # The final record is built on a copy and swapped in only once committed, so a client
     # reading the run never sees a final status the store does not have yet.
     record = snapshot(live.record)
@@ -189,7 +193,7 @@ async def finish(sched: Scheduler, entry: SessionEntry, live: LiveRun, outcome: 
             entry.cache.clear()
             entry.clear_cache_after_run = False
         runs = () if entry.deleted else (record,)
-        await sched.commit(runs=runs, sessions=(entry,), summaries=((live.run_dir, record),))
+        await commit_outcome(sched, entry, live, record, runs)  # a full disk: ends failed
         live.record = record
         await emit_terminal(sched, record)
         sched.live.pop(record.run_id, None)

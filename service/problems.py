@@ -9,7 +9,8 @@ Sources of errors and what they become:
 - Starlette's `HTTPException` for unknown routes (404 `NOT_FOUND`) and wrong methods (405
   `METHOD_NOT_ALLOWED`, with `Allow`; a code of ours, not the contract's).
 - Anything else (`InternalErrorMiddleware`): 500 `INTERNAL` and nothing more; the traceback
-  goes to the log only.
+  goes to the log only. Except a full disk (ENOSPC, EDQUOT, SQLite's SQLITE_FULL): 507
+  `STORAGE_FULL` with `Retry-After`, as the runtime raises it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, ExceptionHandler, Message, Receive, Scope, Send
 
-from .errors import ServiceError
+from .errors import ServiceError, is_storage_full, storage_full_error
 
 __all__ = [
     "PROBLEM_MEDIA_TYPE",
@@ -189,7 +190,12 @@ class InternalErrorMiddleware:
 
         try:
             await self.app(scope, receive, tracking_send)
-        except Exception:
+        except Exception as exc:
+            if is_storage_full(exc) and scope["type"] == "http" and not started:
+                # A full disk met outside the runtime's I/O thread: 507, not a traceback.
+                log.error("%s %s: %s", scope.get("method"), scope.get("path"), exc)
+                await problem_response(storage_full_error())(scope, receive, send)
+                return
             log.exception("unhandled error on %s %s", scope.get("method", "WS"), scope.get("path"))
             if scope["type"] == "websocket":
                 if not closed:

@@ -101,7 +101,9 @@ class Runtime:
             get_template(req.source_profile)
         self._creating.add(sid)
         try:
-            spec, text = await self._sched.io(load_pipeline, req.pipeline, self.config.read_roots)
+            spec, text = await self._sched.durable.examine(
+                load_pipeline, req.pipeline, self.config.read_roots
+            )
             now = utc_now()
             record = SessionRecord(
                 session_id=sid,
@@ -192,7 +194,7 @@ class Runtime:
             return snapshot(entry.record), first
         self._check_required(entry, extra=("sample",))
         # One pass validates the new sample and every other source the run will read.
-        checked = await self._sched.io(
+        checked = await self._sched.durable.examine(
             validate_sources, {**entry.record.sources, "sample": sample}, self.config.read_roots
         )
         async with entry.lock:
@@ -271,7 +273,9 @@ class Runtime:
         self._check_required(entry)
         self._check_changed_sources(entry, req)
         # Files may have gone since the sources were set: refuse now rather than fail the run.
-        await self._sched.io(validate_sources, entry.record.sources, self.config.read_roots)
+        await self._sched.durable.examine(
+            validate_sources, entry.record.sources, self.config.read_roots
+        )
         async with entry.lock:
             entry = self._entry(sid)
             if (first := await self._idempotent(sid, idempotency_key)) is not None:
@@ -326,7 +330,9 @@ class Runtime:
         try:
             # `submit` refuses a source file that went away or left the read roots; the plan
             # reports it instead of failing, so a client sees every reason at once.
-            await self._sched.io(validate_sources, entry.record.sources, self.config.read_roots)
+            await self._sched.durable.examine(
+                validate_sources, entry.record.sources, self.config.read_roots
+            )
         except ServiceError as exc:
             plan.warnings.append(exc.detail)
             plan.can_process = False

@@ -266,10 +266,12 @@ class Scheduler:
                 body,
                 idempotency_key,
             )
-        except BaseException:
+        except BaseException as exc:
             self.queue.remove(run_id)
             self.live.pop(run_id, None)
             entry.record.queued_run_ids.remove(run_id)
+            if isinstance(exc, Exception):  # refused (disk full...): leave no directory behind
+                await self.durable.discard_new_run_dir(live.dir_task, live.run_dir)
             raise
         for event_type, event_data in announce:
             await self.emit(event_type, sid, event_data)
@@ -333,6 +335,7 @@ class Scheduler:
         step boundary (cooperative: between steps and inside long steps). Already `cancelling`:
         nothing more to do.
         """
+        await self.durable.ensure_room()  # a full disk: 507 before anything changes
         status = live.record.status
         if live.record.run_id in self.queue.waiting_for(entry.record.session_id):
             await self.cancel_queued(entry, live)
@@ -344,6 +347,7 @@ class Scheduler:
 
     async def cancel_queued(self, entry: SessionEntry, live: LiveRun) -> None:
         """Cancel a waiting run at once. Call with `entry.lock` held."""
+        await self.durable.ensure_room()  # a full disk: 507 before anything changes
         await live.dir_ready()
         record = live.record
         self.queue.remove(record.run_id)

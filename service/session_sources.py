@@ -1,7 +1,7 @@
 """Changing a session's sources and sinks: validate first, commit, then announce.
 
 Used by `Runtime.put_sources` and its siblings. Every file named is confined to the configured
-roots and (for sources) checked readable in the I/O thread before the session changes; the
+roots and (for sources) checked readable off the I/O thread (`DurableIO.examine`) before the session changes; the
 change is committed before `sources.changed` (sources) or `session.updated` (sinks) is published.
 """
 
@@ -62,9 +62,9 @@ async def change(
     """Merge (or `replace` with, or `remove` one of) sources or sinks (`kind`)."""
     entry = session_entry(sched, sid)
     if kind == "source":
-        checked = await sched.io(validate_sources, items, config.read_roots)
+        checked = await sched.durable.examine(validate_sources, items, config.read_roots)
     else:
-        checked = await sched.io(validate_sinks, items, config.write_roots)
+        checked = await sched.durable.examine(validate_sinks, items, config.write_roots)
     async with entry.lock:
         entry = session_entry(sched, sid)
         current = entry.record.sources if kind == "source" else entry.record.sinks

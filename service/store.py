@@ -13,11 +13,14 @@ the whole block, so several saves become one commit and no other thread interlea
 Failure policy: a store that cannot be opened, read, written or migrated raises
 `StoreError(path, reason)` — at open for a corrupt file, a directory in its place, a read-only
 file or a schema from a newer runwire. The file is never replaced or repaired silently; the
-operator decides. Errors during later calls (disk full, I/O) are raised as `StoreError` too.
+operator decides. Errors during later calls (disk full, I/O) are raised as `StoreError` too,
+chained to the sqlite3 error (`service.errors.is_storage_full` recognises a full disk in it).
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import secrets
 import sqlite3
 import threading
@@ -55,6 +58,49 @@ class StoreError(Exception):
 
 def _utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+# The readiness probe also writes this much beside the database (then removes it): SQLite's own
+# probe rolls back before anything reaches the disk, so it cannot see a full disk.
+DISK_PROBE_BYTES = 4096
+DISK_PROBE_NAME = ".runwire-write-probe"
+
+
+# Below this much free space (for unprivileged writers) a write transaction is refused as if the
+# disk were full. SQLite reuses its WAL file's pages, so a commit can succeed on a disk with no
+# room for anything else (run directories, journals): without this margin a submit would be
+# acknowledged whose run directory cannot be written, and a finishing run would have no room
+# for its summary. Refusing early keeps the store and the run directories consistent.
+MIN_FREE_BYTES = 1 << 20
+
+
+def check_room(directory: Path) -> None:
+    """Raise `OSError(ENOSPC)` when `directory`'s file system has less than `MIN_FREE_BYTES`
+    free (one `statvfs`, no write)."""
+    st = os.statvfs(directory)
+    free = st.f_bavail * st.f_frsize
+    if free < MIN_FREE_BYTES:
+        raise OSError(
+            errno.ENOSPC,
+            f"No space left on device ({free} bytes free, {MIN_FREE_BYTES} needed)",
+            str(directory),
+        )
+
+
+def probe_disk(directory: Path) -> None:
+    """Write `DISK_PROBE_BYTES` to a scratch file in `directory` and remove it; raises the
+    `OSError` (ENOSPC on a full disk, EDQUOT over quota, EROFS...) when that is impossible."""
+    check_room(directory)
+    path = directory / DISK_PROBE_NAME
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, b"\0" * DISK_PROBE_BYTES)
+        finally:
+            os.close(fd)
+    finally:
+        with suppress(OSError):
+            os.unlink(path)
 
 
 def _probe_write(conn: sqlite3.Connection) -> None:
@@ -152,14 +198,21 @@ class SessionStore:
     # -- transactions ----------------------------------------------------------------------
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self, *, writing: bool = True) -> Iterator[sqlite3.Connection]:
         """Group several saves into one commit; nested uses join the outer transaction.
 
         The lock is held for the whole block, so other threads wait rather than interleave.
         An exception rolls the whole transaction back. sqlite3 errors surface as `StoreError`.
+        A `writing` transaction is refused (`StoreError` from ENOSPC) when the disk has less
+        than `MIN_FREE_BYTES` free (see `check_room`).
         """
         with self._lock:
             outermost = self._depth == 0
+            if outermost and writing:
+                try:
+                    check_room(self.path.parent)
+                except OSError as exc:
+                    raise StoreError(self.path, str(exc)) from exc
             try:
                 if outermost:
                     self._conn.execute("BEGIN IMMEDIATE")
@@ -191,13 +244,15 @@ class SessionStore:
                 raise StoreError(self.path, str(exc)) from exc
 
     def writable(self) -> bool:
-        """True when a write transaction can start now (readiness probe; takes the lock)."""
+        """True when a write transaction can start now and the disk has room for a page
+        (readiness probe; takes the lock)."""
         with self._lock:
             if self._depth:
                 return True
             try:
                 _probe_write(self._conn)
-            except sqlite3.Error:
+                probe_disk(self.path.parent)
+            except (sqlite3.Error, OSError):
                 return False
             return True
 
@@ -259,7 +314,7 @@ class SessionStore:
     def load_sessions(self) -> list[tuple[SessionRecord, str]]:
         """Every session with its pipeline text, oldest first; sources and sinks come from
         their own tables (the authority), not from the copy inside the record."""
-        with self.transaction() as conn:
+        with self.transaction(writing=False) as conn:
             rows = conn.execute(
                 "SELECT session_id, record, pipeline_text FROM sessions ORDER BY rowid"
             ).fetchall()

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pipeline.errors import PipelineFileError
 from pipeline.loader import PipelineSpec, load_pipeline_text
+from pipeline.safeio import FileTooLargeError, NotRegularFileError, open_regular, read_regular_bytes
 
 from .errors import ServiceError
 from .models import PipelineInput
@@ -85,17 +86,21 @@ def _resolved(location: str | os.PathLike[str], *, what: str) -> Path:
 
 
 def check_readable(path: Path, *, what: str) -> None:
-    """Raise INVALID_REQUEST naming the file if it is missing, not a file, or unreadable."""
+    """Raise INVALID_REQUEST naming the file if it is missing, not a regular file (a FIFO, a
+    device, a directory: `pipeline.safeio`), or unreadable. Never blocks on what it opens."""
     try:
-        with open(path, "rb") as handle:
+        with open_regular(path) as handle:
             handle.read(1)
-    except IsADirectoryError:
-        raise ServiceError(
-            "INVALID_REQUEST", f"{what}: {path} is a directory, not a file"
-        ) from None
     except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        raise ServiceError("INVALID_REQUEST", f"{what}: cannot read {path}: {reason}") from None
+        raise unreadable(path, exc, what=what) from None
+
+
+def unreadable(path: Path, exc: OSError, *, what: str) -> ServiceError:
+    """The INVALID_REQUEST (422) for a file that could not be opened or read."""
+    if isinstance(exc, NotRegularFileError):
+        return ServiceError("INVALID_REQUEST", f"{what}: {exc}")
+    reason = exc.strerror or type(exc).__name__
+    return ServiceError("INVALID_REQUEST", f"{what}: cannot read {path}: {reason}")
 
 
 def load_pipeline(pipeline: PipelineInput, read_roots: Iterable[Path]) -> tuple[PipelineSpec, str]:
@@ -105,13 +110,20 @@ def load_pipeline(pipeline: PipelineInput, read_roots: Iterable[Path]) -> tuple[
     """
     if pipeline.path is not None:
         path = confine(pipeline.path, read_roots, what="pipeline path")
-        check_readable(path, what="pipeline")
-        if path.stat().st_size > MAX_PIPELINE_BYTES:
+        try:
+            # One open, checked on its descriptor (a regular file, at most 1 MiB) and read with
+            # a bound: a FIFO or /dev/zero is refused at once instead of blocking or flooding.
+            data = read_regular_bytes(path, MAX_PIPELINE_BYTES)
+        except FileTooLargeError:
             # The contract's 1 MiB limit covers pipeline YAML however it arrives: a file named
             # by `path` gets the same 413 as inline `yaml_text` in an over-long body.
-            raise ServiceError("PAYLOAD_TOO_LARGE", f"pipeline file {path} is larger than 1 MiB")
+            raise ServiceError(
+                "PAYLOAD_TOO_LARGE", f"pipeline file {path} is larger than 1 MiB"
+            ) from None
+        except OSError as exc:
+            raise unreadable(path, exc, what="pipeline") from None
         try:
-            text = path.read_text(encoding="utf-8")
+            text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise ServiceError("PIPELINE_INVALID", f"pipeline file {path} is not UTF-8") from exc
         filename = str(path)
