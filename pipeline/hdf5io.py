@@ -2,11 +2,16 @@
 
 Every h5py/OS error is mapped here, once, to `SourceError` with a one-line message naming the
 file and the dataset, so steps never leak an h5py traceback to the user.
+
+Importing this module imports `hdf5plugin`, which registers the compression filters detector
+files use (bitshuffle-LZ4, LZ4, Blosc, Zstandard...); gzip and bitshuffle-LZ4 datasets are read
+with their chunks decompressed in parallel (`pipeline.chunkread`).
 """
 
 from __future__ import annotations
 
 import os
+import zlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +20,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from .chunkread import read_chunked
 from .errors import SourceError
 
 # Factors converting a value in the named unit to the target unit (metres, nanometres).
@@ -72,10 +78,15 @@ def read_array(
     if numeric and not _is_numeric(ds.dtype):
         raise SourceError(f"{handle.filename}: dataset {dataset} is not numeric (dtype {ds.dtype})")
     try:
-        data = ds[()]
-    except (OSError, ValueError, TypeError) as exc:
+        chunked = read_chunked(ds) if ds.chunks else None
+        array = np.asarray(ds[()]) if chunked is None else chunked
+    except (OSError, ValueError, TypeError, zlib.error) as exc:
         raise SourceError(f"{handle.filename}: cannot read {dataset} ({_short(exc)})") from exc
-    array = np.asarray(data)
+    if sum_frames and array.ndim == 3 and array.shape[0] == 1:
+        # One frame stored as a stack (the Eiger layout): the frame itself, no copy. The stack is
+        # made read-only first, so the frame is known to be immutable (signatures, bin sums).
+        array.flags.writeable = False
+        return array[0]
     if sum_frames and array.ndim == 3:
         # Sum in a wide type: frames of uint16 counts overflow quickly.
         wide = np.int64 if array.dtype.kind in "iub" else np.float64

@@ -132,9 +132,7 @@ class LinearForm:
         return _freeze_in_place(acc.astype(self.dtype(), copy=False))
 
     def signature_items(self) -> tuple[Any, ...]:
-        terms = tuple(
-            (t.coef, t.value, "poisson" if t.poisson else t.variance) for t in self.terms
-        )
+        terms = tuple((t.coef, t.value, "poisson" if t.poisson else t.variance) for t in self.terms)
         return ("linear", terms, self.divisor)
 
 
