@@ -28,7 +28,7 @@ eager arithmetic did.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -64,6 +64,11 @@ class Term:
     value: np.ndarray  # read-only; counts (any numeric dtype) or floats
     variance: np.ndarray | None  # read-only, or None (exact, or Poisson: see `poisson`)
     poisson: bool = False
+    # Shared by every term derived from the same one: the Poisson variance, found once.
+    derived: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    def times(self, factor: float) -> Term:
+        return Term(self.coef * factor, self.value, self.variance, self.poisson, self.derived)
 
     def natural_dtype(self) -> np.dtype[Any]:
         """The float dtype the eager arithmetic would have given this term's value."""
@@ -78,10 +83,15 @@ class Term:
     def variance_array(self) -> np.ndarray | None:
         if not self.poisson:
             return self.variance
-        v = self.value
-        if v.size == 0 or v.dtype.kind == "u" or v.min() >= 0:
-            return v
-        return _freeze_in_place(np.maximum(v, 0))
+        known = self.derived.get("variance")
+        if known is None:
+            v = self.value
+            if v.size == 0 or v.dtype.kind == "u" or v.min() >= 0:
+                known = v
+            else:
+                known = _freeze_in_place(np.maximum(v, 0))
+            self.derived["variance"] = known
+        return known
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -100,7 +110,7 @@ class LinearForm:
         return all(t.variance is None and not t.poisson for t in self.terms)
 
     def scaled(self, factor: float) -> LinearForm:
-        terms = tuple(Term(t.coef * factor, t.value, t.variance, t.poisson) for t in self.terms)
+        terms = tuple(t.times(factor) for t in self.terms)
         return LinearForm(terms, self.divisor)
 
     def dtype(self) -> np.dtype[Any]:
@@ -290,9 +300,7 @@ class UArray:
         a, b = self.linear_form, other.linear_form
         if a.divisor is not b.divisor:
             return None
-        terms = a.terms + tuple(
-            Term(sign * t.coef, t.value, t.variance, t.poisson) for t in b.terms
-        )
+        terms = a.terms + tuple(t.times(sign) for t in b.terms)
         return UArray.from_form(LinearForm(terms, a.divisor))
 
     def divide_exact(self, divisor: np.ndarray) -> UArray:
