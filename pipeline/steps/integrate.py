@@ -13,16 +13,18 @@ v_i) / d``. Sums over bins are linear, so the bin sums are ``Σ c_i · Σ_bin(v_
 variance sums ``Σ c_i² · Σ_bin(var_i / d²)``: each term is summed straight from the array it
 was built on (the raw counts), in one multiply and one `np.bincount`, and the sums of a term the
 binning has seen before (the dark frame's, in every partial run) are reused. `Binning` keeps, per
-binning: the reciprocals 1/d and 1/d² (float64, 16 bytes a pixel), one float64 scratch array for
-the weights (8 bytes a pixel), and the bin sums of the last `_MEMO_SIZE` terms.
+binning: the reciprocals 1/d and 1/d² (float64, 16 bytes a pixel), two float64 scratch arrays for
+the weights (16 bytes a pixel), and the bin sums of the last `_MEMO_SIZE` terms.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -49,7 +51,22 @@ class _TermSums:
         self.lock = threading.Lock()
         self.sums: OrderedDict[tuple[int, int, int], tuple[Any, Any, np.ndarray]] = OrderedDict()
         self.reciprocals: dict[tuple[int, int], tuple[Any, np.ndarray]] = {}
-        self.scratch: np.ndarray | None = None
+        self.scratch: list[np.ndarray] | None = None  # two float64 weight arrays, reused
+
+
+SumRequest = tuple[np.ndarray, "np.ndarray | None", int]  # array, divisor, power of the divisor
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    """Threads that multiply weights while the caller's thread runs `np.bincount`."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1)),
+                                       thread_name_prefix="runwire-weights")  # fmt: skip
+        return _POOL
 
 
 def _ref(array: np.ndarray | None) -> Any:
@@ -77,30 +94,70 @@ class Binning:
 
     def term_sums(self, array: np.ndarray, divisor: np.ndarray | None, power: int) -> np.ndarray:
         """Σ over each bin of ``array / divisor**power`` (float64, `n_bins + 1` sums)."""
+        return self.sums_of([(array, divisor, power)])[0]
+
+    def sums_of(self, requests: Sequence[SumRequest]) -> list[np.ndarray]:
+        """`term_sums` of several requests; sums of arrays seen before come from the memo.
+
+        The weights of the next request are multiplied in a worker thread while `np.bincount`
+        (which holds the GIL) sums the current one: numpy releases the GIL while multiplying, so
+        on two cores the multiplications cost almost nothing.
+        """
         memo = self.memo
-        cacheable = _immutable(array) and (divisor is None or _immutable(divisor))
-        key = (id(array), 0 if divisor is None else id(divisor), power)
+        size = self.n_bins + 1
         with memo.lock:
-            if cacheable:
-                hit = memo.sums.get(key)
-                if hit is not None and _alive(hit[0], array) and _alive(hit[1], divisor):
-                    memo.sums.move_to_end(key)
-                    return hit[2]
-            size = self.n_bins + 1
-            flat = array.reshape(-1)
-            if divisor is None:
-                sums = np.bincount(self.index, weights=flat, minlength=size)
-            else:
-                if memo.scratch is None:
-                    memo.scratch = np.empty(self.index.size, dtype=np.float64)
-                weights = memo.scratch
-                np.multiply(flat, self._reciprocal(divisor, power), out=weights)
-                sums = np.bincount(self.index, weights=weights, minlength=size)
-            if cacheable:
-                memo.sums[key] = (_ref(array), _ref(divisor), sums)
-                while len(memo.sums) > _MEMO_SIZE:
-                    memo.sums.popitem(last=False)
-            return sums
+            results: list[np.ndarray | None] = [self._memo_get(*r) for r in requests]
+            todo = [k for k, hit in enumerate(results) if hit is None]
+            for k in todo:  # reciprocals first, in this thread: workers only read them
+                _, divisor, power = requests[k]
+                if divisor is not None:
+                    self._reciprocal(divisor, power)
+            if todo and memo.scratch is None:
+                memo.scratch = [np.empty(self.index.size, dtype=np.float64) for _ in range(2)]
+            scratch = memo.scratch or []
+
+            def weights_of(k: int, buffer: np.ndarray) -> np.ndarray:
+                array, divisor, power = requests[k]
+                flat = array.reshape(-1)
+                if divisor is None:
+                    return flat
+                return np.multiply(flat, self._reciprocal(divisor, power), out=buffer)
+
+            upcoming: Future[np.ndarray] | None = None
+            try:
+                for j, k in enumerate(todo):
+                    if upcoming is None:
+                        weights = weights_of(k, scratch[j % 2])
+                    else:
+                        weights, upcoming = upcoming.result(), None
+                    if j + 1 < len(todo):
+                        upcoming = _pool().submit(weights_of, todo[j + 1], scratch[(j + 1) % 2])
+                    sums = np.bincount(self.index, weights=weights, minlength=size)
+                    results[k] = sums
+                    self._memo_put(*requests[k], sums)
+            finally:
+                if upcoming is not None:  # never leave a worker writing into the scratch
+                    upcoming.result()
+        return [r for r in results if r is not None]
+
+    def _memo_get(
+        self, array: np.ndarray, divisor: np.ndarray | None, power: int
+    ) -> np.ndarray | None:
+        hit = self.memo.sums.get((id(array), 0 if divisor is None else id(divisor), power))
+        if hit is not None and _alive(hit[0], array) and _alive(hit[1], divisor):
+            self.memo.sums.move_to_end((id(array), 0 if divisor is None else id(divisor), power))
+            return hit[2]
+        return None
+
+    def _memo_put(
+        self, array: np.ndarray, divisor: np.ndarray | None, power: int, sums: np.ndarray
+    ) -> None:
+        if not (_immutable(array) and (divisor is None or _immutable(divisor))):
+            return
+        key = (id(array), 0 if divisor is None else id(divisor), power)
+        self.memo.sums[key] = (_ref(array), _ref(divisor), sums)
+        while len(self.memo.sums) > _MEMO_SIZE:
+            self.memo.sums.popitem(last=False)
 
     def _reciprocal(self, divisor: np.ndarray, power: int) -> np.ndarray:
         """1/divisor**power, flattened, float64; kept while `divisor` is the same array."""
@@ -165,15 +222,21 @@ def integrate(frame: UArray, binning: Binning) -> Curve:
 
 def bin_sums(form: LinearForm, binning: Binning) -> tuple[np.ndarray, np.ndarray | None]:
     """Per-bin sums of a linear form's value and variance (`n_bins + 1` each, float64)."""
+    requests: list[SumRequest] = []
+    for term in form.terms:
+        requests.append((term.value, form.divisor, 1))
+        term_var = term.variance_array()
+        if term_var is not None:
+            requests.append((term_var, form.divisor, 2))
     with np.errstate(divide="ignore", invalid="ignore"):
+        parts = iter(binning.sums_of(requests))
         sums: np.ndarray | None = None
         var: np.ndarray | None = None
         for term in form.terms:
-            part = term.coef * binning.term_sums(term.value, form.divisor, 1)
+            part = term.coef * next(parts)
             sums = part if sums is None else sums + part
-            term_var = term.variance_array()
-            if term_var is not None:
-                vpart = (term.coef * term.coef) * binning.term_sums(term_var, form.divisor, 2)
+            if term.variance_array() is not None:
+                vpart = (term.coef * term.coef) * next(parts)
                 var = vpart if var is None else var + vpart
     assert sums is not None
     return sums, var
