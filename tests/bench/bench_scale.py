@@ -14,8 +14,10 @@ Eiger writes it), in the same process and on the same files, median of `--repeat
   method=("no", "histogram", "cython"), correctSolidAngle=True, error_model="poisson")`
   (pyFAI from the `bench` extra; skipped when missing).
 
-It prints absolute times and the ratios partial/floor and partial/pyFAI, then the partial run's
-per-step medians at each size (where the time goes).
+Floor, pyFAI and the partial run are interleaved sample by sample, so that all three meet the
+same load; it prints their medians, the medians of the per-sample ratios partial/floor and
+partial/pyFAI, the full run (median of up to 3), then the partial run's per-step medians at
+each size (where the time goes).
 """
 
 from __future__ import annotations
@@ -69,54 +71,32 @@ def timed(fn: Callable[[], Any]) -> float:
     return (time.perf_counter() - t0) * 1000
 
 
-def bench_runner(folder: Path, repeats: int) -> tuple[float, float, dict[str, float]]:
-    """(partial ms, full ms, per-step partial medians) over samples 2..repeats+1."""
-    spec = load_pipeline_text(example_text("saxs"))
-    full_ms = []
-    for i in range(2, repeats + 2):
-        runner = ProcessingRunner(spec, artifacts_dir=folder / f"full{i}")
-        full_ms.append(timed(lambda r=runner, i=i: check(r.run(sources(folder, i)))))
-    cache = IncrementalCache()
-    check(ProcessingRunner(spec, cache=cache, artifacts_dir=folder / "warm").run(sources(folder, 1)))
-    partial_ms: list[float] = []
-    steps: dict[str, list[float]] = {}
-    for i in range(2, repeats + 2):
-        runner = ProcessingRunner(spec, cache=cache, artifacts_dir=folder / f"inc{i}")
-        t0 = time.perf_counter()
-        result = check(runner.run(sources(folder, i)))
-        partial_ms.append((time.perf_counter() - t0) * 1000)
-        for step in result.dirty_steps:
-            steps.setdefault(step, []).append(result.step_durations_s[step] * 1000)
-    per_step = {k: statistics.median(v) for k, v in steps.items()}
-    return statistics.median(partial_ms), statistics.median(full_ms), per_step
-
-
 def check(result: Any) -> Any:
     assert result.exit_code == 0, result.error
     return result
 
 
-def bench_floor(folder: Path, shape: tuple[int, int], repeats: int) -> float:
+def make_floor(folder: Path, shape: tuple[int, int]) -> Callable[[int], None]:
+    """The floor for sample i: h5py read + two multiplications + two weighted bincounts."""
     q, omega = pixel_q_and_solid_angle(demodata.demo_geometry(shape))
     binning = make_binning(q, demodata.demo_mask(shape), N_BINS)
     r1 = 1.0 / omega.reshape(-1).astype(np.float64)
     r2 = r1 * r1
     weights = np.empty(r1.size, dtype=np.float64)
-    times = []
-    for i in range(2, repeats + 2):
-        t0 = time.perf_counter()
+
+    def floor(i: int) -> None:
         with h5py.File(folder / f"sample_{i:04d}.h5", "r") as f:
             frame = f[FRAME][()].reshape(-1)
         np.multiply(frame, r1, out=weights)
-        sums = np.bincount(binning.index, weights=weights, minlength=N_BINS + 1)
+        np.bincount(binning.index, weights=weights, minlength=N_BINS + 1)
         np.multiply(frame, r2, out=weights)
-        var = np.bincount(binning.index, weights=weights, minlength=N_BINS + 1)
-        times.append((time.perf_counter() - t0) * 1000)
-        assert sums.shape == var.shape
-    return statistics.median(times)
+        np.bincount(binning.index, weights=weights, minlength=N_BINS + 1)
+
+    return floor
 
 
-def bench_pyfai(folder: Path, shape: tuple[int, int], repeats: int) -> float | None:
+def make_pyfai(folder: Path, shape: tuple[int, int]) -> Callable[[int], None] | None:
+    """pyFAI for sample i: h5py read + integrate1d (histogram, cython), or None without pyFAI."""
     try:
         from pyFAI.integrator.azimuthal import AzimuthalIntegrator
     except ImportError:
@@ -136,14 +116,50 @@ def bench_pyfai(folder: Path, shape: tuple[int, int], repeats: int) -> float | N
     mask = demodata.demo_mask(shape)
     method = ("no", "histogram", "cython")
 
-    def one(i: int) -> None:
+    def pyfai(i: int) -> None:
         with h5py.File(folder / f"sample_{i:04d}.h5", "r") as f:
             frame = f[FRAME][()].reshape(shape)
         ai.integrate1d(frame, N_BINS, mask=mask, unit="q_nm^-1", method=method,
                        correctSolidAngle=True, error_model="poisson")  # fmt: skip
 
-    one(1)  # warm-up: pyFAI builds its geometry arrays once
-    return statistics.median(timed(lambda i=i: one(i)) for i in range(2, repeats + 2))
+    pyfai(1)  # warm-up: pyFAI builds its geometry arrays once
+    return pyfai
+
+
+def bench_one(folder: Path, shape: tuple[int, int], repeats: int) -> dict[str, Any]:
+    """Floor, pyFAI and partial run interleaved per sample (the same load for all three)."""
+    spec = load_pipeline_text(example_text("saxs"))
+    floor, pyfai = make_floor(folder, shape), make_pyfai(folder, shape)
+    cache = IncrementalCache()
+    check(
+        ProcessingRunner(spec, cache=cache, artifacts_dir=folder / "warm").run(sources(folder, 1))
+    )
+    times: dict[str, list[float]] = {"floor": [], "pyfai": [], "partial": [], "full": []}
+    steps: dict[str, list[float]] = {}
+    for i in range(2, repeats + 2):
+        times["floor"].append(timed(lambda i=i: floor(i)))
+        if pyfai is not None:
+            times["pyfai"].append(timed(lambda i=i: pyfai(i)))
+        runner = ProcessingRunner(spec, cache=cache, artifacts_dir=folder / f"inc{i}")
+        t0 = time.perf_counter()
+        result = check(runner.run(sources(folder, i)))
+        times["partial"].append((time.perf_counter() - t0) * 1000)
+        for step in result.dirty_steps:
+            steps.setdefault(step, []).append(result.step_durations_s[step] * 1000)
+    for i in range(2, min(repeats, 3) + 2):
+        runner = ProcessingRunner(spec, artifacts_dir=folder / f"full{i}")
+        times["full"].append(timed(lambda r=runner, i=i: check(r.run(sources(folder, i)))))
+    out: dict[str, Any] = {k: statistics.median(v) if v else None for k, v in times.items()}
+    # Ratios of each sample's paired measurements (robust to load drifting during the run).
+    out["vs_floor"] = statistics.median(
+        p / f for p, f in zip(times["partial"], times["floor"], strict=True)
+    )
+    out["vs_pyfai"] = (
+        statistics.median(p / f for p, f in zip(times["partial"], times["pyfai"], strict=True))
+        if times["pyfai"] else None
+    )  # fmt: skip
+    out["steps"] = {k: statistics.median(v) for k, v in steps.items()}
+    return out
 
 
 def main() -> None:
@@ -165,14 +181,13 @@ def main() -> None:
             shape = SIZES[size]
             for compression in args.compressions.split(","):
                 folder = write_data(Path(tmp), shape, compression, repeats + 1)
-                floor = bench_floor(folder, shape, repeats)
-                pyfai = bench_pyfai(folder, shape, repeats)
-                partial, full, steps = bench_runner(folder, repeats)
-                profiles[f"{size} {compression}"] = steps
-                pyfai_text = "-" if pyfai is None else f"{pyfai:7.1f}ms"
-                ratio_pyfai = "-" if pyfai is None else f"{partial / pyfai:9.2f}x"
-                print(f"{size:>8} {compression:>7} {partial:7.1f}ms {full:7.1f}ms {floor:7.1f}ms "
-                      f"{pyfai_text:>9} {partial / floor:9.2f}x {ratio_pyfai:>10}", flush=True)  # fmt: skip
+                r = bench_one(folder, shape, repeats)
+                profiles[f"{size} {compression}"] = r["steps"]
+                pyfai_text = "-" if r["pyfai"] is None else f"{r['pyfai']:7.1f}ms"
+                ratio_pyfai = "-" if r["vs_pyfai"] is None else f"{r['vs_pyfai']:9.2f}x"
+                print(f"{size:>8} {compression:>7} {r['partial']:7.1f}ms {r['full']:7.1f}ms "
+                      f"{r['floor']:7.1f}ms {pyfai_text:>9} {r['vs_floor']:9.2f}x "
+                      f"{ratio_pyfai:>10}", flush=True)  # fmt: skip
                 for child in folder.iterdir():  # free the disk before the next storage
                     if child.is_file():
                         child.unlink()
