@@ -92,6 +92,14 @@ class Binning:
     def signature_items(self) -> tuple[Any, ...]:
         return (self.index, self.n_bins, self.edges, self.counts)
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: the index and arrays, plus the memo's reciprocals and scratch arrays."""
+        held = [self.index, self.edges, self.centres, self.counts]
+        held += [recip for _, recip in self.memo.reciprocals.values()]
+        held += self.memo.scratch or []
+        return sum(a.nbytes for a in held)
+
     def term_sums(self, array: np.ndarray, divisor: np.ndarray | None, power: int) -> np.ndarray:
         """Σ over each bin of ``array / divisor**power`` (float64, `n_bins + 1` sums)."""
         return self.sums_of([(array, divisor, power)])[0]

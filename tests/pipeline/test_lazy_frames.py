@@ -93,3 +93,13 @@ def test_a_caller_may_keep_writing_to_an_array_it_handed_over_by_copy() -> None:
     assert u.value[0, 0] != 10_000
     with pytest.raises(ValueError):
         u.value[0, 0] = 1.0
+
+
+def test_a_binning_reports_the_memory_its_memo_holds() -> None:
+    q = np.hypot(*np.indices(SHAPE)).astype(np.float64)
+    binning = make_binning(q, None, 12)
+    before = binning.nbytes
+    assert before >= binning.index.nbytes
+    integrate(normalised(counts(), counts(), omega()), binning)
+    # 1/Ω and 1/Ω² (float64) and two float64 scratch arrays: 32 bytes a pixel more.
+    assert binning.nbytes == before + 32 * binning.index.size
