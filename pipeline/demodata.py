@@ -13,16 +13,26 @@ transmission only: a new sample changes the frame but never the geometry.
 
 q is computed here with trigonometric functions, independently of `pipeline.steps.geometry`,
 so that the science test cross-checks the geometry code.
+
+Frames are stored as a detector would (`compression`): `none`, int32, contiguous; `gzip`,
+int32, deflate level 1 in chunks of whole rows (about 256 KiB each, so that a frame decompresses
+on every core); `bslz4`, as a DECTRIS Eiger writes it: a uint32 stack of one frame,
+`(1, rows, cols)`, one chunk per frame, bitshuffle-LZ4 (`hdf5plugin.Bitshuffle(cname="lz4")`).
 """
 
 from __future__ import annotations
 
 import os
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import h5py
+import hdf5plugin
 import numpy as np
+
+COMPRESSIONS = ("none", "gzip", "bslz4")
+MAX_SIDE = 4096  # the largest frame side `runwire demo-data --shape` accepts
 
 SPHERE_RADIUS_NM = 4.0
 I0 = 2000.0  # counts/s per beam-centre pixel at q -> 0, at unit transmission
@@ -69,8 +79,18 @@ def sample_exposure(index: int) -> dict[str, float]:
     }
 
 
+@lru_cache(maxsize=2)
 def pixel_q(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """q (1/nm) and cos³ 2θ per pixel, from 2θ = atan(r / d) and q = 4π/λ sin θ directly."""
+    """q (1/nm) and cos³ 2θ per pixel, from 2θ = atan(r / d) and q = 4π/λ sin θ directly.
+
+    Kept for the last two shapes (read-only), since every file of a data set needs them.
+    """
+    q, omega = _pixel_q(shape)
+    q.flags.writeable = omega.flags.writeable = False
+    return q, omega
+
+
+def _pixel_q(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     g = demo_geometry(shape)
     rows, cols = shape
     yy, xx = np.meshgrid(np.arange(rows) + 0.5, np.arange(cols) + 0.5, indexing="ij")
@@ -98,6 +118,23 @@ def demo_mask(shape: tuple[int, int], seed: int = 0) -> np.ndarray:
     return mask
 
 
+def frame_storage(
+    compression: str, shape: tuple[int, int]
+) -> tuple[Any, tuple[int, ...], dict[str, Any]]:
+    """(dtype, stored shape, `create_dataset` keywords) of a frame stored with `compression`."""
+    rows, cols = shape
+    if compression == "none":
+        return np.int32, shape, {}
+    if compression == "gzip":
+        rows_per_chunk = max(1, min(rows, 65_536 // max(cols, 1)))
+        return np.int32, shape, {"chunks": (rows_per_chunk, cols), "compression": "gzip",
+                                 "compression_opts": 1}  # fmt: skip
+    if compression == "bslz4":
+        return np.uint32, (1, rows, cols), {"chunks": (1, rows, cols),
+                                           **hdf5plugin.Bitshuffle(cname="lz4")}  # fmt: skip
+    raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)}, not {compression!r}")
+
+
 def _write_file(
     path: Path,
     counts: np.ndarray,
@@ -105,6 +142,7 @@ def _write_file(
     mask: np.ndarray,
     count_time: float,
     transmission: float | None,
+    compression: str = "none",
 ) -> None:
     g = demo_geometry(shape)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -114,7 +152,8 @@ def _write_file(
         data = entry.create_group("data")
         data.attrs["NX_class"] = "NXdata"
         data.attrs["signal"] = "data"
-        data.create_dataset("data", data=counts)
+        dtype, stored, options = frame_storage(compression, shape)
+        data.create_dataset("data", data=counts.astype(dtype).reshape(stored), **options)
         inst = entry.create_group("instrument")
         inst.attrs["NX_class"] = "NXinstrument"
         det = inst.create_group("detector")
@@ -150,7 +189,12 @@ def _spoil_masked(counts: np.ndarray, mask: np.ndarray, shape: tuple[int, int]) 
 
 
 def write_sample_file(
-    path: Path, index: int, *, shape: tuple[int, int] = (1024, 1024), seed: int = 0
+    path: Path,
+    index: int,
+    *,
+    shape: tuple[int, int] = (1024, 1024),
+    seed: int = 0,
+    compression: str = "none",
 ) -> Path:
     """Write demo sample number `index` (1-based) to `path` and return it."""
     q, omega = pixel_q(shape)
@@ -160,7 +204,7 @@ def write_sample_file(
     rate = tr * (model_intensity(q) + FLAT_BACKGROUND) * omega + DARK_RATE
     counts = np.random.default_rng([seed, index]).poisson(t * rate).astype(np.int32)
     _spoil_masked(counts, mask, shape)
-    _write_file(path, counts, shape, mask, t, tr)
+    _write_file(path, counts, shape, mask, t, tr, compression)
     return path
 
 
@@ -170,16 +214,21 @@ def write_demo_data(
     count: int = 3,
     shape: tuple[int, int] = (1024, 1024),
     seed: int = 0,
+    compression: str = "none",
 ) -> list[Path]:
     """Write `sample_0001.h5` ... `sample_NNNN.h5`, `background.h5` and `dark.h5` into `directory`.
 
-    Returns the paths in that order. The same arguments always give the same files.
+    Returns the paths in that order. The same arguments always give the same files (and the same
+    counts whatever the `compression`).
     """
+    frame_storage(compression, (1, 1))  # an unknown compression fails before anything is written
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     shape = (int(shape[0]), int(shape[1]))
     paths = [
-        write_sample_file(out / f"sample_{k:04d}.h5", k, shape=shape, seed=seed)
+        write_sample_file(
+            out / f"sample_{k:04d}.h5", k, shape=shape, seed=seed, compression=compression
+        )
         for k in range(1, count + 1)
     ]
     _, omega = pixel_q(shape)
@@ -187,11 +236,12 @@ def write_demo_data(
     bg_rate = BACKGROUND_TRANSMISSION * FLAT_BACKGROUND * omega + DARK_RATE
     bg = np.random.default_rng([seed, 0, 1]).poisson(BACKGROUND_TIME_S * bg_rate).astype(np.int32)
     _spoil_masked(bg, mask, shape)
-    _write_file(out / "background.h5", bg, shape, mask, BACKGROUND_TIME_S, BACKGROUND_TRANSMISSION)
+    _write_file(out / "background.h5", bg, shape, mask, BACKGROUND_TIME_S,
+                BACKGROUND_TRANSMISSION, compression)  # fmt: skip
     dark = (
         np.random.default_rng([seed, 0, 2])
         .poisson(DARK_TIME_S * DARK_RATE, size=shape)
         .astype(np.int32)
     )
-    _write_file(out / "dark.h5", dark, shape, mask, DARK_TIME_S, None)
+    _write_file(out / "dark.h5", dark, shape, mask, DARK_TIME_S, None, compression)
     return [*paths, out / "background.h5", out / "dark.h5"]

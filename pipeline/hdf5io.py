@@ -2,11 +2,16 @@
 
 Every h5py/OS error is mapped here, once, to `SourceError` with a one-line message naming the
 file and the dataset, so steps never leak an h5py traceback to the user.
+
+Importing this module imports `hdf5plugin`, which registers the compression filters detector
+files use (bitshuffle-LZ4, LZ4, Blosc, Zstandard...); gzip and bitshuffle-LZ4 datasets are read
+with their chunks decompressed in parallel (`pipeline.chunkread`).
 """
 
 from __future__ import annotations
 
 import os
+import zlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +20,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from .chunkread import read_chunked
 from .errors import SourceError
 
 # Factors converting a value in the named unit to the target unit (metres, nanometres).
@@ -54,8 +60,14 @@ def open_hdf5(path: str | os.PathLike[str]) -> Iterator[h5py.File]:
         yield handle
 
 
-def get_dataset(handle: h5py.File, dataset: str) -> h5py.Dataset:
-    """The dataset at `dataset`, or `SourceError` naming file and path."""
+def get_dataset(handle: h5py.File, dataset: str | h5py.Dataset) -> h5py.Dataset:
+    """The dataset at `dataset`, or `SourceError` naming file and path.
+
+    A `Dataset` already looked up is returned as it is: each lookup costs tens of microseconds,
+    which add up over the metadata of every new sample.
+    """
+    if isinstance(dataset, h5py.Dataset):
+        return dataset
     obj = handle.get(dataset)
     if obj is None:
         raise SourceError(f"{handle.filename}: no dataset {dataset}")
@@ -65,17 +77,27 @@ def get_dataset(handle: h5py.File, dataset: str) -> h5py.Dataset:
 
 
 def read_array(
-    handle: h5py.File, dataset: str, *, sum_frames: bool = True, numeric: bool = True
+    handle: h5py.File,
+    dataset: str | h5py.Dataset,
+    *,
+    sum_frames: bool = True,
+    numeric: bool = True,
 ) -> np.ndarray:
     """Read a whole dataset; a 3-D stack is summed over its first axis when `sum_frames`."""
     ds = get_dataset(handle, dataset)
+    dataset = _name(dataset)
     if numeric and not _is_numeric(ds.dtype):
         raise SourceError(f"{handle.filename}: dataset {dataset} is not numeric (dtype {ds.dtype})")
     try:
-        data = ds[()]
-    except (OSError, ValueError, TypeError) as exc:
+        chunked = read_chunked(ds) if ds.chunks else None
+        array = np.asarray(ds[()]) if chunked is None else chunked
+    except (OSError, ValueError, TypeError, zlib.error) as exc:
         raise SourceError(f"{handle.filename}: cannot read {dataset} ({_short(exc)})") from exc
-    array = np.asarray(data)
+    if sum_frames and array.ndim == 3 and array.shape[0] == 1:
+        # One frame stored as a stack (the Eiger layout): the frame itself, no copy. The stack is
+        # made read-only first, so the frame is known to be immutable (signatures, bin sums).
+        array.flags.writeable = False
+        return array[0]
     if sum_frames and array.ndim == 3:
         # Sum in a wide type: frames of uint16 counts overflow quickly.
         wide = np.int64 if array.dtype.kind in "iub" else np.float64
@@ -83,9 +105,10 @@ def read_array(
     return array
 
 
-def read_scalar(handle: h5py.File, dataset: str) -> float:
+def read_scalar(handle: h5py.File, dataset: str | h5py.Dataset) -> float:
     """A numeric scalar (a 1-element array is accepted), as a Python float."""
     array = read_array(handle, dataset, sum_frames=False)
+    dataset = _name(dataset)
     if array.size != 1:
         raise SourceError(
             f"{handle.filename}: dataset {dataset} should hold one number, has shape {array.shape}"
@@ -93,7 +116,7 @@ def read_scalar(handle: h5py.File, dataset: str) -> float:
     return float(array.reshape(-1)[0])
 
 
-def units_of(handle: h5py.File, dataset: str) -> str | None:
+def units_of(handle: h5py.File, dataset: str | h5py.Dataset) -> str | None:
     """The `units` attribute of a dataset as a str (None when absent)."""
     raw = get_dataset(handle, dataset).attrs.get("units")
     if raw is None:
@@ -119,8 +142,9 @@ def read_quantity(
     A missing `units` attribute uses `default_units`; without a default it is an error, because
     guessing between metres and millimetres silently gives a wrong q.
     """
-    value = read_scalar(handle, dataset)
-    units = units_of(handle, dataset)
+    ds = get_dataset(handle, dataset)
+    value = read_scalar(handle, ds)
+    units = units_of(handle, ds)
     if units is None:
         if default_units is None:
             raise SourceError(f"{handle.filename}: dataset {dataset} has no units attribute")
@@ -159,6 +183,10 @@ def to_python(value: Any) -> Any:
 
 def _is_numeric(dtype: np.dtype[Any]) -> bool:
     return dtype.kind in "biuf"
+
+
+def _name(dataset: str | h5py.Dataset) -> str:
+    return dataset if isinstance(dataset, str) else (dataset.name or "?")
 
 
 def _short(exc: BaseException) -> str:

@@ -12,6 +12,8 @@ from typing import Any
 
 from .cli_errors import EXIT_USAGE, CliError
 
+_MAX_SIDE = 4096  # pipeline.demodata.MAX_SIDE (not imported here: the CLI starts with stdlib only)
+
 
 def add_parsers(sub: Any) -> None:
     steps = sub.add_parser("steps", help="list the built-in steps with their inputs and params",
@@ -33,9 +35,17 @@ def add_parsers(sub: Any) -> None:
     demo.add_argument("directory", metavar="DIR")
     demo.add_argument("--count", type=int, default=3, help="number of sample files (default 3)")
     demo.add_argument(
-        "--shape", default="1024x1024", metavar="HxW", help="frame shape (default 1024x1024)"
+        "--shape",
+        default="1024x1024",
+        metavar="HxW",
+        help="frame shape, each side at most 4096 (default 1024x1024)",
     )
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    demo.add_argument(
+        "--compression", choices=("none", "gzip", "bslz4"), default="none",
+        help="how frames are stored: none, gzip (level 1, row chunks) or bslz4 "
+        "(bitshuffle-LZ4, one chunk per frame, uint32, as an Eiger writes it); default none",
+    )  # fmt: skip
     demo.set_defaults(func=demo_data_command)
 
 
@@ -102,7 +112,10 @@ def parse_shape(text: str) -> tuple[int, int]:
     match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
     if not match or int(match.group(1)) < 1 or int(match.group(2)) < 1:
         raise CliError(f"--shape must look like HxW, e.g. 1024x1024: {text!r}", EXIT_USAGE)
-    return int(match.group(1)), int(match.group(2))
+    rows, cols = int(match.group(1)), int(match.group(2))
+    if max(rows, cols) > _MAX_SIDE:
+        raise CliError(f"--shape sides must be at most {_MAX_SIDE}: {text!r}", EXIT_USAGE)
+    return rows, cols
 
 
 def demo_data_command(args: argparse.Namespace) -> int:
@@ -112,7 +125,8 @@ def demo_data_command(args: argparse.Namespace) -> int:
     from pipeline.demodata import write_demo_data
 
     try:
-        paths = write_demo_data(args.directory, count=args.count, shape=shape, seed=args.seed)
+        paths = write_demo_data(args.directory, count=args.count, shape=shape, seed=args.seed,
+                                compression=args.compression)  # fmt: skip
     except OSError as exc:
         raise CliError(f"cannot write demo data to {args.directory}: {exc}", 1) from exc
     for path in paths:

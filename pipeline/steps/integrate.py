@@ -1,27 +1,80 @@
 """Azimuthal integration: the mean of unmasked pixel values in equal-width q bins.
 
-The work is split in two steps so that a new frame costs only three `np.bincount`s:
+The work is split in two steps so that a new frame costs only two weighted `np.bincount`s:
 `integrate.prepare_bins` (depends on q, mask and `n_bins` only: rerun when the geometry or the
 mask changes) assigns every pixel a bin index, and `integrate.azimuthal` sums each frame into
 those bins.
 
 For bin k with n_k unmasked pixels: I_k = Σ v / n_k and Idev_k = sqrt(Σ var) / n_k (the
 standard error of the mean given per-pixel variances). Empty bins are left out of the curve.
+
+A normalised frame arrives as a lazy linear form (`pipeline.uarray.LinearForm`): ``(Σ c_i ·
+v_i) / d``. Sums over bins are linear, so the bin sums are ``Σ c_i · Σ_bin(v_i / d)`` and the
+variance sums ``Σ c_i² · Σ_bin(var_i / d²)``: each term is summed straight from the array it
+was built on (the raw counts), in one multiply and one `np.bincount`, and the sums of a term the
+binning has seen before (the dark frame's, in every partial run) are reused. `Binning` keeps, per
+binning: the reciprocals 1/d and 1/d² (float64, 16 bytes a pixel), two float64 scratch arrays for
+the weights (16 bytes a pixel), and the bin sums of the last `_MEMO_SIZE` terms.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+import os
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import msgspec
 import numpy as np
 
 from ..errors import StepFailure
+from ..signatures import _immutable
 from ..step import Step, StepContext, register
-from ..uarray import Curve, UArray, as_uarray
+from ..uarray import Curve, LinearForm, UArray, as_uarray
 from .masks import as_mask
+
+_MEMO_SIZE = 16  # bin sums of this many terms per binning (a few hundred floats each)
+
+
+class _TermSums:
+    """Per-binning memo of weighted bin sums, divisor reciprocals and a reusable scratch array.
+
+    Entries are keyed by the identity of read-only arrays and checked with weak references, so an
+    entry is used only while the very arrays it was computed from are alive and unchanged.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.sums: OrderedDict[tuple[int, int, int], tuple[Any, Any, np.ndarray]] = OrderedDict()
+        self.reciprocals: dict[tuple[int, int], tuple[Any, np.ndarray]] = {}
+        self.scratch: list[np.ndarray] | None = None  # two float64 weight arrays, reused
+
+
+SumRequest = tuple[np.ndarray, "np.ndarray | None", int]  # array, divisor, power of the divisor
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    """Threads that multiply weights while the caller's thread runs `np.bincount`."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1)),
+                                       thread_name_prefix="runwire-weights")  # fmt: skip
+        return _POOL
+
+
+def _ref(array: np.ndarray | None) -> Any:
+    return None if array is None else weakref.ref(array)
+
+
+def _alive(ref: Any, array: np.ndarray | None) -> bool:
+    return (ref is None and array is None) or (ref is not None and ref() is array)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -34,6 +87,103 @@ class Binning:
     centres: np.ndarray  # n_bins centres in 1/nm
     counts: np.ndarray  # unmasked pixels per bin
     shape: tuple[int, ...]  # frame shape the index was built for
+    memo: _TermSums = field(default_factory=_TermSums, repr=False)
+
+    def signature_items(self) -> tuple[Any, ...]:
+        return (self.index, self.n_bins, self.edges, self.counts)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: the index and arrays, plus the memo's reciprocals and scratch arrays."""
+        held = [self.index, self.edges, self.centres, self.counts]
+        held += [recip for _, recip in self.memo.reciprocals.values()]
+        held += self.memo.scratch or []
+        return sum(a.nbytes for a in held)
+
+    def term_sums(self, array: np.ndarray, divisor: np.ndarray | None, power: int) -> np.ndarray:
+        """Σ over each bin of ``array / divisor**power`` (float64, `n_bins + 1` sums)."""
+        return self.sums_of([(array, divisor, power)])[0]
+
+    def sums_of(self, requests: Sequence[SumRequest]) -> list[np.ndarray]:
+        """`term_sums` of several requests; sums of arrays seen before come from the memo.
+
+        The weights of the next request are multiplied in a worker thread while `np.bincount`
+        (which holds the GIL) sums the current one: numpy releases the GIL while multiplying, so
+        on two cores the multiplications cost almost nothing.
+        """
+        memo = self.memo
+        size = self.n_bins + 1
+        with memo.lock:
+            results: list[np.ndarray | None] = [self._memo_get(*r) for r in requests]
+            todo = [k for k, hit in enumerate(results) if hit is None]
+            for k in todo:  # reciprocals first, in this thread: workers only read them
+                _, divisor, power = requests[k]
+                if divisor is not None:
+                    self._reciprocal(divisor, power)
+            if todo and memo.scratch is None:
+                memo.scratch = [np.empty(self.index.size, dtype=np.float64) for _ in range(2)]
+            scratch = memo.scratch or []
+
+            def weights_of(k: int, buffer: np.ndarray) -> np.ndarray:
+                array, divisor, power = requests[k]
+                flat = array.reshape(-1)
+                if divisor is None:
+                    return flat
+                return np.multiply(flat, self._reciprocal(divisor, power), out=buffer)
+
+            upcoming: Future[np.ndarray] | None = None
+            try:
+                for j, k in enumerate(todo):
+                    if upcoming is None:
+                        weights = weights_of(k, scratch[j % 2])
+                    else:
+                        weights, upcoming = upcoming.result(), None
+                    if j + 1 < len(todo):
+                        upcoming = _pool().submit(weights_of, todo[j + 1], scratch[(j + 1) % 2])
+                    sums = np.bincount(self.index, weights=weights, minlength=size)
+                    results[k] = sums
+                    self._memo_put(*requests[k], sums)
+            finally:
+                if upcoming is not None:  # never leave a worker writing into the scratch
+                    upcoming.result()
+        return [r for r in results if r is not None]
+
+    def _memo_get(
+        self, array: np.ndarray, divisor: np.ndarray | None, power: int
+    ) -> np.ndarray | None:
+        hit = self.memo.sums.get((id(array), 0 if divisor is None else id(divisor), power))
+        if hit is not None and _alive(hit[0], array) and _alive(hit[1], divisor):
+            self.memo.sums.move_to_end((id(array), 0 if divisor is None else id(divisor), power))
+            return hit[2]
+        return None
+
+    def _memo_put(
+        self, array: np.ndarray, divisor: np.ndarray | None, power: int, sums: np.ndarray
+    ) -> None:
+        if not (_immutable(array) and (divisor is None or _immutable(divisor))):
+            return
+        key = (id(array), 0 if divisor is None else id(divisor), power)
+        self.memo.sums[key] = (_ref(array), _ref(divisor), sums)
+        while len(self.memo.sums) > _MEMO_SIZE:
+            self.memo.sums.popitem(last=False)
+
+    def _reciprocal(self, divisor: np.ndarray, power: int) -> np.ndarray:
+        """1/divisor**power, flattened, float64; kept while `divisor` is the same array."""
+        key = (id(divisor), power)
+        hit = self.memo.reciprocals.get(key)
+        if hit is not None and hit[0]() is divisor:
+            return hit[1]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            recip = np.divide(1.0, divisor.reshape(-1), dtype=np.float64)
+            if power == 2:
+                np.multiply(recip, recip, out=recip)
+        if _immutable(divisor):
+            # Only the current divisor's reciprocals are kept: a new geometry replaces them.
+            self.memo.reciprocals = {
+                k: v for k, v in self.memo.reciprocals.items() if v[0]() is divisor
+            }
+            self.memo.reciprocals[key] = (weakref.ref(divisor), recip)
+        return recip
 
 
 def make_binning(q: np.ndarray, mask: np.ndarray | None, n_bins: int) -> Binning:
@@ -70,17 +220,34 @@ def integrate(frame: UArray, binning: Binning) -> Curve:
     """Mean and standard error of the frame per bin; empty bins are dropped."""
     if frame.shape != binning.shape:
         raise StepFailure(f"frame shape {frame.shape} differs from binning shape {binning.shape}")
-    size = binning.n_bins + 1
-    sums = np.bincount(binning.index, weights=frame.value.reshape(-1), minlength=size)
+    sums, var = bin_sums(frame.linear_form, binning)
     keep = binning.counts > 0
     n = binning.counts[keep].astype(np.float64)
     mean = sums[: binning.n_bins][keep] / n
-    if frame.variance is None:
-        idev = np.zeros_like(mean)
-    else:
-        var = np.bincount(binning.index, weights=frame.variance.reshape(-1), minlength=size)
-        idev = np.sqrt(var[: binning.n_bins][keep]) / n
+    idev = np.zeros_like(mean) if var is None else np.sqrt(var[: binning.n_bins][keep]) / n
     return Curve(binning.centres[keep], mean, idev, binning.counts[keep])
+
+
+def bin_sums(form: LinearForm, binning: Binning) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per-bin sums of a linear form's value and variance (`n_bins + 1` each, float64)."""
+    requests: list[SumRequest] = []
+    for term in form.terms:
+        requests.append((term.value, form.divisor, 1))
+        term_var = term.variance_array()
+        if term_var is not None:
+            requests.append((term_var, form.divisor, 2))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        parts = iter(binning.sums_of(requests))
+        sums: np.ndarray | None = None
+        var: np.ndarray | None = None
+        for term in form.terms:
+            part = term.coef * next(parts)
+            sums = part if sums is None else sums + part
+            if term.variance_array() is not None:
+                vpart = (term.coef * term.coef) * next(parts)
+                var = vpart if var is None else var + vpart
+    assert sums is not None
+    return sums, var
 
 
 @register

@@ -57,7 +57,8 @@ class Hdf5Read(Step):
                 return {"data": None}
             array = hdf5io.read_array(handle, p.dataset, sum_frames=p.sum_frames)
         if p.poisson:
-            return {"data": UArray.poisson(array)}
+            # The array is ours (just read): hand it over rather than copy it.
+            return {"data": UArray.poisson(array, copy=False)}
         array.flags.writeable = False
         return {"data": array}
 

@@ -156,11 +156,6 @@ class NormaliseSolidAngle(Step):
             raise StepFailure(
                 f"solid angle shape {omega.shape} differs from frame shape {uframe.shape}"
             )
-        # Divide into fresh arrays and square the divisor in place: no temporary arrays, which
-        # on a megapixel frame cost more (page faults) than the arithmetic itself.
-        value = np.divide(uframe.value, omega)
-        variance = None
-        if uframe.variance is not None:
-            variance = np.divide(uframe.variance, omega)
-            np.divide(variance, omega, out=variance)
-        return {"result": UArray(value, variance)}
+        # Lazy (no per-pixel work here): integrate.azimuthal sums the frame's terms divided by
+        # the solid angle straight into the q bins (pipeline.uarray, LinearForm).
+        return {"result": uframe.divide_exact(omega)}
