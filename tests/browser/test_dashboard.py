@@ -93,6 +93,10 @@ def test_create_process_and_see_steps_and_curves(server: DashboardServer, contex
         assert api.get(f"/runs/{second}").json()["effective_mode"] == "partial"
     page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
 
+    # Opened afresh with nothing running, the session shows its newest run, not its oldest.
+    page.reload()
+    _run_settled(page, second)
+
     # The sessions view lists it with its last run; readable on a phone-sized screen.
     page.goto(server.url + "/ui/#/")
     page.get_by_role("link", name="beam").wait_for()

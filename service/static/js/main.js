@@ -114,7 +114,7 @@ async function refreshState() {
     if (!record) { state.session = null; markDirty("session"); return; }
     state.session = record;
     const { runs } = await api("GET", `/sessions/${encodeURIComponent(sid)}/runs`);
-    state.runs = runs.slice().reverse().slice(0, 50);
+    state.runs = runs.slice(0, 50); // newest first, as the API lists them
     markDirty("session");
     await runView.ensureRun(chosenRun());
   }
