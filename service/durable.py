@@ -28,7 +28,7 @@ from pipeline.rundir import RunDirectory
 from streaming.envelope import utc_now
 
 from .publisher import EventPublisher, EventSink
-from .records import FINAL_RUN_STATUSES, RunRecord, SessionRecord
+from .records import FINAL_RUN_STATUSES, RunRecord, RunSource, SessionRecord
 from .store import SessionStore, StoreError
 
 __all__ = ["DurableIO", "snapshot"]
@@ -89,23 +89,32 @@ class DurableIO:
         record: RunRecord,
         session: SessionRecord,
         pipeline_text: str,
-        request: dict[str, Any],
+        request: dict[str, Any] | None,
         idempotency_key: str | None,
+        sources: dict[str, RunSource] | None = None,
     ) -> None:
-        """Save a new run, its session and its idempotency key in one commit."""
+        """Save a new run (with its sources), its session and its idempotency key in one
+        commit."""
         with self.store.transaction():
-            self.store.save_run(record, request)
+            self.store.save_run(record, request, sources)
             self.store.save_session(session, pipeline_text)
             if idempotency_key is not None:
                 self.store.save_idempotency(session.session_id, idempotency_key, record.run_id)
 
     @staticmethod
     def write_new_run_dir(
-        run_dir: RunDirectory, record: RunRecord, request: dict[str, Any]
+        run_dir: RunDirectory,
+        record: RunRecord,
+        request: dict[str, Any],
+        sources: dict[str, RunSource] | None = None,
     ) -> None:
-        """Create the run directory with `run-request.json` (any thread: touches no shared state)."""
+        """Create the run directory with `run-request.json` (any thread: touches no shared state):
+        the submitted request plus the sources the run was accepted with."""
         run_dir.create()
-        run_dir.write_request({"run_id": record.run_id, "session_id": record.session_id, **request})
+        body: dict[str, Any] = {"run_id": record.run_id, "session_id": record.session_id, **request}
+        if sources is not None:
+            body["sources"] = msgspec.to_builtins(sources)
+        run_dir.write_request(body)
 
     def commit(
         self,

@@ -32,7 +32,8 @@ from pipeline.runner import ProcessingRunner, RunResult
 from pipeline.step import SourceSpec
 
 from .publisher import EventPublisher
-from .records import RunError, RunStatus, SourceRecord, StepStateRecord
+from .records import RunError, RunSource, RunStatus, SourceRecord, StepStateRecord
+from .run_inputs import SOURCE_CHANGED, changed_inputs
 from .sinks import SinkError, write_sinks
 from .step_events import StepEventObserver
 
@@ -59,6 +60,8 @@ class RunJob:
     on_started: Callable[[RunInfo], None]
     sinks: Mapping[str, SourceRecord] = field(default_factory=dict)
     write_roots: tuple[Path, ...] = ()
+    # The sources with their file identities at acceptance (`service.run_inputs`).
+    accepted: Mapping[str, RunSource] = field(default_factory=dict)
 
 
 @dataclass
@@ -74,6 +77,7 @@ class RunOutcome:
     artifacts: list[str] = field(default_factory=list)
     error: RunError | None = None
     elapsed_s: float = 0.0
+    cache_bytes: int = 0  # the session cache's array bytes after the run
 
 
 class PublishingObserver(StepEventObserver):
@@ -130,6 +134,16 @@ def execute_run(job: RunJob) -> RunOutcome:
     observer = PublishingObserver(job)
     t0 = time.perf_counter()
     try:
+        if (changed := changed_inputs(job.accepted)) is not None:
+            # Not the data this run was given: fail before reading anything.
+            outcome = RunOutcome(
+                status=RunStatus.FAILED, error=RunError(code=SOURCE_CHANGED, message=changed)
+            )
+            outcome.elapsed_s = time.perf_counter() - t0
+            outcome.cache_bytes = job.cache.nbytes()
+            job.run_dir.artifacts_dir.mkdir(parents=True, exist_ok=True)
+            job.run_dir.write_manifest()
+            return outcome
         job.run_dir.artifacts_dir.mkdir(parents=True, exist_ok=True)
         runner = ProcessingRunner(
             job.spec,
@@ -145,6 +159,13 @@ def execute_run(job: RunJob) -> RunOutcome:
             cache_lost=job.cache_lost,
         )
         outcome = outcome_from_result(result)
+        if (
+            outcome.status is RunStatus.SUCCEEDED
+            and (changed := changed_inputs(job.accepted)) is not None
+        ):
+            # Rewritten while the run read it: what it read is not (all) what it was given.
+            outcome.status = RunStatus.FAILED
+            outcome.error = RunError(code=SOURCE_CHANGED, message=changed)
         if outcome.status is RunStatus.SUCCEEDED and job.sinks:
             try:
                 write_sinks(
@@ -170,4 +191,5 @@ def execute_run(job: RunJob) -> RunOutcome:
             ),
         )
     outcome.elapsed_s = time.perf_counter() - t0
+    outcome.cache_bytes = job.cache.nbytes()
     return outcome

@@ -31,7 +31,9 @@ from streaming.envelope import utc_now
 
 from .durable import snapshot
 from .execution import RunJob, RunOutcome, execute_run
+from .memory import CACHE_EVICTED
 from .records import RunRecord, RunStatus, SessionState
+from .run_inputs import SOURCE_CHANGED, source_specs
 from .sessions import error_state, run_transition, running_state
 
 if TYPE_CHECKING:
@@ -64,6 +66,10 @@ async def run_one(sched: Scheduler, run_id: str, sid: str) -> None:
         cache_lost, entry.cache_lost = entry.cache_lost, False
         if cache_lost and record.fallback_reason is None:
             record.fallback_reason = CACHE_LOST
+        evicted, entry.cache_evicted = entry.cache_evicted, False
+        if evicted and record.fallback_reason is None:
+            # The cache is empty, so the run is full anyway; the reason says why.
+            record.fallback_reason = CACHE_EVICTED
         entry.resting = entry.record.state
     await live.dir_ready()
     sched.publisher.open_run(sid, run_id)
@@ -72,7 +78,8 @@ async def run_one(sched: Scheduler, run_id: str, sid: str) -> None:
         session_id=sid,
         spec=entry.spec,
         cache=entry.cache,
-        sources=entry.source_specs(),
+        sources=source_specs(live.sources),
+        accepted=live.sources,
         mode=record.mode,
         changed_sources=live.changed_sources,
         cache_lost=cache_lost,
@@ -135,6 +142,8 @@ async def announce_start(
         }
         if record.fallback_reason is not None:
             data["fallback_reason"] = record.fallback_reason
+        if record.sample is not None:
+            data["sample"] = msgspec.to_builtins(record.sample)
         await sched.emit(ev.RUN_STARTED, record.session_id, data, record.run_id)
         live.announced = True
         if changed:
@@ -167,6 +176,8 @@ async def finish(sched: Scheduler, entry: SessionEntry, live: LiveRun, outcome: 
     fallback = (
         outcome.status is RunStatus.FAILED
         and effective == "partial"
+        # Rerunning in full cannot help a run whose input file was replaced under it.
+        and (outcome.error is None or outcome.error.code != SOURCE_CHANGED)
         and entry.record.auto_fallback
         and not entry.deleted
         and not sched.stopping
@@ -188,11 +199,16 @@ async def finish(sched: Scheduler, entry: SessionEntry, live: LiveRun, outcome: 
         if entry.clear_cache_after_run:
             entry.cache.clear()
             entry.clear_cache_after_run = False
+            outcome.cache_bytes = 0
+        entry.cache_bytes = outcome.cache_bytes
+        sched.cache_used(entry)
         runs = () if entry.deleted else (record,)
         await sched.commit(runs=runs, sessions=(entry,), summaries=((live.run_dir, record),))
         live.record = record
-        await emit_terminal(sched, record)
         sched.live.pop(record.run_id, None)
+        # Within the budget before the run is announced finished (this run's cache included).
+        evicted = 0 if entry.deleted else await sched.enforce_cache_budget(holding=entry)
+        await emit_terminal(sched, record)
         await sched.io(sched.publisher.close_run, record.run_id)
         await sched.announce_state(entry, old)
         if fallback:
@@ -201,6 +217,7 @@ async def finish(sched: Scheduler, entry: SessionEntry, live: LiveRun, outcome: 
             await sched.enqueue(
                 entry,
                 mode="full",
+                sources=live.sources,
                 changed_sources=live.changed_sources,
                 run_name=record.run_name,
                 fallback_reason=FALLBACK_PARTIAL_FAILED,
@@ -208,6 +225,11 @@ async def finish(sched: Scheduler, entry: SessionEntry, live: LiveRun, outcome: 
                 force=True,
                 front=True,
             )
+    if entry.deleted:
+        # Deleted while this run used the cache: now nothing does.
+        await sched.drop_cache(entry)
+    elif evicted:
+        await sched.release_memory()
     log.info(
         "run %s of session %s: %s in %.3f s",
         record.run_id,
@@ -229,4 +251,6 @@ async def emit_terminal(sched: Scheduler, record: RunRecord) -> None:
         data["fallback_reason"] = record.fallback_reason
     if record.error is not None:
         data["error"] = msgspec.to_builtins(record.error)
+    if record.sample is not None:
+        data["sample"] = msgspec.to_builtins(record.sample)
     await sched.emit(ev.RUN_FINISHED, record.session_id, data, record.run_id)

@@ -29,12 +29,14 @@ import asyncio
 import collections
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 import anyio
 import anyio.to_thread
+import msgspec
 
 from pipeline.cancel import CancelToken
 from pipeline.incremental import IncrementalCache
@@ -48,9 +50,11 @@ from . import lifecycle
 from .config import Config
 from .durable import DurableIO, snapshot
 from .errors import ServiceError
+from .memory import choose_evictions, default_cache_memory, release_memory
 from .models import SubmitResult
 from .publisher import EventSink
-from .records import RunRecord, RunStatus, SessionRecord, SessionState
+from .records import RunRecord, RunSource, RunStatus, SessionRecord, SessionState
+from .run_inputs import sample_of
 from .runqueue import QueueFull, RunQueue
 from .sessions import run_transition, session_transition
 from .store import SessionStore
@@ -75,6 +79,9 @@ class SessionEntry:
     cache_lost: bool = False  # the service restarted since this session last ran
     resting: SessionState = SessionState.IDLE  # state to return to after a cancelled run
     clear_cache_after_run: bool = False  # `reset full` arrived while a run used the cache
+    cache_evicted: bool = False  # the memory budget evicted the cache since the last run
+    cache_bytes: int = 0  # the cache's array bytes, measured when its last run ended
+    last_used: float = 0.0  # monotonic time its last run ended (LRU order for eviction)
     deleted: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -100,6 +107,7 @@ class LiveRun:
     record: RunRecord
     changed_sources: tuple[str, ...]
     run_dir: RunDirectory
+    sources: dict[str, RunSource]  # fixed at acceptance: what the run reads
     cancel: CancelToken = field(default_factory=CancelToken)
     started_utc: str | None = None  # taken from the queue (recorded once the run is announced)
     announced: bool = False  # run.started published
@@ -139,6 +147,11 @@ class Scheduler:
         self.stopping = False
         # Recent run durations, for a Retry-After that means something (bounded: last 32).
         self.durations: collections.deque[float] = collections.deque(maxlen=32)
+        # The incremental caches' memory budget (service.memory) and evictions since start.
+        self.cache_budget = (
+            config.cache_memory if config.cache_memory is not None else default_cache_memory()
+        )
+        self.cache_evictions = 0
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -206,6 +219,7 @@ class Scheduler:
         entry: SessionEntry,
         *,
         mode: str,
+        sources: dict[str, RunSource],
         changed_sources: tuple[str, ...] = (),
         run_name: str | None = None,
         request: dict[str, Any] | None = None,
@@ -217,7 +231,8 @@ class Scheduler:
         front: bool = False,
         announce: tuple[tuple[str, dict[str, Any]], ...] = (),
     ) -> SubmitResult:
-        """Create, commit and queue a run. Call with `entry.lock` held. Raises QUEUE_FULL.
+        """Create, commit and queue a run of `sources` (frozen by `run_inputs.accept_sources`).
+        Call with `entry.lock` held. Raises QUEUE_FULL.
 
         The session record is saved in the same commit, so a change the caller made to it just
         before (a new sample) is durable with the run; `announce` lists session events
@@ -241,8 +256,9 @@ class Scheduler:
             retry_of=retry_of,
             fallback_reason=fallback_reason,
             recovered_from_run_id=recovered_from,
+            sample=sample_of(sources),
         )
-        live = LiveRun(record, changed_sources, self.run_dir(sid, run_id))
+        live = LiveRun(record, changed_sources, self.run_dir(sid, run_id), sources)
         body = dict(request or {})
         body.setdefault("mode", mode)
         body.setdefault("changed_sources", list(changed_sources))
@@ -254,7 +270,7 @@ class Scheduler:
         # directory (the run's start, a cancel's summary) waits for `dir_task` first.
         live.dir_task = asyncio.create_task(
             anyio.to_thread.run_sync(
-                self.durable.write_new_run_dir, live.run_dir, snapshot(record), body
+                self.durable.write_new_run_dir, live.run_dir, snapshot(record), body, sources
             )
         )
         try:
@@ -265,6 +281,7 @@ class Scheduler:
                 entry.pipeline_text,
                 body,
                 idempotency_key,
+                sources,
             )
         except BaseException:
             self.queue.remove(run_id)
@@ -277,11 +294,18 @@ class Scheduler:
         for key in ("run_name", "retry_of", "fallback_reason", "recovered_from_run_id"):
             if getattr(record, key) is not None:
                 data[key] = getattr(record, key)
+        if record.sample is not None:
+            data["sample"] = msgspec.to_builtins(record.sample)
         await self.emit(ev.RUN_QUEUED, sid, data, run_id)
         position = self.position(run_id)
         self.queue.release(run_id)
         self.wake()
-        return SubmitResult(run_id=run_id, status=RunStatus.QUEUED.value, position=position)
+        return SubmitResult(
+            run_id=run_id,
+            status=RunStatus.QUEUED.value,
+            position=position,
+            sample=snapshot(record.sample) if record.sample is not None else None,
+        )
 
     async def commit(
         self,
@@ -358,6 +382,72 @@ class Scheduler:
         self.live.pop(record.run_id, None)
         data = {"status": "cancelled", "elapsed_s": 0.0, "reason": "cancelled while queued"}
         await self.emit(ev.RUN_CANCELLED, record.session_id, data, record.run_id)
+
+    # -- memory --------------------------------------------------------------------------------
+
+    @property
+    def cache_bytes(self) -> int:
+        """The sessions' caches' array bytes, as measured when each one's last run ended."""
+        return sum(e.cache_bytes for e in self.sessions.values() if not e.deleted)
+
+    def cache_used(self, entry: SessionEntry) -> None:
+        """A run of `entry` ended: its cache is the most recently used."""
+        entry.last_used = time.monotonic()
+
+    async def enforce_cache_budget(self, holding: SessionEntry | None = None) -> int:
+        """Evict whole caches, least recently used first, until the total fits the budget;
+        returns how many were evicted. The caller then gives the memory back
+        (`release_memory`, in a worker thread), when it suits it.
+
+        `holding`: a session whose lock the caller holds. Another session's cache is evicted
+        under its lock, and skipped if that lock is taken (the session is changing, or a run is
+        about to use the cache): never waiting for a lock, two finishing runs cannot deadlock.
+        A session with a run in flight keeps its cache.
+        """
+        if self.cache_bytes <= self.cache_budget:
+            return 0
+        candidates = [
+            (sid, e.cache_bytes, e.last_used, self.in_flight(sid) is not None)
+            for sid, e in self.sessions.items()
+            if not e.deleted
+        ]
+        evicted = 0
+        for sid in choose_evictions(candidates, self.cache_budget):
+            entry = self.sessions.get(sid)
+            if entry is None or (entry is not holding and entry.lock.locked()):
+                continue
+            if entry is holding:
+                await self._evict(entry)
+            else:
+                async with entry.lock:  # free: taken at once, without yielding
+                    await self._evict(entry)
+            evicted += entry.cache_evicted
+        return evicted
+
+    async def _evict(self, entry: SessionEntry) -> None:
+        # Checked under the lock: a run may have taken the cache meanwhile.
+        if entry.deleted or self.in_flight(entry.record.session_id) is not None:
+            return
+        # Dropping the arrays frees megabytes: not on the loop.
+        await anyio.to_thread.run_sync(entry.cache.clear)
+        entry.cache_bytes = 0
+        entry.cache_evicted = True
+        self.cache_evictions += 1
+        log.info("session %s: incremental cache evicted (memory budget)", entry.record.session_id)
+
+    async def release_memory(self) -> None:
+        """Give freed memory back to the OS (`malloc_trim`, in a worker thread)."""
+        await anyio.to_thread.run_sync(release_memory)
+
+    async def drop_cache(self, entry: SessionEntry) -> None:
+        """Free a deleted session's cache and give the memory back to the OS (worker thread)."""
+
+        def drop() -> None:
+            entry.cache.clear()
+            release_memory()  # the module function, in this worker thread
+
+        entry.cache_bytes = 0
+        await anyio.to_thread.run_sync(drop)
 
     # -- running -------------------------------------------------------------------------------
 
