@@ -98,6 +98,7 @@ def readiness(sched: Scheduler, subscriber_count: int) -> dict[str, Any]:
             "error_session_ids": errors,
             "subscriber_count": subscriber_count,
             "last_updated_utc": sched.durable.last_updated_utc,
+            # For /metrics only: `GET /readiness` answers the contract's keys (`Readiness`).
             "cache_bytes": sched.cache_bytes,
             "cache_budget_bytes": sched.cache_budget,
             "cache_evictions": sched.cache_evictions,

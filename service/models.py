@@ -203,9 +203,6 @@ class ReadinessMetrics(msgspec.Struct, kw_only=True):
     error_session_ids: list[str]
     subscriber_count: int
     last_updated_utc: str | None
-    cache_bytes: int = 0  # the sessions' incremental caches (array bytes)
-    cache_budget_bytes: int = 0  # --cache-memory
-    cache_evictions: int = 0  # caches evicted to stay within the budget, since start
 
 
 class Readiness(msgspec.Struct, kw_only=True):
