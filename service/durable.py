@@ -31,10 +31,13 @@ from .publisher import EventPublisher, EventSink
 from .records import FINAL_RUN_STATUSES, RunRecord, RunSource, SessionRecord
 from .store import SessionStore, StoreError
 
-__all__ = ["DurableIO", "snapshot"]
+__all__ = ["DurableIO", "PendingEvent", "snapshot"]
 
 T = TypeVar("T")
 S = TypeVar("S", bound=msgspec.Struct)
+
+# An event to publish after a commit: (type, session_id, data, run_id).
+PendingEvent = tuple[str, str, dict[str, Any], str | None]
 
 
 def snapshot(record: S) -> S:
@@ -83,6 +86,30 @@ class DurableIO:
         self._pool.shutdown(wait=False)
 
     # -- synchronous work, on the I/O thread ---------------------------------------------------
+
+    def then_emit(
+        self,
+        events: list[PendingEvent],
+        close_run: str | None,
+        fn: Callable[..., T],
+        *args: Any,
+        on_done: Callable[[], None] | None = None,
+    ) -> T:
+        """`fn(*args)`, then `on_done()`, then journal and publish `events` in order (then close
+        run `close_run`'s journal): one I/O-thread hop for a commit and the events that announce
+        it. If `fn` raises, nothing is published.
+
+        `on_done` runs in this thread between the commit and the events: it may only swap a
+        reference the loop reads (a live run's record), so that a client told of the change by
+        an event reads the changed object."""
+        result = fn(*args)
+        if on_done is not None:
+            on_done()
+        for type, session_id, data, run_id in events:
+            self.publisher.emit(type, session_id, data, run_id)
+        if close_run is not None:
+            self.publisher.close_run(close_run)
+        return result
 
     def save_new_run(
         self,

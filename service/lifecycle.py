@@ -29,7 +29,7 @@ from pipeline.observer import RunInfo
 from streaming import envelope as ev
 from streaming.envelope import utc_now
 
-from .durable import snapshot
+from .durable import PendingEvent, snapshot
 from .execution import RunJob, RunOutcome, execute_run
 from .memory import CACHE_EVICTED
 from .records import RunRecord, RunStatus, SessionState
@@ -132,8 +132,8 @@ async def announce_start(
         record.dirty_steps = dirty
         record.skipped_steps = skipped
         old = entry.record.state
-        changed = not entry.deleted and await sched.set_state(entry, running_state(effective_mode))
-        await sched.commit(runs=() if entry.deleted else (record,), sessions=(entry,))
+        if not entry.deleted:
+            await sched.set_state(entry, running_state(effective_mode))
         data: dict[str, Any] = {
             "mode": record.mode,
             "effective_mode": effective_mode,
@@ -144,10 +144,14 @@ async def announce_start(
             data["fallback_reason"] = record.fallback_reason
         if record.sample is not None:
             data["sample"] = msgspec.to_builtins(record.sample)
-        await sched.emit(ev.RUN_STARTED, record.session_id, data, record.run_id)
+        events = [(ev.RUN_STARTED, record.session_id, data, record.run_id)]
+        # One I/O-thread hop: the commit, then `run.started` and the session's new state.
+        await sched.commit(
+            runs=() if entry.deleted else (record,),
+            sessions=(entry,),
+            events=events + sched.state_events(entry, old),
+        )
         live.announced = True
-        if changed:
-            await sched.announce_state(entry, old)
 
 
 async def finish(sched: Scheduler, entry: SessionEntry, live: LiveRun, outcome: RunOutcome) -> None:
@@ -202,15 +206,22 @@ async def finish(sched: Scheduler, entry: SessionEntry, live: LiveRun, outcome: 
             outcome.cache_bytes = 0
         entry.cache_bytes = outcome.cache_bytes
         sched.cache_used(entry)
-        runs = () if entry.deleted else (record,)
-        await sched.commit(runs=runs, sessions=(entry,), summaries=((live.run_dir, record),))
-        live.record = record
-        sched.live.pop(record.run_id, None)
         # Within the budget before the run is announced finished (this run's cache included).
         evicted = 0 if entry.deleted else await sched.enforce_cache_budget(holding=entry)
-        await emit_terminal(sched, record)
-        await sched.io(sched.publisher.close_run, record.run_id)
-        await sched.announce_state(entry, old)
+        runs = () if entry.deleted else (record,)
+        # One I/O-thread hop: summary and commit, then the terminal event (its journal is then
+        # closed) and the session's new state.
+        await sched.commit(
+            runs=runs,
+            sessions=(entry,),
+            summaries=((live.run_dir, record),),
+            events=[terminal_event(record), *sched.state_events(entry, old)],
+            close_run=record.run_id,
+            # Swapped in once committed and before the terminal event is out: a client that
+            # reads the run after `run.finished` sees its final record.
+            on_done=partial(setattr, live, "record", record),
+        )
+        sched.live.pop(record.run_id, None)
         if fallback:
             # Ahead of everything else in the queue, and before this run's slot is freed:
             # the full run continues this run's work.
@@ -241,10 +252,14 @@ async def finish(sched: Scheduler, entry: SessionEntry, live: LiveRun, outcome: 
 
 async def emit_terminal(sched: Scheduler, record: RunRecord) -> None:
     """Publish the run's one terminal event: `run.cancelled` or `run.finished`."""
+    await sched.emit(*terminal_event(record))
+
+
+def terminal_event(record: RunRecord) -> PendingEvent:
+    """The run's one terminal event: `run.cancelled` or `run.finished`, with its data."""
     data: dict[str, Any] = {"status": record.status.value, "elapsed_s": record.elapsed_s}
     if record.status is RunStatus.CANCELLED:
-        await sched.emit(ev.RUN_CANCELLED, record.session_id, data, record.run_id)
-        return
+        return (ev.RUN_CANCELLED, record.session_id, data, record.run_id)
     data["dirty_steps"] = record.dirty_steps
     data["skipped_steps"] = record.skipped_steps
     if record.fallback_reason is not None:
@@ -253,4 +268,4 @@ async def emit_terminal(sched: Scheduler, record: RunRecord) -> None:
         data["error"] = msgspec.to_builtins(record.error)
     if record.sample is not None:
         data["sample"] = msgspec.to_builtins(record.sample)
-    await sched.emit(ev.RUN_FINISHED, record.session_id, data, record.run_id)
+    return (ev.RUN_FINISHED, record.session_id, data, record.run_id)

@@ -30,6 +30,7 @@ import collections
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -48,7 +49,7 @@ from streaming.envelope import utc_now
 
 from . import lifecycle
 from .config import Config
-from .durable import DurableIO, snapshot
+from .durable import DurableIO, PendingEvent, snapshot
 from .errors import ServiceError
 from .memory import choose_evictions, default_cache_memory, release_memory
 from .models import SubmitResult
@@ -273,8 +274,20 @@ class Scheduler:
                 self.durable.write_new_run_dir, live.run_dir, snapshot(record), body, sources
             )
         )
+        data: dict[str, Any] = {"mode": mode, "position": self.position(run_id)}
+        for key in ("run_name", "retry_of", "fallback_reason", "recovered_from_run_id"):
+            if getattr(record, key) is not None:
+                data[key] = getattr(record, key)
+        if record.sample is not None:
+            data["sample"] = msgspec.to_builtins(record.sample)
+        events: list[PendingEvent] = [(t, sid, d, None) for t, d in announce]
+        events.append((ev.RUN_QUEUED, sid, data, run_id))
         try:
+            # One I/O-thread hop: the commit, then the events that announce it.
             await self.io(
+                self.durable.then_emit,
+                events,
+                None,
                 self.durable.save_new_run,
                 snapshot(record),
                 snapshot(entry.record),
@@ -288,15 +301,6 @@ class Scheduler:
             self.live.pop(run_id, None)
             entry.record.queued_run_ids.remove(run_id)
             raise
-        for event_type, event_data in announce:
-            await self.emit(event_type, sid, event_data)
-        data: dict[str, Any] = {"mode": mode, "position": self.position(run_id)}
-        for key in ("run_name", "retry_of", "fallback_reason", "recovered_from_run_id"):
-            if getattr(record, key) is not None:
-                data[key] = getattr(record, key)
-        if record.sample is not None:
-            data["sample"] = msgspec.to_builtins(record.sample)
-        await self.emit(ev.RUN_QUEUED, sid, data, run_id)
         position = self.position(run_id)
         self.queue.release(run_id)
         self.wake()
@@ -313,9 +317,17 @@ class Scheduler:
         runs: tuple[RunRecord, ...] = (),
         sessions: tuple[SessionEntry, ...] = (),
         summaries: tuple[tuple[RunDirectory, RunRecord], ...] = (),
+        events: list[PendingEvent] | None = None,
+        close_run: str | None = None,
+        on_done: Callable[[], None] | None = None,
     ) -> None:
-        """Snapshot and save records (and write run summaries) in one I/O-thread call."""
+        """Snapshot and save records (and write run summaries) in one I/O-thread call, then
+        journal and publish `events` in that same call (not if the commit fails), then close
+        the journal of run `close_run` (`on_done`: see `DurableIO.then_emit`)."""
         await self.io(
+            partial(self.durable.then_emit, on_done=on_done),
+            events or [],
+            close_run,
             self.durable.commit,
             [snapshot(r) for r in runs],
             [(snapshot(e.record), e.pipeline_text) for e in sessions if not e.deleted],
@@ -333,10 +345,16 @@ class Scheduler:
 
     async def announce_state(self, entry: SessionEntry, old: SessionState) -> None:
         """Publish `session.state_changed` if the state differs from `old`."""
+        for event in self.state_events(entry, old):
+            await self.emit(*event)
+
+    def state_events(self, entry: SessionEntry, old: SessionState) -> list[PendingEvent]:
+        """`session.state_changed` if the state differs from `old` (to publish after a commit)."""
         new = entry.record.state
-        if old != new:
-            data = {"from": old.value, "to": new.value, "active_run_id": entry.record.active_run_id}
-            await self.emit(ev.SESSION_STATE_CHANGED, entry.record.session_id, data)
+        if old == new:
+            return []
+        data = {"from": old.value, "to": new.value, "active_run_id": entry.record.active_run_id}
+        return [(ev.SESSION_STATE_CHANGED, entry.record.session_id, data, None)]
 
     # -- cancelling ----------------------------------------------------------------------------
 
@@ -407,7 +425,7 @@ class Scheduler:
         if self.cache_bytes <= self.cache_budget:
             return 0
         candidates = [
-            (sid, e.cache_bytes, e.last_used, self.in_flight(sid) is not None)
+            (sid, e.cache_bytes, e.last_used, e is not holding and self.in_flight(sid) is not None)
             for sid, e in self.sessions.items()
             if not e.deleted
         ]
@@ -417,16 +435,17 @@ class Scheduler:
             if entry is None or (entry is not holding and entry.lock.locked()):
                 continue
             if entry is holding:
-                await self._evict(entry)
+                # The caller's run is over (its worker let go of the cache).
+                await self._evict(entry, busy=False)
             else:
                 async with entry.lock:  # free: taken at once, without yielding
-                    await self._evict(entry)
+                    await self._evict(entry, busy=self.in_flight(sid) is not None)
             evicted += entry.cache_evicted
         return evicted
 
-    async def _evict(self, entry: SessionEntry) -> None:
+    async def _evict(self, entry: SessionEntry, *, busy: bool) -> None:
         # Checked under the lock: a run may have taken the cache meanwhile.
-        if entry.deleted or self.in_flight(entry.record.session_id) is not None:
+        if entry.deleted or busy:
             return
         # Dropping the arrays frees megabytes: not on the loop.
         await anyio.to_thread.run_sync(entry.cache.clear)
