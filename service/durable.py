@@ -29,6 +29,7 @@ from streaming.envelope import utc_now
 
 from .publisher import EventPublisher, EventSink
 from .records import FINAL_RUN_STATUSES, RunRecord, RunSource, SessionRecord
+from .run_files import write_final_files
 from .store import SessionStore, StoreError
 
 __all__ = ["DurableIO", "PendingEvent", "snapshot"]
@@ -148,11 +149,17 @@ class DurableIO:
         runs: list[RunRecord],
         sessions: list[tuple[SessionRecord, str]],
         summaries: list[tuple[RunDirectory, RunRecord]],
+        manifests: dict[str, dict[str, Any]] | None = None,
     ) -> None:
-        """Write run summaries, then save runs and sessions in one transaction."""
+        """Write run summaries (and the manifests given, by run id), then save runs and
+        sessions in one transaction."""
         # Summaries first: a crash between the two leaves the store saying `running`, which the
         # next start turns into `interrupted` (and rewrites the summary); never the reverse.
         for run_dir, record in summaries:
+            manifest = (manifests or {}).get(record.run_id)
+            if manifest is not None:
+                write_final_files(run_dir, manifest, msgspec.to_builtins(record))
+                continue
             if record.status in FINAL_RUN_STATUSES and not run_dir.manifest_path.exists():
                 # Runs that never reached the end of execution (cancelled while queued,
                 # interrupted by a restart) get a manifest too: the retained-runs API would

@@ -78,6 +78,7 @@ class RunOutcome:
     error: RunError | None = None
     elapsed_s: float = 0.0
     cache_bytes: int = 0  # the session cache's array bytes after the run
+    manifest: dict[str, Any] | None = None  # of the artifacts, written with the summary
 
 
 class PublishingObserver(StepEventObserver):
@@ -142,7 +143,7 @@ def execute_run(job: RunJob) -> RunOutcome:
             outcome.elapsed_s = time.perf_counter() - t0
             outcome.cache_bytes = job.cache.nbytes()
             job.run_dir.artifacts_dir.mkdir(parents=True, exist_ok=True)
-            job.run_dir.write_manifest()
+            outcome.manifest = job.run_dir.manifest()
             return outcome
         job.run_dir.artifacts_dir.mkdir(parents=True, exist_ok=True)
         runner = ProcessingRunner(
@@ -181,7 +182,8 @@ def execute_run(job: RunJob) -> RunOutcome:
                 outcome.error = RunError(
                     code="SINK_FAILED", message=str(exc), failed_step=f"sinks.{exc.ref}"
                 )
-        job.run_dir.write_manifest()
+        # Written with the summary (`service.run_files`): one directory fsync for both.
+        outcome.manifest = job.run_dir.manifest()
     except Exception as exc:  # a bug or an I/O failure outside any step
         log.exception("run %s of session %s crashed", job.run_id, job.session_id)
         outcome = RunOutcome(

@@ -215,6 +215,7 @@ async def finish(sched: Scheduler, entry: SessionEntry, live: LiveRun, outcome: 
             runs=runs,
             sessions=(entry,),
             summaries=((live.run_dir, record),),
+            manifests={record.run_id: outcome.manifest} if outcome.manifest is not None else None,
             events=[terminal_event(record), *sched.state_events(entry, old)],
             close_run=record.run_id,
             # Swapped in once committed and before the terminal event is out: a client that

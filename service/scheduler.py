@@ -320,6 +320,7 @@ class Scheduler:
         events: list[PendingEvent] | None = None,
         close_run: str | None = None,
         on_done: Callable[[], None] | None = None,
+        manifests: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         """Snapshot and save records (and write run summaries) in one I/O-thread call, then
         journal and publish `events` in that same call (not if the commit fails), then close
@@ -332,6 +333,7 @@ class Scheduler:
             [snapshot(r) for r in runs],
             [(snapshot(e.record), e.pipeline_text) for e in sessions if not e.deleted],
             [(d, snapshot(r)) for d, r in summaries],
+            manifests,
         )
 
     async def set_state(self, entry: SessionEntry, new: SessionState) -> bool:
