@@ -91,6 +91,7 @@ async def run_one(sched: Scheduler, run_id: str, sid: str) -> None:
         write_roots=tuple(sched.config.write_roots),
     )
     outcome = await anyio.to_thread.run_sync(execute_run, job, limiter=sched.limiter)
+    sched.computed(run_id)
     await finish(sched, entry, live, outcome)
 
 

@@ -12,7 +12,8 @@ Thread boundaries, each crossed in one place:
   journal lines happen in the order the loop asked for them, and the loop never touches SQLite
   or a file.
 - **Worker threads**: `anyio.to_thread.run_sync(execute_run, ..., limiter=CapacityLimiter(workers))`.
-  The dispatcher hands out at most `workers` runs at a time, so a run marked `running` really is.
+  The dispatcher hands out at most `workers` runs at a time (a run back from its thread and only
+  recording its end frees its slot), so a run marked `running` really is computing or ending.
 
 Durability: a state change is committed (I/O thread) before the event that announces it and
 before the answer to the request that caused it. Records are snapshotted (deep-copied) on the
@@ -145,6 +146,10 @@ class Scheduler:
         self._wake: asyncio.Event | None = None
         self._dispatcher: asyncio.Task[None] | None = None
         self._active: dict[str, asyncio.Task[None]] = {}  # run_id -> its task
+        # Runs handed out and not yet back from their worker thread: at most `workers`. A run
+        # that is only recording its end (summary, commit, events) no longer holds a slot, so
+        # another session's run computes meanwhile.
+        self._computing: set[str] = set()
         self.stopping = False
         # Recent run durations, for a Retry-After that means something (bounded: last 32).
         self.durations: collections.deque[float] = collections.deque(maxlen=32)
@@ -477,15 +482,24 @@ class Scheduler:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while not self.stopping and len(self._active) < self.config.workers:
+            while not self.stopping and len(self._computing) < self.config.workers:
                 item = self.queue.next_runnable()
                 if item is None:
                     break
                 task = asyncio.create_task(lifecycle.run_one(self, item.run_id, item.session_id))
                 self._active[item.run_id] = task
+                self._computing.add(item.run_id)
                 task.add_done_callback(partial(self._run_done, item.run_id, item.session_id))
 
+    def computed(self, run_id: str) -> None:
+        """The run's worker thread returned: its compute slot is free for another run (the
+        session's own next run still waits until this one has ended, `RunQueue.finish`)."""
+        if run_id in self._computing:
+            self._computing.discard(run_id)
+            self.wake()
+
     def _run_done(self, run_id: str, session_id: str, task: asyncio.Task[None]) -> None:
+        self._computing.discard(run_id)
         self._active.pop(run_id, None)
         self.queue.finish(session_id)
         if not task.cancelled() and task.exception() is not None:
