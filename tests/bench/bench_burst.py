@@ -8,7 +8,9 @@
    warm-up round of full runs).
 3. **Churn**: cycles of "create 20 sessions, 3 runs each, delete them"; the server's VmRSS
    (`/proc/<pid>/status`) fresh and after each cycle.
-4. **pyFAI** (if importable; `pip install -e '.[bench]'`): the plain loop of h5py read +
+4. **Service overhead** (`--only overhead`): the burst with a one-step JSON pipeline
+   (`json.read`: the pipeline costs ~nothing), `--count` distinct JSON samples: ms per run.
+5. **pyFAI** (if importable; `pip install -e '.[bench]'`): the plain loop of h5py read +
    `AzimuthalIntegrator.integrate1d(method=("no", "histogram", "cython"))` over the same frames,
    in this process: the frames/s an instrument gets without any service.
 
@@ -232,6 +234,43 @@ async def churn(
     )
 
 
+TINY = """
+name: tiny
+sources:
+  sample: {required: true}
+steps:
+  - id: read
+    use: json.read
+    params: {source: sample}
+    outputs: {value: sample.value}
+"""
+
+
+async def overhead(client: httpx.AsyncClient, watcher: FinishedWatcher, count: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="runwire-tiny-") as tmp:
+        paths = []
+        for k in range(count):
+            path = Path(tmp) / f"s{k:04d}.json"
+            path.write_text(json.dumps({"value": k}))
+            paths.append(path)
+        body = {"session_id": "tiny", "pipeline": {"yaml_text": TINY}}
+        (await client.post("/sessions", json=body)).raise_for_status()
+        t0 = time.perf_counter()
+        run_ids = []
+        for path in paths:
+            sample = {"location": str(path), "type": "json", "process": True}
+            r = await client.post("/sessions/tiny/sample", json=sample)
+            r.raise_for_status()
+            run_ids.append(r.json()["run_id"])
+        accepted = time.perf_counter() - t0
+        await watcher.wait(run_ids)
+        seconds = max(watcher.arrived[r] for r in run_ids) - t0
+    print(
+        f"service overhead, one-step JSON pipeline: {seconds / count * 1000:.1f} ms per run "
+        f"({count / seconds:.0f} runs/s; 202s {accepted / count * 1000:.1f} ms each)"
+    )
+
+
 # -- pyFAI --------------------------------------------------------------------------------------
 
 
@@ -301,6 +340,8 @@ async def one_phase(
         await watcher.ready.wait()
         if phase == "burst":
             await burst(client, watcher, samples)
+        elif phase == "overhead":
+            await overhead(client, watcher, args.count)
         elif phase == "sessions":
             await many_sessions(client, watcher, samples, args.rounds)
         else:
@@ -318,9 +359,18 @@ def main() -> None:
     parser.add_argument("--cycles", type=int, default=4, help="churn cycles")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--skip", default="", help="comma-separated: burst,sessions,churn,pyfai")
+    parser.add_argument("--only", choices=("overhead",), help="only the service-overhead burst")
     args = parser.parse_args()
     skip = set(args.skip.split(","))
     shape = (args.frame, args.frame)
+    if args.only == "overhead":
+        extra = ["--queue-size", str(max(64, args.count + 8)), "--workers", str(args.workers)]
+        with (
+            tempfile.TemporaryDirectory(prefix="runwire-burst-") as tmp,
+            runwire_serve(Path(tmp) / "data", *extra) as (url, pid),
+        ):
+            asyncio.run(one_phase("overhead", url, pid, [], args))
+        return
     with tempfile.TemporaryDirectory(prefix="runwire-burst-") as tmp:
         root = Path(tmp)
         data = root / "frames"
