@@ -324,8 +324,9 @@ class Runtime:
         if not waiting:
             return None
         live = self._sched.live[waiting[-1]]
-        record = live.record
-        live.changed_sources = tuple(dict.fromkeys((*live.changed_sources, *req.changed_sources)))
+        # Built on a copy and swapped in once committed: a failed commit changes nothing.
+        record = snapshot(live.record)
+        changed = tuple(dict.fromkeys((*live.changed_sources, *req.changed_sources)))
         if "full" in (record.mode, req.mode):
             record.mode = "full"
         elif record.mode == "auto":
@@ -334,23 +335,26 @@ class Runtime:
         if record.sample is not None and record.sample != sample:
             record.coalesced.append(record.sample)
         record.sample = sample
-        live.sources = sources
         await live.dir_ready()
-        request = {
+        request: dict[str, Any] = {
             "mode": record.mode,
-            "changed_sources": list(live.changed_sources),
+            "changed_sources": list(changed),
             "coalesced": msgspec.to_builtins(record.coalesced),
         }
-        # One commit for the run's new inputs and the idempotency key, then its request file.
+        if record.run_name is not None:
+            request["run_name"] = record.run_name
+        # One commit for the run's merged request, inputs and idempotency key, then its
+        # request file (a restart re-queues it with both).
         await self._sched.io(
             self._sched.durable.save_new_run,
             snapshot(record),
             snapshot(entry.record),
             entry.pipeline_text,
-            None,
+            request,
             idempotency_key,
             sources,
         )
+        live.record, live.sources, live.changed_sources = record, sources, changed
         await self._sched.io(
             self._sched.durable.write_new_run_dir, live.run_dir, snapshot(record), request, sources
         )

@@ -290,7 +290,7 @@ class SessionStore:
     ) -> None:
         """Insert or update a run. Its queue position is fixed by the first save; `request`
         (the submitted body, any JSON value) and `sources` (the inputs fixed at acceptance) are
-        kept from the last save that gives them (a coalescing merge replaces the sources)."""
+        kept from the last save that gives them (a coalescing merge replaces both)."""
         request_text = None if request is None else _encode(request).decode()
         sources_text = None if sources is None else _encode(sources).decode()
         with self.transaction() as conn:

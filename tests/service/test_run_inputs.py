@@ -240,6 +240,17 @@ async def test_a_sample_rewritten_after_acceptance_fails_its_run(
             await anyio.to_thread.run_sync(lambda: write_sample_file(sample, 9, shape=SHAPE))
         events = await run_events(api.app, queued["run_id"], timeout=60)
         run = await finished_run(api, queued["run_id"])
+        # A retry accepts the same inputs again, as the files are now, and reduces them.
+        response = await api.client.post(f"/v1/runs/{queued['run_id']}/retry", json={})
+        assert response.status_code == 202, response.text
+        retried = await finished_run(api, response.json()["run_id"], timeout=60)
+        assert retried["status"] == "succeeded", retried["error"]
+        assert retried["sample"]["location"] == str(sample)
+        [reference] = await anyio.to_thread.run_sync(
+            reference_curves, [sample], background, dark, tmp_path / "ref"
+        )
+        curve = read_curve(run_dir(api, retried) / "artifacts" / "reduced.h5")
+        assert_same_curve(curve, reference, "retried run")
     assert run["status"] == "failed"
     assert run["error"]["code"] == "SOURCE_CHANGED"
     assert str(sample) in run["error"]["message"]
