@@ -95,6 +95,7 @@ class DurableIO:
         fn: Callable[..., T],
         *args: Any,
         on_done: Callable[[], None] | None = None,
+        after: Callable[[], None] | None = None,
     ) -> T:
         """`fn(*args)`, then `on_done()`, then journal and publish `events` in order (then close
         run `close_run`'s journal): one I/O-thread hop for a commit and the events that announce
@@ -102,7 +103,8 @@ class DurableIO:
 
         `on_done` runs in this thread between the commit and the events: it may only swap a
         reference the loop reads (a live run's record), so that a client told of the change by
-        an event reads the changed object."""
+        an event reads the changed object. `after` runs once the events are out (it opens a
+        run's `StartGate`)."""
         result = fn(*args)
         if on_done is not None:
             on_done()
@@ -110,6 +112,8 @@ class DurableIO:
             self.publisher.emit(type, session_id, data, run_id)
         if close_run is not None:
             self.publisher.close_run(close_run)
+        if after is not None:
+            after()
         return result
 
     def save_new_run(

@@ -6,10 +6,11 @@
    makes it `cancelling`);
 2. run `execution.execute_run` in a worker thread (`anyio.to_thread.run_sync` with the
    scheduler's `CapacityLimiter(workers)`);
-3. when the runner has planned, its observer calls back (`announce_start`, on the loop): the
+3. when the runner has planned, its observer calls back (`announce_start`, scheduled on the
+   loop; the worker goes on computing, its `step.*` events held in the run's `StartGate`): the
    run becomes `running` with its effective mode, the session `running_partial`/`running_full`
    with its `active_run_id`, both in one commit, then `run.started` and
-   `session.state_changed` are published;
+   `session.state_changed` are published, then the held step events;
 4. `finish`: the final record and summary are committed, then the one terminal event is
    published, the session rests (`idle`, `error_*`, or its previous state after a cancel), and
    a failed partial run of a session with `auto_fallback` queues a full run at the front.
@@ -17,11 +18,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-import anyio.from_thread
 import anyio.to_thread
 import msgspec
 
@@ -30,7 +31,7 @@ from streaming import envelope as ev
 from streaming.envelope import utc_now
 
 from .durable import PendingEvent, snapshot
-from .execution import RunJob, RunOutcome, execute_run
+from .execution import RunJob, RunOutcome, StartGate, execute_run
 from .memory import CACHE_EVICTED
 from .records import RunRecord, RunStatus, SessionState
 from .run_inputs import SOURCE_CHANGED, source_specs
@@ -73,6 +74,7 @@ async def run_one(sched: Scheduler, run_id: str, sid: str) -> None:
         entry.resting = entry.record.state
     await live.dir_ready()
     sched.publisher.open_run(sid, run_id)
+    live.gate = StartGate()
     job = RunJob(
         run_id=run_id,
         session_id=sid,
@@ -89,6 +91,7 @@ async def run_one(sched: Scheduler, run_id: str, sid: str) -> None:
         on_started=partial(_started_from_thread, sched, entry, live),
         sinks=dict(entry.record.sinks),
         write_roots=tuple(sched.config.write_roots),
+        gate=live.gate,
     )
     outcome = await anyio.to_thread.run_sync(execute_run, job, limiter=sched.limiter)
     sched.computed(run_id)
@@ -98,16 +101,18 @@ async def run_one(sched: Scheduler, run_id: str, sid: str) -> None:
 def _started_from_thread(
     sched: Scheduler, entry: SessionEntry, live: LiveRun, info: RunInfo
 ) -> None:
-    # Called by the run's worker thread: blocks it until the start is committed and announced.
-    anyio.from_thread.run(
-        announce_start,
-        sched,
-        entry,
-        live,
-        info.effective_mode,
-        list(info.dirty_steps),
-        list(info.skipped_steps),
-    )
+    # Called by the run's worker thread, which goes on computing: the start is committed and
+    # announced on the loop meanwhile (its step events wait in the gate), and `finish` waits
+    # for that before it records the end.
+    assert sched.loop is not None
+    args = (info.effective_mode, list(info.dirty_steps), list(info.skipped_steps))
+    sched.loop.call_soon_threadsafe(_schedule_start, sched, entry, live, args)
+
+
+def _schedule_start(
+    sched: Scheduler, entry: SessionEntry, live: LiveRun, args: tuple[str, list[str], list[str]]
+) -> None:
+    live.start_task = asyncio.create_task(announce_start(sched, entry, live, *args))
 
 
 async def announce_start(
@@ -151,6 +156,7 @@ async def announce_start(
             runs=() if entry.deleted else (record,),
             sessions=(entry,),
             events=events + sched.state_events(entry, old),
+            after=live.gate.open if live.gate is not None else None,
         )
         live.announced = True
 
@@ -158,6 +164,11 @@ async def announce_start(
 async def finish(sched: Scheduler, entry: SessionEntry, live: LiveRun, outcome: RunOutcome) -> None:
     """Record the outcome (commit first), publish the terminal event, rest the session."""
     sid = live.record.session_id
+    if live.start_task is not None:
+        try:
+            await live.start_task
+        except Exception:  # a store failure: announced again just below
+            log.exception("run %s: cannot record its start", live.record.run_id)
     if not live.announced:
         # Planning failed before the first step (or the run crashed): announce the start
         # anyway so that every run's events read started -> terminal.

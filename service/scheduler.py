@@ -52,6 +52,7 @@ from . import lifecycle
 from .config import Config
 from .durable import DurableIO, PendingEvent, snapshot
 from .errors import ServiceError
+from .execution import StartGate
 from .memory import choose_evictions, default_cache_memory, release_memory
 from .models import SubmitResult
 from .publisher import EventSink
@@ -113,6 +114,8 @@ class LiveRun:
     cancel: CancelToken = field(default_factory=CancelToken)
     started_utc: str | None = None  # taken from the queue (recorded once the run is announced)
     announced: bool = False  # run.started published
+    start_task: asyncio.Task[None] | None = None  # committing and announcing the start
+    gate: StartGate | None = None  # the run's step events wait in it for run.started
     dir_task: asyncio.Task[None] | None = None  # writing the run directory (see `enqueue`)
 
     async def dir_ready(self) -> None:
@@ -143,6 +146,7 @@ class Scheduler:
         self.live: dict[str, LiveRun] = {}
         self.accepting = False
         self.limiter: anyio.CapacityLimiter | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._dispatcher: asyncio.Task[None] | None = None
         self._active: dict[str, asyncio.Task[None]] = {}  # run_id -> its task
@@ -164,6 +168,7 @@ class Scheduler:
     def start_dispatcher(self) -> None:
         """Start handing queued runs to workers (at most `config.workers` at once)."""
         self.limiter = anyio.CapacityLimiter(self.config.workers)
+        self.loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._dispatcher = asyncio.create_task(self._dispatch(), name="runwire-dispatcher")
         self.accepting = True
@@ -326,12 +331,13 @@ class Scheduler:
         close_run: str | None = None,
         on_done: Callable[[], None] | None = None,
         manifests: dict[str, dict[str, Any]] | None = None,
+        after: Callable[[], None] | None = None,
     ) -> None:
         """Snapshot and save records (and write run summaries) in one I/O-thread call, then
         journal and publish `events` in that same call (not if the commit fails), then close
         the journal of run `close_run` (`on_done`: see `DurableIO.then_emit`)."""
         await self.io(
-            partial(self.durable.then_emit, on_done=on_done),
+            partial(self.durable.then_emit, on_done=on_done, after=after),
             events or [],
             close_run,
             self.durable.commit,
