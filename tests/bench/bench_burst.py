@@ -205,7 +205,7 @@ async def many_sessions(
         f"(n={len(ms)}, {rounds} rounds of {SESSIONS} samples posted together)"
     )
     for sid in sids:
-        (await client.delete(f"/sessions/{sid}")).raise_for_status()
+        (await client.request("DELETE", f"/sessions/{sid}", json={})).raise_for_status()
 
 
 async def churn(
@@ -224,7 +224,7 @@ async def churn(
                 run_ids.append(run_id)
         await watcher.wait(run_ids)
         for sid in sids:
-            (await client.delete(f"/sessions/{sid}")).raise_for_status()
+            (await client.request("DELETE", f"/sessions/{sid}", json={})).raise_for_status()
         rss.append(vm_rss_mib(pid))
     figures = "  ".join(f"{v:.0f}" for v in rss)
     print(

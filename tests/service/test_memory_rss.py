@@ -53,7 +53,7 @@ def one_cycle(client: httpx.Client, cycle: int, files: list[Path]) -> None:
     for run_id in runs:
         assert wait_run_final(client, run_id, timeout=120)["status"] == "succeeded"
     for sid in sids:
-        assert client.delete(f"/sessions/{sid}").status_code == 204
+        assert client.request("DELETE", f"/sessions/{sid}", json={}).status_code == 204
 
 
 def test_resident_memory_after_cycles_stays_near_the_first_cycles(tmp_path: Path) -> None:
