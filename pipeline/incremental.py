@@ -7,6 +7,8 @@ handed out again is exactly the value a full run would compute.
 
 Memory: one entry per leaf step, holding references to its output values (no copies). Entries of
 steps that are no longer in the pipeline are dropped at the end of each run (`retain`).
+`nbytes()` is what the cache holds in arrays, the figure a memory budget is kept with (the
+service evicts whole caches, least recently used first; see docs/memory.md).
 
 A cache is used by one run at a time (the service runs a session's runs one after another);
 children of a parallel group update distinct entries, which single dict operations make safe.
@@ -18,6 +20,8 @@ import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from .signatures import ABSENT, combine, digest, output_signature
 
@@ -52,6 +56,17 @@ class IncrementalCache:
     def __len__(self) -> int:
         return len(self.entries)
 
+    def nbytes(self) -> int:
+        """Bytes of the arrays the cache holds: each buffer counted once (a view counts as
+        its base array; a value held by two entries counts once). Other values are small
+        (dicts of scalars, paths) and not counted."""
+        seen: set[int] = set()
+        total = 0
+        for entry in list(self.entries.values()):
+            for value in list(entry.outputs.values()):
+                total += _array_bytes(value, seen, depth=0)
+        return total
+
     def clear(self) -> None:
         """Forget everything: the next `auto` run is full."""
         self.entries.clear()
@@ -81,6 +96,40 @@ class IncrementalCache:
         keep = set(step_ids)
         for step_id in [s for s in self.entries if s not in keep]:
             del self.entries[step_id]
+
+
+def _array_bytes(value: Any, seen: set[int], depth: int) -> int:
+    if isinstance(value, np.ndarray):
+        root = value
+        while isinstance(root.base, np.ndarray):
+            root = root.base
+        if id(root) in seen:
+            return 0
+        seen.add(id(root))
+        return int(root.nbytes)
+    if depth >= 4 or value is None or isinstance(value, str | bytes | int | float | bool):
+        return 0
+    if isinstance(value, Mapping):
+        children: Iterable[Any] = list(value.values())
+    elif isinstance(value, list | tuple):
+        children = value
+    else:
+        # Step values wrap their arrays in small objects (a curve, a masked array, binning):
+        # dataclasses, msgspec Structs or plain objects, reached through their attributes.
+        if id(value) in seen:
+            return 0
+        seen.add(id(value))
+        children = [getattr(value, name, None) for name in _attribute_names(type(value), value)]
+    return sum(_array_bytes(child, seen, depth + 1) for child in children)
+
+
+def _attribute_names(cls: type, value: Any) -> list[str]:
+    names: list[str] = list(getattr(value, "__dict__", {}))
+    for klass in cls.__mro__:
+        slots = klass.__dict__.get("__slots__", ())
+        names += [slots] if isinstance(slots, str) else [s for s in slots if s != "__dict__"]
+        names += list(klass.__dict__.get("__struct_fields__", ()))
+    return list(dict.fromkeys(names))
 
 
 def execution_signature(

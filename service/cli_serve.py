@@ -51,6 +51,7 @@ ENV_VARS = {
     "write_root": "RUNWIRE_WRITE_ROOT",
     "demo": "RUNWIRE_DEMO",
     "log_level": "RUNWIRE_LOG_LEVEL",
+    "cache_memory": "RUNWIRE_CACHE_MEMORY",
 }
 
 
@@ -115,6 +116,11 @@ def add_parsers(sub: Any) -> None:
         "--log-level",
         choices=LOG_LEVELS,
         help="log level (RUNWIRE_LOG_LEVEL, default info)",
+    )
+    p.add_argument(
+        "--cache-memory",
+        help="bytes the sessions' incremental caches may hold, e.g. 512M or 2G; least recently "
+        "used sessions are evicted past it (RUNWIRE_CACHE_MEMORY, default a quarter of RAM)",
     )
     p.set_defaults(func=run_serve)
 
@@ -184,6 +190,13 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
         values["read_roots"] = _paths(raw)
     if (raw := _setting(args, env, "write_root")) is not None:
         values["write_roots"] = _paths(raw)
+    if (raw := _setting(args, env, "cache_memory")) is not None:
+        from .memory import parse_byte_size
+
+        try:
+            values["cache_memory"] = parse_byte_size(str(raw))
+        except ValueError as exc:
+            raise CliError(f"--cache-memory: {exc}", EXIT_USAGE) from None
     demo = _setting(args, env, "demo")
     values["demo"] = demo is True or str(demo).lower() in ("1", "true", "yes", "on")
     config = Config(**{**defaults.__dict__, **values})

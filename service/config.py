@@ -27,6 +27,9 @@ class Config:
     demo_interval_s: float = 3.0
     subscriber_queue_size: int = 1024  # events buffered per subscriber before it is cut off
     max_body_bytes: int = 1 << 20
+    # RUNWIRE_CACHE_MEMORY: bytes the sessions' incremental caches may hold together (LRU
+    # eviction past it); None: a quarter of physical memory (service.memory).
+    cache_memory: int | None = None
 
     @property
     def store_path(self) -> Path:

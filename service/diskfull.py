@@ -24,7 +24,7 @@ from .records import RunError, RunRecord, RunStatus
 from .sessions import error_state
 
 if TYPE_CHECKING:
-    from .scheduler import LiveRun, Scheduler, SessionEntry
+    from .scheduler import Scheduler, SessionEntry
 
 __all__ = ["STORAGE_FULL_RUN_ERROR", "RunOutcomeNotRecorded", "commit_outcome", "retry_while_full"]
 
@@ -68,15 +68,15 @@ async def retry_while_full(sched: Scheduler, call: Callable[[], Awaitable[None]]
 async def commit_outcome(
     sched: Scheduler,
     entry: SessionEntry,
-    live: LiveRun,
     record: RunRecord,
-    runs: tuple[RunRecord, ...],
+    commit: Callable[[], Awaitable[None]],
 ) -> None:
-    """Commit a finished run (its record, session and summary); on a full disk, turn it into a
-    `STORAGE_FULL` failure and commit that once there is space. Called with `entry.lock` held;
-    `record` is updated in place, so the caller's terminal event tells what was committed."""
+    """Commit a finished run with `commit()` (its record, session, summary and terminal event,
+    rebuilt from `record` on each call); on a full disk, turn it into a `STORAGE_FULL` failure
+    and commit that once there is space. Called with `entry.lock` held; `record` is updated in
+    place, so the terminal event tells what was committed."""
     try:
-        await sched.commit(runs=runs, sessions=(entry,), summaries=((live.run_dir, record),))
+        await commit()
         return
     except Exception as exc:
         if not is_storage_full(exc):
@@ -93,13 +93,9 @@ async def commit_outcome(
         entry.record.state = error_state(record.effective_mode or "full")
         entry.record.last_run = snapshot(record)
 
-    async def again() -> None:
-        # `runs` holds `record` itself (or nothing, for a deleted session): now the failure.
-        await sched.commit(runs=runs, sessions=(entry,), summaries=((live.run_dir, record),))
-
     entry.lock.release()
     try:
-        await retry_while_full(sched, again)
+        await retry_while_full(sched, commit)
     finally:
         await entry.lock.acquire()
     log.info("run %s: outcome recorded after the disk had room again", record.run_id)

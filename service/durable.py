@@ -36,10 +36,11 @@ from streaming.envelope import utc_now
 
 from .errors import is_storage_full, storage_full_error
 from .publisher import EventPublisher, EventSink
-from .records import FINAL_RUN_STATUSES, RunRecord, SessionRecord
+from .records import FINAL_RUN_STATUSES, RunRecord, RunSource, SessionRecord
+from .run_files import write_final_files
 from .store import SessionStore, StoreError, check_room
 
-__all__ = ["EXAMINE_THREADS", "DurableIO", "snapshot"]
+__all__ = ["EXAMINE_THREADS", "DurableIO", "PendingEvent", "snapshot"]
 
 # Threads checking user-named files (`DurableIO.examine`). Few: the checks are short (stat, a
 # non-blocking open, at most 1 MiB read); callers beyond this wait their turn, off the loop.
@@ -47,6 +48,9 @@ EXAMINE_THREADS = 2
 
 T = TypeVar("T")
 S = TypeVar("S", bound=msgspec.Struct)
+
+# An event to publish after a commit: (type, session_id, data, run_id).
+PendingEvent = tuple[str, str, dict[str, Any], str | None]
 
 
 def snapshot(record: S) -> S:
@@ -125,17 +129,47 @@ class DurableIO:
 
     # -- synchronous work, on the I/O thread ---------------------------------------------------
 
+    def then_emit(
+        self,
+        events: list[PendingEvent],
+        close_run: str | None,
+        fn: Callable[..., T],
+        *args: Any,
+        on_done: Callable[[], None] | None = None,
+        after: Callable[[], None] | None = None,
+    ) -> T:
+        """`fn(*args)`, then `on_done()`, then journal and publish `events` in order (then close
+        run `close_run`'s journal): one I/O-thread hop for a commit and the events that announce
+        it. If `fn` raises, nothing is published.
+
+        `on_done` runs in this thread between the commit and the events: it may only swap a
+        reference the loop reads (a live run's record), so that a client told of the change by
+        an event reads the changed object. `after` runs once the events are out (it opens a
+        run's `StartGate`)."""
+        result = fn(*args)
+        if on_done is not None:
+            on_done()
+        for type, session_id, data, run_id in events:
+            self.publisher.emit(type, session_id, data, run_id)
+        if close_run is not None:
+            self.publisher.close_run(close_run)
+        if after is not None:
+            after()
+        return result
+
     def save_new_run(
         self,
         record: RunRecord,
         session: SessionRecord,
         pipeline_text: str,
-        request: dict[str, Any],
+        request: dict[str, Any] | None,
         idempotency_key: str | None,
+        sources: dict[str, RunSource] | None = None,
     ) -> None:
-        """Save a new run, its session and its idempotency key in one commit."""
+        """Save a new run (with its sources), its session and its idempotency key in one
+        commit."""
         with self.store.transaction():
-            self.store.save_run(record, request)
+            self.store.save_run(record, request, sources)
             self.store.save_session(session, pipeline_text)
             if idempotency_key is not None:
                 self.store.save_idempotency(session.session_id, idempotency_key, record.run_id)
@@ -152,22 +186,35 @@ class DurableIO:
 
     @staticmethod
     def write_new_run_dir(
-        run_dir: RunDirectory, record: RunRecord, request: dict[str, Any]
+        run_dir: RunDirectory,
+        record: RunRecord,
+        request: dict[str, Any],
+        sources: dict[str, RunSource] | None = None,
     ) -> None:
-        """Create the run directory with `run-request.json` (any thread: touches no shared state)."""
+        """Create the run directory with `run-request.json` (any thread: touches no shared state):
+        the submitted request plus the sources the run was accepted with."""
         run_dir.create()
-        run_dir.write_request({"run_id": record.run_id, "session_id": record.session_id, **request})
+        body: dict[str, Any] = {"run_id": record.run_id, "session_id": record.session_id, **request}
+        if sources is not None:
+            body["sources"] = msgspec.to_builtins(sources)
+        run_dir.write_request(body)
 
     def commit(
         self,
         runs: list[RunRecord],
         sessions: list[tuple[SessionRecord, str]],
         summaries: list[tuple[RunDirectory, RunRecord]],
+        manifests: dict[str, dict[str, Any]] | None = None,
     ) -> None:
-        """Write run summaries, then save runs and sessions in one transaction."""
+        """Write run summaries (and the manifests given, by run id), then save runs and
+        sessions in one transaction."""
         # Summaries first: a crash between the two leaves the store saying `running`, which the
         # next start turns into `interrupted` (and rewrites the summary); never the reverse.
         for run_dir, record in summaries:
+            manifest = (manifests or {}).get(record.run_id)
+            if manifest is not None:
+                write_final_files(run_dir, manifest, msgspec.to_builtins(record))
+                continue
             if record.status in FINAL_RUN_STATUSES and not run_dir.manifest_path.exists():
                 # Runs that never reached the end of execution (cancelled while queued,
                 # interrupted by a restart) get a manifest too: the retained-runs API would

@@ -7,18 +7,21 @@ a logged traceback, so a runtime bug cannot leave a run `running` forever).
 
 Events: `step.*` events are emitted from this thread by `PublishingObserver` through the
 thread-safe `EventPublisher`. The run's start is different: `on_run_started` calls
-`job.on_started(info)`, which blocks this thread until the runtime has committed the run as
-`running` with its effective mode and published `run.started` — so a client never hears of a run
-state the store does not have. The terminal event is published by the runtime after it has
-committed the final record.
+`job.on_started(info)`, which asks the runtime to commit the run as `running` with its effective
+mode and publish `run.started`, and returns at once: the run computes while its start is
+committed. Its `step.*` events wait in `job.gate` (a `StartGate`) until `run.started` is out, so
+a client never hears of a step before the run's start, nor of a run state the store does not
+have. The terminal event is published by the runtime after it has committed the final record.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +35,51 @@ from pipeline.runner import ProcessingRunner, RunResult
 from pipeline.step import SourceSpec
 
 from .publisher import EventPublisher
-from .records import RunError, RunStatus, SourceRecord, StepStateRecord
+from .records import RunError, RunSource, RunStatus, SourceRecord, StepStateRecord
+from .run_inputs import SOURCE_CHANGED, changed_inputs
 from .sinks import SinkError, write_sinks
 from .step_events import StepEventObserver
 
-__all__ = ["PublishingObserver", "RunJob", "RunOutcome", "execute_run"]
+__all__ = ["PublishingObserver", "RunJob", "RunOutcome", "StartGate", "execute_run"]
 
 log = logging.getLogger("service.execution")
+
+
+class StartGate:
+    """Holds a run's step events until its start is announced, then lets them through in order.
+
+    Bounded: past `limit` held events the emitting (worker) thread waits for the start rather
+    than hold more. `open()` (the I/O thread, right after publishing `run.started`) emits what
+    is held, under the lock, so an event the worker emits meanwhile comes after them.
+    """
+
+    def __init__(self, limit: int = 1024) -> None:
+        self._lock = threading.Lock()
+        self._held: list[Callable[[], object]] | None = []
+        self._opened = threading.Event()
+        self._limit = limit
+
+    def emit(self, emit: Callable[[], object]) -> None:
+        """Call `emit` now if the gate is open; else hold it (or wait for the gate when full)."""
+        with self._lock:
+            if self._held is not None:
+                if len(self._held) < self._limit:
+                    self._held.append(emit)
+                    return
+                full = True
+            else:
+                full = False
+        if full:
+            self._opened.wait()
+        emit()
+
+    def open(self) -> None:
+        """Emit the held events in order and let later ones through. Idempotent."""
+        with self._lock:
+            for emit in self._held or ():
+                emit()
+            self._held = None
+        self._opened.set()
 
 
 @dataclass
@@ -59,6 +100,9 @@ class RunJob:
     on_started: Callable[[RunInfo], None]
     sinks: Mapping[str, SourceRecord] = field(default_factory=dict)
     write_roots: tuple[Path, ...] = ()
+    # The sources with their file identities at acceptance (`service.run_inputs`).
+    accepted: Mapping[str, RunSource] = field(default_factory=dict)
+    gate: StartGate = field(default_factory=StartGate)  # step events wait for `run.started`
 
 
 @dataclass
@@ -74,6 +118,8 @@ class RunOutcome:
     artifacts: list[str] = field(default_factory=list)
     error: RunError | None = None
     elapsed_s: float = 0.0
+    cache_bytes: int = 0  # the session cache's array bytes after the run
+    manifest: dict[str, Any] | None = None  # of the artifacts, written with the summary
 
 
 class PublishingObserver(StepEventObserver):
@@ -83,7 +129,8 @@ class PublishingObserver(StepEventObserver):
         self._job = job
 
     def emit(self, type: str, data: dict[str, Any]) -> None:
-        self._job.publisher.emit(type, self._job.session_id, data, self._job.run_id)
+        job = self._job
+        job.gate.emit(partial(job.publisher.emit, type, job.session_id, data, job.run_id))
 
     def on_run_started(self, info: RunInfo) -> None:
         self._job.on_started(info)
@@ -130,6 +177,16 @@ def execute_run(job: RunJob) -> RunOutcome:
     observer = PublishingObserver(job)
     t0 = time.perf_counter()
     try:
+        if (changed := changed_inputs(job.accepted)) is not None:
+            # Not the data this run was given: fail before reading anything.
+            outcome = RunOutcome(
+                status=RunStatus.FAILED, error=RunError(code=SOURCE_CHANGED, message=changed)
+            )
+            outcome.elapsed_s = time.perf_counter() - t0
+            outcome.cache_bytes = job.cache.nbytes()
+            job.run_dir.artifacts_dir.mkdir(parents=True, exist_ok=True)
+            outcome.manifest = job.run_dir.manifest()
+            return outcome
         job.run_dir.artifacts_dir.mkdir(parents=True, exist_ok=True)
         runner = ProcessingRunner(
             job.spec,
@@ -145,6 +202,13 @@ def execute_run(job: RunJob) -> RunOutcome:
             cache_lost=job.cache_lost,
         )
         outcome = outcome_from_result(result)
+        if (
+            outcome.status is RunStatus.SUCCEEDED
+            and (changed := changed_inputs(job.accepted)) is not None
+        ):
+            # Rewritten while the run read it: what it read is not (all) what it was given.
+            outcome.status = RunStatus.FAILED
+            outcome.error = RunError(code=SOURCE_CHANGED, message=changed)
         if outcome.status is RunStatus.SUCCEEDED and job.sinks:
             try:
                 write_sinks(
@@ -160,7 +224,8 @@ def execute_run(job: RunJob) -> RunOutcome:
                 outcome.error = RunError(
                     code="SINK_FAILED", message=str(exc), failed_step=f"sinks.{exc.ref}"
                 )
-        job.run_dir.write_manifest()
+        # Written with the summary (`service.run_files`): one directory fsync for both.
+        outcome.manifest = job.run_dir.manifest()
     except Exception as exc:  # a bug or an I/O failure outside any step
         log.exception("run %s of session %s crashed", job.run_id, job.session_id)
         outcome = RunOutcome(
@@ -170,4 +235,5 @@ def execute_run(job: RunJob) -> RunOutcome:
             ),
         )
     outcome.elapsed_s = time.perf_counter() - t0
+    outcome.cache_bytes = job.cache.nbytes()
     return outcome

@@ -12,6 +12,7 @@ import anyio.to_thread
 
 from pipeline.planning import plan_run
 
+from .memory import CACHE_EVICTED
 from .models import DryRunResult, LatestErrors, ProcessRequest
 from .records import RunStatus
 from .scheduler import Scheduler, SessionEntry
@@ -23,6 +24,7 @@ __all__ = ["dry_run", "latest_errors", "readiness"]
 async def dry_run(entry: SessionEntry, req: ProcessRequest) -> DryRunResult:
     """What a run would do now: effective mode, dirty steps with reasons; runs nothing."""
     sources = entry.source_specs()
+    evicted = entry.cache_evicted and not entry.cache_lost
     plan = await anyio.to_thread.run_sync(
         lambda: plan_run(
             entry.spec,
@@ -30,9 +32,15 @@ async def dry_run(entry: SessionEntry, req: ProcessRequest) -> DryRunResult:
             entry.cache,
             mode=req.mode,
             changed_sources=tuple(req.changed_sources),
-            cache_lost=entry.cache_lost,
+            cache_lost=entry.cache_lost or evicted,
         )
     )
+    if evicted:
+        # The planner knows one reason for a cache that is gone; the service knows which.
+        plan.reasons = {
+            step: [CACHE_EVICTED if r == "cache_lost" else r for r in why]
+            for step, why in plan.reasons.items()
+        }
     missing = list(plan.missing_required_sources)
     missing += [
         ref
@@ -90,5 +98,9 @@ def readiness(sched: Scheduler, subscriber_count: int) -> dict[str, Any]:
             "error_session_ids": errors,
             "subscriber_count": subscriber_count,
             "last_updated_utc": sched.durable.last_updated_utc,
+            # For /metrics only: `GET /readiness` answers the contract's keys (`Readiness`).
+            "cache_bytes": sched.cache_bytes,
+            "cache_budget_bytes": sched.cache_budget,
+            "cache_evictions": sched.cache_evictions,
         },
     }

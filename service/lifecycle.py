@@ -6,10 +6,11 @@
    makes it `cancelling`);
 2. run `execution.execute_run` in a worker thread (`anyio.to_thread.run_sync` with the
    scheduler's `CapacityLimiter(workers)`);
-3. when the runner has planned, its observer calls back (`announce_start`, on the loop): the
+3. when the runner has planned, its observer calls back (`announce_start`, scheduled on the
+   loop; the worker goes on computing, its `step.*` events held in the run's `StartGate`): the
    run becomes `running` with its effective mode, the session `running_partial`/`running_full`
    with its `active_run_id`, both in one commit, then `run.started` and
-   `session.state_changed` are published;
+   `session.state_changed` are published, then the held step events;
 4. `finish`: the final record and summary are committed, then the one terminal event is
    published, the session rests (`idle`, `error_*`, or its previous state after a cancel), and
    a failed partial run of a session with `auto_fallback` queues a full run at the front.
@@ -17,11 +18,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Awaitable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-import anyio.from_thread
 import anyio.to_thread
 import msgspec
 
@@ -29,10 +31,12 @@ from pipeline.observer import RunInfo
 from streaming import envelope as ev
 from streaming.envelope import utc_now
 
-from .diskfull import commit_outcome, retry_while_full
-from .durable import snapshot
-from .execution import RunJob, RunOutcome, execute_run
+from .diskfull import STORAGE_FULL_RUN_ERROR, commit_outcome, retry_while_full
+from .durable import PendingEvent, snapshot
+from .execution import RunJob, RunOutcome, StartGate, execute_run
+from .memory import CACHE_EVICTED
 from .records import RunRecord, RunStatus, SessionState
+from .run_inputs import SOURCE_CHANGED, source_specs
 from .sessions import error_state, run_transition, running_state
 
 if TYPE_CHECKING:
@@ -65,15 +69,21 @@ async def run_one(sched: Scheduler, run_id: str, sid: str) -> None:
         cache_lost, entry.cache_lost = entry.cache_lost, False
         if cache_lost and record.fallback_reason is None:
             record.fallback_reason = CACHE_LOST
+        evicted, entry.cache_evicted = entry.cache_evicted, False
+        if evicted and record.fallback_reason is None:
+            # The cache is empty, so the run is full anyway; the reason says why.
+            record.fallback_reason = CACHE_EVICTED
         entry.resting = entry.record.state
     await live.dir_ready()
     sched.publisher.open_run(sid, run_id)
+    live.gate = StartGate()
     job = RunJob(
         run_id=run_id,
         session_id=sid,
         spec=entry.spec,
         cache=entry.cache,
-        sources=entry.source_specs(),
+        sources=source_specs(live.sources),
+        accepted=live.sources,
         mode=record.mode,
         changed_sources=live.changed_sources,
         cache_lost=cache_lost,
@@ -83,24 +93,28 @@ async def run_one(sched: Scheduler, run_id: str, sid: str) -> None:
         on_started=partial(_started_from_thread, sched, entry, live),
         sinks=dict(entry.record.sinks),
         write_roots=tuple(sched.config.write_roots),
+        gate=live.gate,
     )
     outcome = await anyio.to_thread.run_sync(execute_run, job, limiter=sched.limiter)
+    sched.computed(run_id)
     await finish(sched, entry, live, outcome)
 
 
 def _started_from_thread(
     sched: Scheduler, entry: SessionEntry, live: LiveRun, info: RunInfo
 ) -> None:
-    # Called by the run's worker thread: blocks it until the start is committed and announced.
-    anyio.from_thread.run(
-        announce_start,
-        sched,
-        entry,
-        live,
-        info.effective_mode,
-        list(info.dirty_steps),
-        list(info.skipped_steps),
-    )
+    # Called by the run's worker thread, which goes on computing: the start is committed and
+    # announced on the loop meanwhile (its step events wait in the gate), and `finish` waits
+    # for that before it records the end.
+    assert sched.loop is not None
+    args = (info.effective_mode, list(info.dirty_steps), list(info.skipped_steps))
+    sched.loop.call_soon_threadsafe(_schedule_start, sched, entry, live, args)
+
+
+def _schedule_start(
+    sched: Scheduler, entry: SessionEntry, live: LiveRun, args: tuple[str, list[str], list[str]]
+) -> None:
+    live.start_task = asyncio.create_task(announce_start(sched, entry, live, *args))
 
 
 async def announce_start(
@@ -126,8 +140,8 @@ async def announce_start(
         record.dirty_steps = dirty
         record.skipped_steps = skipped
         old = entry.record.state
-        changed = not entry.deleted and await sched.set_state(entry, running_state(effective_mode))
-        await sched.commit(runs=() if entry.deleted else (record,), sessions=(entry,))
+        if not entry.deleted:
+            await sched.set_state(entry, running_state(effective_mode))
         data: dict[str, Any] = {
             "mode": record.mode,
             "effective_mode": effective_mode,
@@ -136,15 +150,27 @@ async def announce_start(
         }
         if record.fallback_reason is not None:
             data["fallback_reason"] = record.fallback_reason
-        await sched.emit(ev.RUN_STARTED, record.session_id, data, record.run_id)
+        if record.sample is not None:
+            data["sample"] = msgspec.to_builtins(record.sample)
+        events = [(ev.RUN_STARTED, record.session_id, data, record.run_id)]
+        # One I/O-thread hop: the commit, then `run.started` and the session's new state.
+        await sched.commit(
+            runs=() if entry.deleted else (record,),
+            sessions=(entry,),
+            events=events + sched.state_events(entry, old),
+            after=live.gate.open if live.gate is not None else None,
+        )
         live.announced = True
-        if changed:
-            await sched.announce_state(entry, old)
 
 
 async def finish(sched: Scheduler, entry: SessionEntry, live: LiveRun, outcome: RunOutcome) -> None:
     """Record the outcome (commit first), publish the terminal event, rest the session."""
     sid = live.record.session_id
+    if live.start_task is not None:
+        try:
+            await live.start_task
+        except Exception:  # a store failure: announced again just below
+            log.exception("run %s: cannot record its start", live.record.run_id)
     if not live.announced:
         # Planning failed before the first step (or the run crashed): announce the start
         # anyway so that every run's events read started -> terminal.
@@ -171,6 +197,8 @@ async def finish(sched: Scheduler, entry: SessionEntry, live: LiveRun, outcome: 
     fallback = (
         outcome.status is RunStatus.FAILED
         and effective == "partial"
+        # Rerunning in full cannot help a run whose input file was replaced under it.
+        and (outcome.error is None or outcome.error.code != SOURCE_CHANGED)
         and entry.record.auto_fallback
         and not entry.deleted
         and not sched.stopping
@@ -192,19 +220,39 @@ async def finish(sched: Scheduler, entry: SessionEntry, live: LiveRun, outcome: 
         if entry.clear_cache_after_run:
             entry.cache.clear()
             entry.clear_cache_after_run = False
+            outcome.cache_bytes = 0
+        entry.cache_bytes = outcome.cache_bytes
+        sched.cache_used(entry)
+        # Within the budget before the run is announced finished (this run's cache included).
+        evicted = 0 if entry.deleted else await sched.enforce_cache_budget(holding=entry)
         runs = () if entry.deleted else (record,)
-        await commit_outcome(sched, entry, live, record, runs)  # a full disk: ends failed
-        live.record = record
-        await emit_terminal(sched, record)
+
+        def commit_final() -> Awaitable[None]:
+            # One I/O-thread hop: summary and commit, then the terminal event (its journal is
+            # then closed) and the session's new state. Rebuilt from `record` on each attempt:
+            # on a full disk `commit_outcome` turns the run into a STORAGE_FULL failure.
+            manifest = None if record.error is STORAGE_FULL_RUN_ERROR else outcome.manifest
+            return sched.commit(
+                runs=runs,
+                sessions=(entry,),
+                summaries=((live.run_dir, record),),
+                manifests={record.run_id: manifest} if manifest is not None else None,
+                events=[terminal_event(record), *sched.state_events(entry, old)],
+                close_run=record.run_id,
+                # Swapped in once committed and before the terminal event is out: a client that
+                # reads the run after `run.finished` sees its final record.
+                on_done=partial(setattr, live, "record", record),
+            )
+
+        await commit_outcome(sched, entry, record, commit_final)  # a full disk: ends failed
         sched.live.pop(record.run_id, None)
-        await sched.io(sched.publisher.close_run, record.run_id)
-        await sched.announce_state(entry, old)
         if fallback:
             # Ahead of everything else in the queue, and before this run's slot is freed:
             # the full run continues this run's work.
             await sched.enqueue(
                 entry,
                 mode="full",
+                sources=live.sources,
                 changed_sources=live.changed_sources,
                 run_name=record.run_name,
                 fallback_reason=FALLBACK_PARTIAL_FAILED,
@@ -212,6 +260,11 @@ async def finish(sched: Scheduler, entry: SessionEntry, live: LiveRun, outcome: 
                 force=True,
                 front=True,
             )
+    if entry.deleted:
+        # Deleted while this run used the cache: now nothing does.
+        await sched.drop_cache(entry)
+    elif evicted:
+        await sched.release_memory()
     log.info(
         "run %s of session %s: %s in %.3f s",
         record.run_id,
@@ -223,14 +276,20 @@ async def finish(sched: Scheduler, entry: SessionEntry, live: LiveRun, outcome: 
 
 async def emit_terminal(sched: Scheduler, record: RunRecord) -> None:
     """Publish the run's one terminal event: `run.cancelled` or `run.finished`."""
+    await sched.emit(*terminal_event(record))
+
+
+def terminal_event(record: RunRecord) -> PendingEvent:
+    """The run's one terminal event: `run.cancelled` or `run.finished`, with its data."""
     data: dict[str, Any] = {"status": record.status.value, "elapsed_s": record.elapsed_s}
     if record.status is RunStatus.CANCELLED:
-        await sched.emit(ev.RUN_CANCELLED, record.session_id, data, record.run_id)
-        return
+        return (ev.RUN_CANCELLED, record.session_id, data, record.run_id)
     data["dirty_steps"] = record.dirty_steps
     data["skipped_steps"] = record.skipped_steps
     if record.fallback_reason is not None:
         data["fallback_reason"] = record.fallback_reason
     if record.error is not None:
         data["error"] = msgspec.to_builtins(record.error)
-    await sched.emit(ev.RUN_FINISHED, record.session_id, data, record.run_id)
+    if record.sample is not None:
+        data["sample"] = msgspec.to_builtins(record.sample)
+    return (ev.RUN_FINISHED, record.session_id, data, record.run_id)

@@ -54,6 +54,9 @@ _GAUGES = (
     ("runwire_queue_capacity", "Runs the queue holds before answering 429.", "queue_capacity"),
     ("runwire_sessions_in_error", "Sessions in an error state.", "error_session_count"),
     ("runwire_subscribers", "Live event subscribers (SSE and WebSocket).", "subscriber_count"),
+    ("runwire_cache_bytes", "Bytes held by the sessions' incremental caches.", "cache_bytes"),
+    ("runwire_cache_budget_bytes", "Budget of the incremental caches.", "cache_budget_bytes"),
+    ("runwire_cache_evictions", "Caches evicted for the budget since start.", "cache_evictions"),
 )
 
 

@@ -113,11 +113,28 @@ def _v4_idempotency_keys(conn: sqlite3.Connection) -> None:
     )
 
 
+def _v5_run_sources(conn: sqlite3.Connection) -> None:
+    """Runs keep the sources they were accepted with (`sources`: ref -> {type, location,
+    options, identity}), so a queued run reduces its own sample and not the session's newest.
+
+    Runs still waiting were queued by a runwire that would have read the session's sources at
+    start: they get those (without file identities), which is what they would have run with.
+    """
+    conn.execute("ALTER TABLE runs ADD COLUMN sources TEXT")
+    conn.execute(
+        "UPDATE runs SET sources = (SELECT json_group_object(s.ref, json_object("
+        " 'type', s.type, 'location', s.location, 'options', json(s.options)))"
+        " FROM sources AS s WHERE s.session_id = runs.session_id)"
+        " WHERE status IN ('queued', 'running', 'cancelling')"
+    )
+
+
 MIGRATIONS: list[Migration] = [
     _v1_initial,
     _v2_sources_and_sinks,
     _v3_run_queue_order,
     _v4_idempotency_keys,
+    _v5_run_sources,
 ]
 CURRENT_VERSION = len(MIGRATIONS)
 

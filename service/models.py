@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from .records import RunError, RunRecord, SessionRecord, SessionState
+from .records import RunError, RunRecord, SampleRef, SessionRecord, SessionState
 
 __all__ = [
     "REF_PATTERN",
@@ -137,6 +137,12 @@ class SubmitResult(msgspec.Struct, kw_only=True):
     run_id: str
     status: str
     position: int
+    # The sample the run reduces (fixed at acceptance), if the session has one.
+    sample: SampleRef | None = None
+    # True when `coalesce: true` merged this request into an already queued run.
+    merged: bool = False
+    # The run's superseded samples (see `RunRecord.coalesced`).
+    coalesced: list[SampleRef] = msgspec.field(default_factory=list)
 
 
 class DryRunResult(msgspec.Struct, kw_only=True):

@@ -44,6 +44,34 @@ class SourceRecord(msgspec.Struct, kw_only=True):
     options: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
+class FileIdentity(msgspec.Struct, kw_only=True, frozen=True):
+    """What a source file was when a run was accepted: a rewrite changes at least one of these
+    (a rewrite in place keeping size and mtime still changes `ctime_ns`; a replacement by
+    rename changes `inode`)."""
+
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    inode: int
+    device: int
+
+
+class RunSource(SourceRecord, kw_only=True):
+    """A source as a run was given it at acceptance: the record plus the file's identity then.
+
+    `identity` is None for runs queued by a runwire older than schema version 5 (they read
+    whatever the file holds when they start)."""
+
+    identity: FileIdentity | None = None
+
+
+class SampleRef(msgspec.Struct, kw_only=True):
+    """The sample a run reduces (or one a coalesced run superseded): its `sample` source."""
+
+    location: str
+    type: str = "hdf5"
+
+
 class PipelineInfo(msgspec.Struct, kw_only=True):
     name: str
     version: str
@@ -84,6 +112,11 @@ class RunRecord(msgspec.Struct, kw_only=True):
     retry_of: str | None = None
     error: RunError | None = None
     artifacts: list[str] = msgspec.field(default_factory=list)
+    # The sample this run reduces, fixed when it was accepted (None: no `sample` source).
+    sample: SampleRef | None = None
+    # Samples of submissions merged into this run by `coalesce: true` that it superseded (each
+    # the sample the run held before a merge that changed it), oldest first: no run reduces them.
+    coalesced: list[SampleRef] = msgspec.field(default_factory=list)
 
 
 class SessionRecord(msgspec.Struct, kw_only=True):

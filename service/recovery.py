@@ -3,7 +3,8 @@
 On start, for every stored session: its pipeline is loaded again (it was valid when stored; if a
 step it names is gone now, the session is kept in the store but not served, and the log says
 why); runs that were `running` or `cancelling` become `interrupted` (summary written,
-`run.interrupted` published); `queued` runs are queued again in their original order; and since
+`run.interrupted` published); `queued` runs are queued again in their original order, each with the sources it was accepted
+with (stored with the run, `service.run_inputs`); and since
 in-memory caches did not survive, the next run of every session that has run before is full with
 `fallback_reason: "cache_lost"`.
 """
@@ -27,6 +28,7 @@ from .errors import ServiceError
 from .lifecycle import emit_terminal
 from .records import FINAL_RUN_STATUSES, RunError, RunRecord, RunStatus, SessionRecord, SessionState
 from .retained import RetainedRuns
+from .run_inputs import as_run_sources
 from .scheduler import LiveRun, Scheduler, SessionEntry, changed_sources_of
 from .sessions import error_state, is_running, run_transition
 from .validation import parse_pipeline
@@ -85,8 +87,14 @@ async def recover(scheduler: Scheduler) -> None:
             continue
         scheduler.queue.push(run.run_id, run.session_id, force=True)
         request = await scheduler.io(store.get_run_request, run.run_id)
+        sources = await scheduler.io(store.get_run_sources, run.run_id)
+        if sources is None:  # not possible after migration 5; kept for a hand-edited store
+            sources = as_run_sources(owner.record.sources)
         live = LiveRun(
-            run, changed_sources_of(request), scheduler.run_dir(run.session_id, run.run_id)
+            run,
+            changed_sources_of(request),
+            scheduler.run_dir(run.session_id, run.run_id),
+            sources,
         )
         if isinstance(request, dict):
             # The directory is written after the commit that queued the run: a crash in between
@@ -210,7 +218,7 @@ def _close_orphan_run_dirs(scheduler: Scheduler) -> int:
 
 def _complete_run_dir(live: LiveRun, request: dict[str, object]) -> None:
     if not live.run_dir.request_path.exists():
-        DurableIO.write_new_run_dir(live.run_dir, live.record, request)
+        DurableIO.write_new_run_dir(live.run_dir, live.record, request, live.sources)
 
 
 async def _interrupt(scheduler: Scheduler, run: RunRecord) -> None:

@@ -42,11 +42,13 @@ from .records import (
     RETRYABLE_RUN_STATUSES,
     PipelineInfo,
     RunRecord,
+    RunSource,
     SessionRecord,
     SessionState,
     SourceRecord,
 )
 from .recovery import recover
+from .run_inputs import accept_sources, sample_of
 from .scheduler import Scheduler, SessionEntry, changed_sources_of, snapshot
 from .session_sources import as_records, change, session_entry
 from .sessions import is_error, is_running
@@ -143,7 +145,11 @@ class Runtime:
                 await self._sched.cancel(entry, live)
             await self._sched.io(self.store.delete_session, sid)
             self._sched.sessions.pop(sid, None)
+            in_use = any(lv.record.session_id == sid for lv in self._sched.live.values())
         await self._sched.emit(ev.SESSION_DELETED, sid, {})
+        if not in_use:
+            # (A run still using the cache frees it when it ends: `lifecycle.finish`.)
+            await self._sched.drop_cache(entry)
 
     # -- sources and sinks ---------------------------------------------------------------------
 
@@ -193,17 +199,22 @@ class Runtime:
         if (first := await self._idempotent(sid, idempotency_key)) is not None:
             return snapshot(entry.record), first
         self._check_required(entry, extra=("sample",))
-        # One pass validates the new sample and every other source the run will read.
-        checked = await self._sched.durable.examine(
-            validate_sources, {**entry.record.sources, "sample": sample}, self.config.read_roots
-        )
         async with entry.lock:
             entry = self._entry(sid)
             # Checked again under the lock: two racing re-sends must not both enqueue.
             if (first := await self._idempotent(sid, idempotency_key)) is not None:
                 return snapshot(entry.record), first
             before = entry.record.sources
-            after = {**before, "sample": checked["sample"]}
+            # One pass validates the new sample and every other source the run will read, and
+            # fixes them (with each file's identity) as the run's inputs.
+            accepted = await self._sched.durable.examine(
+                accept_sources, {**before, "sample": sample}, self.config.read_roots
+            )
+            new = accepted["sample"]
+            after = {
+                **before,
+                "sample": SourceRecord(type=new.type, location=new.location, options=new.options),
+            }
             changed = [] if before.get("sample") == after["sample"] else ["sample"]
             entry.record.sources = after
             entry.record.updated_utc = utc_now()
@@ -212,6 +223,7 @@ class Runtime:
                 result = await self._sched.enqueue(
                     entry,
                     mode="auto",
+                    sources=accepted,
                     changed_sources=("sample",),
                     request={"mode": "auto", "changed_sources": ["sample"]},
                     announce=((ev.SOURCES_CHANGED, data),),
@@ -272,21 +284,24 @@ class Runtime:
             return first
         self._check_required(entry)
         self._check_changed_sources(entry, req)
-        # Files may have gone since the sources were set: refuse now rather than fail the run.
-        await self._sched.durable.examine(
-            validate_sources, entry.record.sources, self.config.read_roots
-        )
         async with entry.lock:
             entry = self._entry(sid)
             if (first := await self._idempotent(sid, idempotency_key)) is not None:
                 return first
+            # The run's inputs are the session's sources now, fixed with their files'
+            # identities; files that went since they were set are refused now (403/422) rather
+            # than failing the run.
+            sources = await self._sched.durable.examine(
+                accept_sources, entry.record.sources, self.config.read_roots
+            )
             if req.coalesce:
-                merged = await self._coalesce(entry, req, idempotency_key)
+                merged = await self._coalesce(entry, req, sources, idempotency_key)
                 if merged is not None:
                     return merged
             return await self._sched.enqueue(
                 entry,
                 mode=req.mode,
+                sources=sources,
                 changed_sources=tuple(req.changed_sources),
                 run_name=req.run_name,
                 request=msgspec.to_builtins(req),
@@ -294,27 +309,64 @@ class Runtime:
             )
 
     async def _coalesce(
-        self, entry: SessionEntry, req: ProcessRequest, idempotency_key: str | None
+        self,
+        entry: SessionEntry,
+        req: ProcessRequest,
+        sources: dict[str, RunSource],
+        idempotency_key: str | None,
     ) -> SubmitResult | None:
-        """Merge into the session's newest waiting run, if any (called with the lock held)."""
+        """Merge into the session's newest waiting run, if any (called with the lock held).
+
+        The merged run takes the newest sources (`sources`, accepted for this request); the
+        sample it held before, if different, is added to its `coalesced` list: no run reduces
+        that sample, and the 202 and the Run object say so.
+        """
         sid = entry.record.session_id
         waiting = self._sched.queue.waiting_for(sid)
         if not waiting:
             return None
         live = self._sched.live[waiting[-1]]
-        record = live.record
-        live.changed_sources = tuple(dict.fromkeys((*live.changed_sources, *req.changed_sources)))
+        # Built on a copy and swapped in once committed: a failed commit changes nothing.
+        record = snapshot(live.record)
+        changed = tuple(dict.fromkeys((*live.changed_sources, *req.changed_sources)))
         if "full" in (record.mode, req.mode):
             record.mode = "full"
         elif record.mode == "auto":
             record.mode = req.mode
-        await self._sched.commit(runs=(record,))
-        if idempotency_key is not None:
-            await self._sched.io(self.store.save_idempotency, sid, idempotency_key, record.run_id)
+        sample = sample_of(sources)
+        if record.sample is not None and record.sample != sample:
+            record.coalesced.append(record.sample)
+        record.sample = sample
+        await live.dir_ready()
+        request: dict[str, Any] = {
+            "mode": record.mode,
+            "changed_sources": list(changed),
+            "coalesced": msgspec.to_builtins(record.coalesced),
+        }
+        if record.run_name is not None:
+            request["run_name"] = record.run_name
+        # One commit for the run's merged request, inputs and idempotency key, then its
+        # request file (a restart re-queues it with both).
+        await self._sched.io(
+            self._sched.durable.save_new_run,
+            snapshot(record),
+            snapshot(entry.record),
+            entry.pipeline_text,
+            request,
+            idempotency_key,
+            sources,
+        )
+        live.record, live.sources, live.changed_sources = record, sources, changed
+        await self._sched.io(
+            self._sched.durable.write_new_run_dir, live.run_dir, snapshot(record), request, sources
+        )
         return SubmitResult(
             run_id=record.run_id,
             status=record.status.value,
             position=self._sched.position(record.run_id),
+            sample=snapshot(sample) if sample is not None else None,
+            merged=True,
+            coalesced=[snapshot(s) for s in record.coalesced],
         )
 
     async def dry_run(self, sid: str, req: ProcessRequest) -> DryRunResult:
@@ -351,7 +403,9 @@ class Runtime:
                 entry.clear_cache_after_run = entry.clear_cache_after_run or mode == "full"
             elif mode == "full":
                 entry.cache.clear()
+                entry.cache_bytes = 0
                 entry.cache_lost = False  # an empty cache: the next run is full anyway
+                entry.cache_evicted = False
             if is_error(old):
                 # Not running yet (a run not yet started goes idle -> running just as well).
                 await self._sched.set_state(entry, SessionState.IDLE)
@@ -411,9 +465,19 @@ class Runtime:
         request = await self._sched.io(self.store.get_run_request, run_id)
         changed = changed_sources_of(request)
         async with entry.lock:
+            entry = self._entry(record.session_id)
+            # A retry reduces the inputs of the run it retries (a run stored before they were
+            # kept: the session's current ones), accepted again as they are on disk now.
+            original = await self._sched.io(self.store.get_run_sources, run_id)
+            sources = await self._sched.durable.examine(
+                accept_sources,
+                entry.record.sources if original is None else original,
+                self.config.read_roots,
+            )
             return await self._sched.enqueue(
-                self._entry(record.session_id),
+                entry,
                 mode=record.mode,
+                sources=sources,
                 changed_sources=changed,
                 run_name=record.run_name,
                 request={"mode": record.mode, "changed_sources": list(changed), "retry_of": run_id},

@@ -12,7 +12,8 @@ Thread boundaries, each crossed in one place:
   journal lines happen in the order the loop asked for them, and the loop never touches SQLite
   or a file.
 - **Worker threads**: `anyio.to_thread.run_sync(execute_run, ..., limiter=CapacityLimiter(workers))`.
-  The dispatcher hands out at most `workers` runs at a time, so a run marked `running` really is.
+  The dispatcher hands out at most `workers` runs at a time (a run back from its thread and only
+  recording its end frees its slot), so a run marked `running` really is computing or ending.
 
 Durability: a state change is committed (I/O thread) before the event that announces it and
 before the answer to the request that caused it. Records are snapshotted (deep-copied) on the
@@ -29,12 +30,15 @@ import asyncio
 import collections
 import logging
 import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 import anyio
 import anyio.to_thread
+import msgspec
 
 from pipeline.cancel import CancelToken
 from pipeline.incremental import IncrementalCache
@@ -46,11 +50,14 @@ from streaming.envelope import utc_now
 
 from . import lifecycle
 from .config import Config
-from .durable import DurableIO, snapshot
+from .durable import DurableIO, PendingEvent, snapshot
 from .errors import ServiceError
+from .execution import StartGate
+from .memory import choose_evictions, default_cache_memory, release_memory
 from .models import SubmitResult
 from .publisher import EventSink
-from .records import RunRecord, RunStatus, SessionRecord, SessionState
+from .records import RunRecord, RunSource, RunStatus, SessionRecord, SessionState
+from .run_inputs import sample_of
 from .runqueue import QueueFull, RunQueue
 from .sessions import run_transition, session_transition
 from .store import SessionStore
@@ -75,6 +82,9 @@ class SessionEntry:
     cache_lost: bool = False  # the service restarted since this session last ran
     resting: SessionState = SessionState.IDLE  # state to return to after a cancelled run
     clear_cache_after_run: bool = False  # `reset full` arrived while a run used the cache
+    cache_evicted: bool = False  # the memory budget evicted the cache since the last run
+    cache_bytes: int = 0  # the cache's array bytes, measured when its last run ended
+    last_used: float = 0.0  # monotonic time its last run ended (LRU order for eviction)
     deleted: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -100,9 +110,12 @@ class LiveRun:
     record: RunRecord
     changed_sources: tuple[str, ...]
     run_dir: RunDirectory
+    sources: dict[str, RunSource]  # fixed at acceptance: what the run reads
     cancel: CancelToken = field(default_factory=CancelToken)
     started_utc: str | None = None  # taken from the queue (recorded once the run is announced)
     announced: bool = False  # run.started published
+    start_task: asyncio.Task[None] | None = None  # committing and announcing the start
+    gate: StartGate | None = None  # the run's step events wait in it for run.started
     dir_task: asyncio.Task[None] | None = None  # writing the run directory (see `enqueue`)
 
     async def dir_ready(self) -> None:
@@ -133,18 +146,29 @@ class Scheduler:
         self.live: dict[str, LiveRun] = {}
         self.accepting = False
         self.limiter: anyio.CapacityLimiter | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._dispatcher: asyncio.Task[None] | None = None
         self._active: dict[str, asyncio.Task[None]] = {}  # run_id -> its task
+        # Runs handed out and not yet back from their worker thread: at most `workers`. A run
+        # that is only recording its end (summary, commit, events) no longer holds a slot, so
+        # another session's run computes meanwhile.
+        self._computing: set[str] = set()
         self.stopping = False
         # Recent run durations, for a Retry-After that means something (bounded: last 32).
         self.durations: collections.deque[float] = collections.deque(maxlen=32)
+        # The incremental caches' memory budget (service.memory) and evictions since start.
+        self.cache_budget = (
+            config.cache_memory if config.cache_memory is not None else default_cache_memory()
+        )
+        self.cache_evictions = 0
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     def start_dispatcher(self) -> None:
         """Start handing queued runs to workers (at most `config.workers` at once)."""
         self.limiter = anyio.CapacityLimiter(self.config.workers)
+        self.loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._dispatcher = asyncio.create_task(self._dispatch(), name="runwire-dispatcher")
         self.accepting = True
@@ -206,6 +230,7 @@ class Scheduler:
         entry: SessionEntry,
         *,
         mode: str,
+        sources: dict[str, RunSource],
         changed_sources: tuple[str, ...] = (),
         run_name: str | None = None,
         request: dict[str, Any] | None = None,
@@ -217,7 +242,8 @@ class Scheduler:
         front: bool = False,
         announce: tuple[tuple[str, dict[str, Any]], ...] = (),
     ) -> SubmitResult:
-        """Create, commit and queue a run. Call with `entry.lock` held. Raises QUEUE_FULL.
+        """Create, commit and queue a run of `sources` (frozen by `run_inputs.accept_sources`).
+        Call with `entry.lock` held. Raises QUEUE_FULL.
 
         The session record is saved in the same commit, so a change the caller made to it just
         before (a new sample) is durable with the run; `announce` lists session events
@@ -241,8 +267,9 @@ class Scheduler:
             retry_of=retry_of,
             fallback_reason=fallback_reason,
             recovered_from_run_id=recovered_from,
+            sample=sample_of(sources),
         )
-        live = LiveRun(record, changed_sources, self.run_dir(sid, run_id))
+        live = LiveRun(record, changed_sources, self.run_dir(sid, run_id), sources)
         body = dict(request or {})
         body.setdefault("mode", mode)
         body.setdefault("changed_sources", list(changed_sources))
@@ -254,17 +281,30 @@ class Scheduler:
         # directory (the run's start, a cancel's summary) waits for `dir_task` first.
         live.dir_task = asyncio.create_task(
             anyio.to_thread.run_sync(
-                self.durable.write_new_run_dir, live.run_dir, snapshot(record), body
+                self.durable.write_new_run_dir, live.run_dir, snapshot(record), body, sources
             )
         )
+        data: dict[str, Any] = {"mode": mode, "position": self.position(run_id)}
+        for key in ("run_name", "retry_of", "fallback_reason", "recovered_from_run_id"):
+            if getattr(record, key) is not None:
+                data[key] = getattr(record, key)
+        if record.sample is not None:
+            data["sample"] = msgspec.to_builtins(record.sample)
+        events: list[PendingEvent] = [(t, sid, d, None) for t, d in announce]
+        events.append((ev.RUN_QUEUED, sid, data, run_id))
         try:
+            # One I/O-thread hop: the commit, then the events that announce it.
             await self.io(
+                self.durable.then_emit,
+                events,
+                None,
                 self.durable.save_new_run,
                 snapshot(record),
                 snapshot(entry.record),
                 entry.pipeline_text,
                 body,
                 idempotency_key,
+                sources,
             )
         except BaseException as exc:
             self.queue.remove(run_id)
@@ -273,17 +313,15 @@ class Scheduler:
             if isinstance(exc, Exception):  # refused (disk full...): leave no directory behind
                 await self.durable.discard_new_run_dir(live.dir_task, live.run_dir)
             raise
-        for event_type, event_data in announce:
-            await self.emit(event_type, sid, event_data)
-        data: dict[str, Any] = {"mode": mode, "position": self.position(run_id)}
-        for key in ("run_name", "retry_of", "fallback_reason", "recovered_from_run_id"):
-            if getattr(record, key) is not None:
-                data[key] = getattr(record, key)
-        await self.emit(ev.RUN_QUEUED, sid, data, run_id)
         position = self.position(run_id)
         self.queue.release(run_id)
         self.wake()
-        return SubmitResult(run_id=run_id, status=RunStatus.QUEUED.value, position=position)
+        return SubmitResult(
+            run_id=run_id,
+            status=RunStatus.QUEUED.value,
+            position=position,
+            sample=snapshot(record.sample) if record.sample is not None else None,
+        )
 
     async def commit(
         self,
@@ -291,13 +329,24 @@ class Scheduler:
         runs: tuple[RunRecord, ...] = (),
         sessions: tuple[SessionEntry, ...] = (),
         summaries: tuple[tuple[RunDirectory, RunRecord], ...] = (),
+        events: list[PendingEvent] | None = None,
+        close_run: str | None = None,
+        on_done: Callable[[], None] | None = None,
+        manifests: dict[str, dict[str, Any]] | None = None,
+        after: Callable[[], None] | None = None,
     ) -> None:
-        """Snapshot and save records (and write run summaries) in one I/O-thread call."""
+        """Snapshot and save records (and write run summaries) in one I/O-thread call, then
+        journal and publish `events` in that same call (not if the commit fails), then close
+        the journal of run `close_run` (`on_done`: see `DurableIO.then_emit`)."""
         await self.io(
+            partial(self.durable.then_emit, on_done=on_done, after=after),
+            events or [],
+            close_run,
             self.durable.commit,
             [snapshot(r) for r in runs],
             [(snapshot(e.record), e.pipeline_text) for e in sessions if not e.deleted],
             [(d, snapshot(r)) for d, r in summaries],
+            manifests,
         )
 
     async def set_state(self, entry: SessionEntry, new: SessionState) -> bool:
@@ -311,10 +360,16 @@ class Scheduler:
 
     async def announce_state(self, entry: SessionEntry, old: SessionState) -> None:
         """Publish `session.state_changed` if the state differs from `old`."""
+        for event in self.state_events(entry, old):
+            await self.emit(*event)
+
+    def state_events(self, entry: SessionEntry, old: SessionState) -> list[PendingEvent]:
+        """`session.state_changed` if the state differs from `old` (to publish after a commit)."""
         new = entry.record.state
-        if old != new:
-            data = {"from": old.value, "to": new.value, "active_run_id": entry.record.active_run_id}
-            await self.emit(ev.SESSION_STATE_CHANGED, entry.record.session_id, data)
+        if old == new:
+            return []
+        data = {"from": old.value, "to": new.value, "active_run_id": entry.record.active_run_id}
+        return [(ev.SESSION_STATE_CHANGED, entry.record.session_id, data, None)]
 
     # -- cancelling ----------------------------------------------------------------------------
 
@@ -363,6 +418,73 @@ class Scheduler:
         data = {"status": "cancelled", "elapsed_s": 0.0, "reason": "cancelled while queued"}
         await self.emit(ev.RUN_CANCELLED, record.session_id, data, record.run_id)
 
+    # -- memory --------------------------------------------------------------------------------
+
+    @property
+    def cache_bytes(self) -> int:
+        """The sessions' caches' array bytes, as measured when each one's last run ended."""
+        return sum(e.cache_bytes for e in self.sessions.values() if not e.deleted)
+
+    def cache_used(self, entry: SessionEntry) -> None:
+        """A run of `entry` ended: its cache is the most recently used."""
+        entry.last_used = time.monotonic()
+
+    async def enforce_cache_budget(self, holding: SessionEntry | None = None) -> int:
+        """Evict whole caches, least recently used first, until the total fits the budget;
+        returns how many were evicted. The caller then gives the memory back
+        (`release_memory`, in a worker thread), when it suits it.
+
+        `holding`: a session whose lock the caller holds. Another session's cache is evicted
+        under its lock, and skipped if that lock is taken (the session is changing, or a run is
+        about to use the cache): never waiting for a lock, two finishing runs cannot deadlock.
+        A session with a run in flight keeps its cache.
+        """
+        if self.cache_bytes <= self.cache_budget:
+            return 0
+        candidates = [
+            (sid, e.cache_bytes, e.last_used, e is not holding and self.in_flight(sid) is not None)
+            for sid, e in self.sessions.items()
+            if not e.deleted
+        ]
+        evicted = 0
+        for sid in choose_evictions(candidates, self.cache_budget):
+            entry = self.sessions.get(sid)
+            if entry is None or (entry is not holding and entry.lock.locked()):
+                continue
+            if entry is holding:
+                # The caller's run is over (its worker let go of the cache).
+                await self._evict(entry, busy=False)
+            else:
+                async with entry.lock:  # free: taken at once, without yielding
+                    await self._evict(entry, busy=self.in_flight(sid) is not None)
+            evicted += entry.cache_evicted
+        return evicted
+
+    async def _evict(self, entry: SessionEntry, *, busy: bool) -> None:
+        # Checked under the lock: a run may have taken the cache meanwhile.
+        if entry.deleted or busy:
+            return
+        # Dropping the arrays frees megabytes: not on the loop.
+        await anyio.to_thread.run_sync(entry.cache.clear)
+        entry.cache_bytes = 0
+        entry.cache_evicted = True
+        self.cache_evictions += 1
+        log.info("session %s: incremental cache evicted (memory budget)", entry.record.session_id)
+
+    async def release_memory(self) -> None:
+        """Give freed memory back to the OS (`malloc_trim`, in a worker thread)."""
+        await anyio.to_thread.run_sync(release_memory)
+
+    async def drop_cache(self, entry: SessionEntry) -> None:
+        """Free a deleted session's cache and give the memory back to the OS (worker thread)."""
+
+        def drop() -> None:
+            entry.cache.clear()
+            release_memory()  # the module function, in this worker thread
+
+        entry.cache_bytes = 0
+        await anyio.to_thread.run_sync(drop)
+
     # -- running -------------------------------------------------------------------------------
 
     async def _dispatch(self) -> None:
@@ -370,15 +492,24 @@ class Scheduler:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while not self.stopping and len(self._active) < self.config.workers:
+            while not self.stopping and len(self._computing) < self.config.workers:
                 item = self.queue.next_runnable()
                 if item is None:
                     break
                 task = asyncio.create_task(lifecycle.run_one(self, item.run_id, item.session_id))
                 self._active[item.run_id] = task
+                self._computing.add(item.run_id)
                 task.add_done_callback(partial(self._run_done, item.run_id, item.session_id))
 
+    def computed(self, run_id: str) -> None:
+        """The run's worker thread returned: its compute slot is free for another run (the
+        session's own next run still waits until this one has ended, `RunQueue.finish`)."""
+        if run_id in self._computing:
+            self._computing.discard(run_id)
+            self.wake()
+
     def _run_done(self, run_id: str, session_id: str, task: asyncio.Task[None]) -> None:
+        self._computing.discard(run_id)
         self._active.pop(run_id, None)
         self.queue.finish(session_id)
         if not task.cancelled() and task.exception() is not None:

@@ -34,13 +34,14 @@ from typing import Any
 import msgspec
 
 from .migrations import SchemaTooNew, migrate
-from .records import RunRecord, SessionRecord, SourceRecord
+from .records import RunRecord, RunSource, SessionRecord, SourceRecord
 
 _encode = msgspec.json.Encoder().encode
 _decode_session = msgspec.json.Decoder(SessionRecord).decode
 _decode_run = msgspec.json.Decoder(RunRecord).decode
 _decode_any = msgspec.json.Decoder().decode
 _decode_options = msgspec.json.Decoder(dict[str, Any]).decode
+_decode_run_sources = msgspec.json.Decoder(dict[str, RunSource]).decode
 
 # How long a caller waits for SQLite's file lock held by another connection (another process
 # on the same data directory, or an external reader) before failing.
@@ -336,17 +337,25 @@ class SessionStore:
 
     # -- runs ------------------------------------------------------------------------------
 
-    def save_run(self, record: RunRecord, request: Any = None) -> None:
+    def save_run(
+        self,
+        record: RunRecord,
+        request: Any = None,
+        sources: dict[str, RunSource] | None = None,
+    ) -> None:
         """Insert or update a run. Its queue position is fixed by the first save; `request`
-        (the submitted body, any JSON value) is kept from the first save that gives one."""
+        (the submitted body, any JSON value) and `sources` (the inputs fixed at acceptance) are
+        kept from the last save that gives them (a coalescing merge replaces both)."""
         request_text = None if request is None else _encode(request).decode()
+        sources_text = None if sources is None else _encode(sources).decode()
         with self.transaction() as conn:
             conn.execute(
-                "INSERT INTO runs (run_id, session_id, status, queued_utc, record, request)"
-                " VALUES (?, ?, ?, ?, ?, ?)"
+                "INSERT INTO runs (run_id, session_id, status, queued_utc, record, request,"
+                " sources) VALUES (?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT(run_id) DO UPDATE SET session_id = excluded.session_id,"
                 " status = excluded.status, record = excluded.record,"
-                " request = COALESCE(excluded.request, runs.request)",
+                " request = COALESCE(excluded.request, runs.request),"
+                " sources = COALESCE(excluded.sources, runs.sources)",
                 (
                     record.run_id,
                     record.session_id,
@@ -354,6 +363,7 @@ class SessionStore:
                     record.queued_utc,
                     _encode(record).decode(),
                     request_text,
+                    sources_text,
                 ),
             )
 
@@ -365,6 +375,11 @@ class SessionStore:
         """The request saved with the run (decoded JSON), or None."""
         rows = self._query("SELECT request FROM runs WHERE run_id = ?", (run_id,))
         return _decode_any(rows[0][0]) if rows and rows[0][0] is not None else None
+
+    def get_run_sources(self, run_id: str) -> dict[str, RunSource] | None:
+        """The sources the run was accepted with, or None (a run stored before schema v5)."""
+        rows = self._query("SELECT sources FROM runs WHERE run_id = ?", (run_id,))
+        return _decode_run_sources(rows[0][0]) if rows and rows[0][0] is not None else None
 
     def list_runs(
         self, session_id: str | None = None, statuses: Iterable[str] | None = None

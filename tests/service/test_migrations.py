@@ -101,6 +101,14 @@ def test_every_earlier_version_migrates_to_current(tmp_path: Path, version: int)
         assert store.seq_floor() == 4201
         assert [r.run_id for r in store.list_runs()] == ["r-a", "r-b", "r-c"]
         assert [r.run_id for r in store.list_runs(statuses=[RunStatus.RUNNING])] == ["r-a"]
+        # v5: a run still waiting keeps the sources it would have read at start (the
+        # session's), without file identities; a finished run has none recorded.
+        waiting = store.get_run_sources("r-b")
+        assert waiting is not None
+        assert waiting["sample"].location == "/data/s1.h5"
+        assert waiting["sample"].options == {"f": 1}
+        assert waiting["sample"].identity is None
+        assert store.get_run_sources("r-c") is None
         # The migrated store works for new writes too.
         store.save_idempotency("old", "k2", "r-c")
         assert store.idempotent_run("old", "k2") == "r-c"

@@ -41,6 +41,7 @@ from service.models import (
     SourceInput,
 )
 from service.records import RunRecord
+from service.run_inputs import as_run_sources
 from streaming.envelope import TERMINAL_RUN_TYPES, Envelope
 
 T = TypeVar("T")
@@ -201,7 +202,8 @@ async def _hold_before_start(h: Harness, sid: str) -> str:
     sched = h.runtime.scheduler
     entry = sched.sessions[sid]
     await entry.lock.acquire()
-    run_id = (await sched.enqueue(entry, mode="auto")).run_id
+    sources = as_run_sources(entry.record.sources)
+    run_id = (await sched.enqueue(entry, mode="auto", sources=sources)).run_id
     # Loop steps, not time: the dispatcher takes the run off the queue and creates its task, whose
     # first step (the next one) queues it on the lock, ahead of our own `acquire` below.
     with anyio.fail_after(WAIT_S):
