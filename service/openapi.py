@@ -112,8 +112,9 @@ def _problem_responses(codes: Iterable[str]) -> dict[str, Any]:
 # Every operation can answer these (Host check, auth, unexpected errors).
 _COMMON_ERRORS = ("MISDIRECTED_REQUEST", "UNAUTHORIZED", "INTERNAL")
 # Every state-changing operation can answer these, body or not: the CSRF rule wants
-# `Content-Type: application/json` even on a body-less POST or DELETE (415).
-_BODY_ERRORS = ("INVALID_REQUEST", "PAYLOAD_TOO_LARGE", "UNSUPPORTED_MEDIA_TYPE")
+# `Content-Type: application/json` even on a body-less POST or DELETE (415), and any write can
+# meet a full disk (507 with Retry-After, docs/durability.md).
+_BODY_ERRORS = ("INVALID_REQUEST", "PAYLOAD_TOO_LARGE", "UNSUPPORTED_MEDIA_TYPE", "STORAGE_FULL")
 _STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _NO_BODY = {
     "required": False,

@@ -124,7 +124,7 @@ async def test_streams_and_files_have_their_real_media_types(document: dict[str,
     assert {"application/x-hdf5", "text/csv", "application/json"} <= set(media)
 
 
-async def test_every_state_changing_operation_documents_415_and_every_one_421(
+async def test_every_state_changing_operation_documents_415_and_507_and_every_one_421(
     document: dict[str, Any],
 ) -> None:
     for path, item in document["paths"].items():
@@ -132,6 +132,7 @@ async def test_every_state_changing_operation_documents_415_and_every_one_421(
             assert "421" in op["responses"], (method, path)
             if method in ("post", "put", "patch", "delete"):
                 assert "415" in op["responses"], (method, path)
+                assert "507" in op["responses"], (method, path)  # a full disk
                 assert "application/json" in op["requestBody"]["content"], (method, path)
 
 
