@@ -59,38 +59,38 @@ def _curve(inputs: Mapping[str, Any]) -> Curve:
 
 
 def _add_provenance(
-    path: Path, curve: Curve, ctx: StepContext, sources: Mapping[str, SourceSpec]
+    f: h5py.File, curve: Curve, ctx: StepContext, sources: Mapping[str, SourceSpec]
 ) -> None:
-    """Add `Mask`/`@mask` and `sasprocess01` to a file written by `hdf5io.write_nxcansas`."""
+    """Add `Mask`/`@mask` and `sasprocess01` to a file being written by
+    `hdf5io.write_nxcansas` (its `extra` callback: the file is created and opened once)."""
     string = h5py.string_dtype()
-    with h5py.File(path, "a") as f:
-        entry = f["sasentry01"]
-        data = entry["sasdata01"]
-        # NXcanSAS: the mask has the shape of I; True = this point is not to be used.
-        excluded = (np.asarray(curve.n_pixels) == 0) | ~np.isfinite(np.asarray(curve.i))
-        # Stored as int8 0/1: pynxtools' validator reads the field as NX_NUMBER.
-        data.create_dataset("Mask", data=excluded.astype(np.int8))
-        data.attrs["mask"] = "Mask"
-        process = entry.create_group("sasprocess01")
-        process.attrs["NX_class"] = "NXprocess"
-        process.attrs["canSAS_class"] = "SASprocess"
-        process.create_dataset("name", data="runwire")
-        process.create_dataset("date", data=datetime.now(UTC).isoformat(timespec="seconds"))
-        label = ctx.run
+    entry = f["sasentry01"]
+    data = entry["sasdata01"]
+    # NXcanSAS: the mask has the shape of I; True = this point is not to be used.
+    excluded = (np.asarray(curve.n_pixels) == 0) | ~np.isfinite(np.asarray(curve.i))
+    # Stored as int8 0/1: pynxtools' validator reads the field as NX_NUMBER.
+    data.create_dataset("Mask", data=excluded.astype(np.int8))
+    data.attrs["mask"] = "Mask"
+    process = entry.create_group("sasprocess01")
+    process.attrs["NX_class"] = "NXprocess"
+    process.attrs["canSAS_class"] = "SASprocess"
+    process.create_dataset("name", data="runwire")
+    process.create_dataset("date", data=datetime.now(UTC).isoformat(timespec="seconds"))
+    label = ctx.run
+    process.create_dataset(
+        "description",
+        data=f"runwire {runwire_version()}, pipeline {label.pipeline_name} "
+        f"{label.pipeline_version}, run {label.run_id or '(none)'}",
+    )
+    process.create_dataset("runwire_version", data=runwire_version())
+    process.create_dataset("pipeline", data=label.pipeline_name)
+    process.create_dataset("pipeline_version", data=label.pipeline_version)
+    for ref in sorted(sources):
+        location = os.path.abspath(sources[ref].location)
+        process.create_dataset(f"source_{ref}", data=location, dtype=string)
         process.create_dataset(
-            "description",
-            data=f"runwire {runwire_version()}, pipeline {label.pipeline_name} "
-            f"{label.pipeline_version}, run {label.run_id or '(none)'}",
+            f"source_{ref}_sha256", data=source_sha256(location, ctx.raise_if_cancelled)
         )
-        process.create_dataset("runwire_version", data=runwire_version())
-        process.create_dataset("pipeline", data=label.pipeline_name)
-        process.create_dataset("pipeline_version", data=label.pipeline_version)
-        for ref in sorted(sources):
-            location = os.path.abspath(sources[ref].location)
-            process.create_dataset(f"source_{ref}", data=location, dtype=string)
-            process.create_dataset(
-                f"source_{ref}_sha256", data=source_sha256(location, ctx.raise_if_cancelled)
-            )
 
 
 @register
@@ -123,8 +123,10 @@ class WriteNXcanSAS(Step):
         run_id = ctx.run.run_id or ""
 
         def write(tmp: Path) -> None:
-            hdf5io.write_nxcansas(tmp, curve.q, curve.i, curve.idev, title=p.title, run=run_id)
-            _add_provenance(tmp, curve, ctx, ctx.sources)
+            hdf5io.write_nxcansas(
+                tmp, curve.q, curve.i, curve.idev, title=p.title, run=run_id,
+                extra=lambda f: _add_provenance(f, curve, ctx, ctx.sources),
+            )  # fmt: skip
 
         replace_atomically(path, write)
         return {"path": rel}
