@@ -13,7 +13,8 @@ from __future__ import annotations
 import os
 import zlib
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,70 @@ def open_hdf5(path: str | os.PathLike[str]) -> Iterator[h5py.File]:
     freezing the reader. h5py then opens the descriptor's own file (`/proc/self/fd/N` on Linux),
     so a swap of the path between the check and HDF5's open cannot slip a FIFO past the check.
     This costs about 10 µs per open (docs/detector-files.md).
+
+    Inside `run_scope()` (the runner opens one per run) a file is opened once per run: the
+    metadata, mask and frame readers of a sample share its handle, reused only while the path
+    still names the same file (path, size, mtime, ctime, inode), and closed when the run ends.
     """
+    files = _RUN_FILES.get()
+    identity = _identity(path) if files is not None else None
+    entry = files.get(identity) if files is not None and identity is not None else None
+    if entry is not None:
+        yield entry[0]
+        return
+    stack = ExitStack()
+    handle = stack.enter_context(_open_checked(path))
+    # Filed under the identity of the file actually opened (the path may have been replaced
+    # since `identity`): a later lookup by path finds it only while the path names that file.
+    opened = _fd_identity(path, handle) if files is not None else None
+    if files is not None and opened is not None and len(files) < _RUN_FILES_MAX:
+        files[opened] = (handle, stack)  # closed when the run's scope ends
+        yield handle
+        return
+    with stack:
+        yield handle
+
+
+# Files opened within the current run (`run_scope`): identity -> (handle, what closes it).
+_RUN_FILES: ContextVar[dict[tuple[str, int, int, int, int], tuple[h5py.File, ExitStack]] | None] = (
+    ContextVar("runwire_hdf5_run_files", default=None)
+)
+_RUN_FILES_MAX = 32  # a run reads a handful of sources; beyond this, files are not kept open
+
+
+@contextmanager
+def run_scope() -> Iterator[None]:
+    """Share one open handle per source file among the readers of one run (this thread)."""
+    files: dict[tuple[str, int, int, int, int], tuple[h5py.File, ExitStack]] = {}
+    token = _RUN_FILES.set(files)
+    try:
+        yield
+    finally:
+        _RUN_FILES.reset(token)
+        for _, stack in files.values():
+            stack.close()
+
+
+def _identity(path: str | os.PathLike[str]) -> tuple[str, int, int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (os.path.abspath(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+def _fd_identity(
+    path: str | os.PathLike[str], handle: h5py.File
+) -> tuple[str, int, int, int, int] | None:
+    try:
+        st = os.fstat(handle.id.get_vfd_handle())
+    except (OSError, ValueError, TypeError):
+        return None
+    return (os.path.abspath(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+@contextmanager
+def _open_checked(path: str | os.PathLike[str]) -> Iterator[h5py.File]:
     p = Path(path)
     try:
         guard = open_regular(p)

@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from . import provenance
+from . import hdf5io, provenance
 from .cancel import CancelToken
 from .composite import Pipeline, PipelineSpec, children
 from .errors import CancelledError, StepFailure
@@ -207,7 +207,8 @@ class ProcessingRunner:
             )  # fmt: skip
         self._prefetch_source_hashes(run)
         try:
-            outcome, error = self._run_nodes(self._tree, run)
+            with hdf5io.run_scope():  # one open per source file for the whole run
+                outcome, error = self._run_nodes(self._tree, run)
         except KeyboardInterrupt:
             # Ctrl-C outside a step's `compute` (between steps, or while the main thread waits
             # for a parallel group): a cancellation like one inside a step, so the run still

@@ -1,6 +1,7 @@
 """Source sha256 for the NXcanSAS provenance, hashed in the background when a run starts: the
 digest is always that of the file as it is when the curve is written, a file replaced after
-hashing is hashed again, hashing threads are bounded, and what is not a file says why."""
+hashing is hashed again, hashing threads are bounded, and what is not a file says why. Also: a run opens each source
+file once (its readers share the handle) and closes it when the run ends."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import h5py
 import numpy as np
 
 import pipeline.steps  # noqa: F401  (registers the built-in steps)
-from pipeline import demodata, provenance
+from pipeline import demodata, hdf5io, provenance
 from pipeline.examples import example_text
 from pipeline.incremental import IncrementalCache
 from pipeline.loader import load_pipeline_text
@@ -87,3 +88,40 @@ def test_partial_runs_record_each_new_samples_sha256(tmp_path: Path) -> None:
                 recorded = process[f"source_{ref}_sha256"][()].decode()
                 assert recorded == _sha(Path(source.location))
             assert np.all(np.isfinite(f["sasentry01/sasdata01/Q"][()]))
+
+
+def _open_fds_on(path: Path) -> int:
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") == str(path):
+                count += 1
+        except OSError:
+            continue
+    return count
+
+
+def test_a_run_shares_one_handle_per_source_and_closes_it_at_the_end(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    demodata.write_demo_data(data, count=1, shape=(32, 40), seed=2)
+    sample = data / "sample_0001.h5"
+    spec = load_pipeline_text(example_text("saxs"))
+    result = ProcessingRunner(spec, artifacts_dir=tmp_path / "out").run(
+        {"sample": SourceSpec(type="hdf5", location=str(sample))}
+    )
+    assert result.exit_code == 0, result.error
+    assert _open_fds_on(sample.resolve()) == 0
+    # Outside a run, and inside a run scope, the reader sees the file's current content: a
+    # sample replaced under the same name is not served from a handle kept for the old one.
+    with hdf5io.run_scope():
+        with hdf5io.open_hdf5(sample) as first:
+            before = first["/entry/data/data"][()].copy()
+        with hdf5io.open_hdf5(sample) as again:
+            assert again is first  # shared within the run
+        with h5py.File(tmp_path / "new.h5", "w") as f:
+            f["/entry/data/data"] = before + 1
+        os.replace(tmp_path / "new.h5", sample)
+        with hdf5io.open_hdf5(sample) as replaced:
+            np.testing.assert_array_equal(replaced["/entry/data/data"][()], before + 1)
+        assert _open_fds_on(sample.resolve()) >= 1
+    assert _open_fds_on(sample.resolve()) == 0
