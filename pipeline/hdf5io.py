@@ -150,7 +150,8 @@ _DISPLAY_NAMES: dict[int, str] = {}
 
 def display_name(handle: h5py.File) -> str:
     """The file name to show in messages about `handle`: the path it was opened by."""
-    return _DISPLAY_NAMES.get(handle.id.id, handle.filename)
+    name = _DISPLAY_NAMES.get(handle.id.id)
+    return name if name is not None else str(handle.filename)
 
 
 def get_dataset(handle: h5py.File, dataset: str | h5py.Dataset) -> h5py.Dataset:
@@ -192,7 +193,8 @@ def read_array(
         # One frame stored as a stack (the Eiger layout): the frame itself, no copy. The stack is
         # made read-only first, so the frame is known to be immutable (signatures, bin sums).
         array.flags.writeable = False
-        return array[0]
+        frame: np.ndarray = array[0]
+        return frame
     if sum_frames and array.ndim == 3:
         # Sum in a wide type: frames of uint16 counts overflow quickly.
         wide = np.int64 if array.dtype.kind in "iub" else np.float64

@@ -129,7 +129,10 @@ class Binning:
                 flat = array.reshape(-1)
                 if divisor is None:
                     return flat
-                return np.multiply(flat, self._reciprocal(divisor, power), out=buffer)
+                weighted: np.ndarray = np.multiply(
+                    flat, self._reciprocal(divisor, power), out=buffer
+                )
+                return weighted
 
             upcoming: Future[np.ndarray] | None = None
             try:
@@ -174,7 +177,7 @@ class Binning:
         if hit is not None and hit[0]() is divisor:
             return hit[1]
         with np.errstate(divide="ignore", invalid="ignore"):
-            recip = np.divide(1.0, divisor.reshape(-1), dtype=np.float64)
+            recip: np.ndarray = np.divide(1.0, divisor.reshape(-1), dtype=np.float64)
             if power == 2:
                 np.multiply(recip, recip, out=recip)
         if _immutable(divisor):
