@@ -107,7 +107,7 @@ def demo_mask(shape: tuple[int, int], seed: int = 0) -> np.ndarray:
     rows, cols = shape
     yy, xx = np.ogrid[:rows, :cols]
     radius = 0.025 * cols
-    mask = (xx + 0.5 - g["beam_center_x_px"]) ** 2 + (
+    mask: np.ndarray = (xx + 0.5 - g["beam_center_x_px"]) ** 2 + (
         yy + 0.5 - g["beam_center_y_px"]
     ) ** 2 < radius**2
     gap = int(0.6 * rows)

@@ -31,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from . import hdf5io, provenance
 from .cancel import CancelToken
 from .composite import Pipeline, PipelineSpec, children
 from .errors import CancelledError, StepFailure
@@ -204,8 +205,10 @@ class ProcessingRunner:
                 self.spec.name, self.spec.version, plan.effective_mode,
                 len(plan.dirty_steps), len(self.leaves),
             )  # fmt: skip
+        self._prefetch_source_hashes(run)
         try:
-            outcome, error = self._run_nodes(self._tree, run)
+            with hdf5io.run_scope():  # one open per source file for the whole run
+                outcome, error = self._run_nodes(self._tree, run)
         except KeyboardInterrupt:
             # Ctrl-C outside a step's `compute` (between steps, or while the main thread waits
             # for a parallel group): a cancellation like one inside a step, so the run still
@@ -216,6 +219,18 @@ class ProcessingRunner:
             run.cancelled = True
         elif outcome == _FAILED:
             run.error = error
+
+    def _prefetch_source_hashes(self, run: RunContext) -> None:
+        """When a step that runs records its sources' sha256 (NXcanSAS provenance), start
+        hashing them now, so that it overlaps the reading and arithmetic."""
+        assert run.plan is not None
+        dirty = set(run.plan.dirty_steps)
+        if any(
+            getattr(type(leaf.step), "prefetch_source_hashes", False)
+            for leaf in self.leaves
+            if leaf.full_id in dirty
+        ):
+            provenance.prefetch(spec.location for spec in run.sources.values())
 
     def finalize(self, run: RunContext) -> None:
         """Build the `RunResult`, update the cache, list artifacts, notify observers."""

@@ -79,7 +79,13 @@ def source_signature(spec: SourceSpec) -> str:
                                 str(st.st_mtime_ns), str(st.st_ctime_ns), str(st.st_ino),
                                 options]  # fmt: skip
     if spec.options.get("hash"):
-        parts.append(file_digest(spec.location))
+        try:
+            parts.append(file_digest(spec.location))
+        except OSError as exc:
+            # Replaced by a FIFO, a directory, unreadable...: like a missing file, the reading
+            # step fails with a clear error (a step error, not a crash of the planner); the
+            # signature only has to differ from any readable content's.
+            return digest("unreadable", spec.type, spec.location, options, type(exc).__name__)
     return digest(*parts)
 
 

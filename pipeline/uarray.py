@@ -257,7 +257,8 @@ class UArray:
         """Standard deviation per element (zeros when the value is exact)."""
         if self.variance is None:
             return np.zeros_like(self.value)
-        return np.sqrt(self.variance)
+        std: np.ndarray = np.sqrt(self.variance)
+        return std
 
     def signature_items(self) -> tuple[Any, ...]:
         """What the content signature (`pipeline.signatures`) hashes: the form, or the arrays."""
@@ -362,7 +363,8 @@ def _sum_var(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
         return b
     if b is None:
         return a
-    return a + b
+    total: np.ndarray = a + b
+    return total
 
 
 def _add_all(parts: list[np.ndarray]) -> np.ndarray | None:

@@ -47,14 +47,24 @@ def pixel_q_and_solid_angle(geometry: Mapping[str, Any]) -> tuple[np.ndarray, np
     y = (np.arange(rows, dtype=np.float64) + 0.5 - float(geometry["beam_center_y_px"])) * float(
         geometry["pixel_size_y_m"]
     )
+    # The same operations in the same order as the plain expressions (so the same bits), but in
+    # place: three frame-sized float64 buffers instead of nine (fresh pages cost as much as the
+    # arithmetic at 1 Mpx).
     r2 = np.add.outer(y * y, x * x)
-    big_r = np.sqrt(r2 + d * d)
-    sin_theta = np.sqrt(r2 / (2.0 * big_r * (big_r + d)))
-    q = sin_theta * (4.0 * np.pi / float(geometry["wavelength_nm"]))
-    cos_2theta = d / big_r
+    big_r = np.add(r2, d * d)
+    np.sqrt(big_r, out=big_r)  # R
+    q = np.multiply(2.0, big_r)
+    work = np.add(big_r, d)
+    q *= work  # 2 R (R + d)
+    np.divide(r2, q, out=q)
+    np.sqrt(q, out=q)  # sin θ
+    q *= 4.0 * np.pi / float(geometry["wavelength_nm"])
+    cos_2theta = np.divide(d, big_r, out=big_r)
+    np.multiply(cos_2theta, cos_2theta, out=work)
+    work *= cos_2theta
     # float32 like the frames it divides (values near 1: 7 significant digits are plenty), so the
     # per-frame division stays in float32.
-    solid_angle = (cos_2theta * cos_2theta * cos_2theta).astype(np.float32)
+    solid_angle = work.astype(np.float32)
     q.flags.writeable = False
     solid_angle.flags.writeable = False
     return q, solid_angle

@@ -129,7 +129,10 @@ class Binning:
                 flat = array.reshape(-1)
                 if divisor is None:
                     return flat
-                return np.multiply(flat, self._reciprocal(divisor, power), out=buffer)
+                weighted: np.ndarray = np.multiply(
+                    flat, self._reciprocal(divisor, power), out=buffer
+                )
+                return weighted
 
             upcoming: Future[np.ndarray] | None = None
             try:
@@ -174,7 +177,7 @@ class Binning:
         if hit is not None and hit[0]() is divisor:
             return hit[1]
         with np.errstate(divide="ignore", invalid="ignore"):
-            recip = np.divide(1.0, divisor.reshape(-1), dtype=np.float64)
+            recip: np.ndarray = np.divide(1.0, divisor.reshape(-1), dtype=np.float64)
             if power == 2:
                 np.multiply(recip, recip, out=recip)
         if _immutable(divisor):
@@ -197,16 +200,20 @@ def make_binning(q: np.ndarray, mask: np.ndarray | None, n_bins: int) -> Binning
         valid &= ~mask
     if not valid.any():
         raise StepFailure("every pixel is masked: nothing to integrate")
-    q_valid = q[valid]
-    q_min, q_max = float(q_valid.min()), float(q_valid.max())
+    # Extremes over the valid pixels without copying them out (`where=`), then the bin of every
+    # pixel in whole-frame passes: no boolean gather or scatter, which cost more than the
+    # arithmetic at 1 Mpx. Same numbers as `((q[valid] - q_min) / width).astype(intp)`
+    # capped at n_bins - 1 (the cap is applied before truncation, which is equivalent).
+    q_min = float(np.min(q, where=valid, initial=np.inf))
+    q_max = float(np.max(q, where=valid, initial=-np.inf))
     if q_max <= q_min:
         q_max = q_min + 1e-12  # a single unmasked q value: one bin holding it
     width = (q_max - q_min) / n_bins
-    index = np.full(q.size, n_bins, dtype=np.intp)
-    flat_valid = valid.reshape(-1)
-    bins = ((q.reshape(-1)[flat_valid] - q_min) / width).astype(np.intp)
-    np.minimum(bins, n_bins - 1, out=bins)  # the pixel at q_max belongs to the last bin
-    index[flat_valid] = bins
+    work = np.subtract(q, q_min)
+    work /= width
+    np.minimum(work, n_bins - 1, out=work)  # the pixel at q_max belongs to the last bin
+    np.copyto(work, n_bins, where=~valid)  # masked or non-finite q: the overflow bin
+    index = work.reshape(-1).astype(np.intp)
     counts = np.bincount(index, minlength=n_bins + 1)[:n_bins]
     edges = q_min + width * np.arange(n_bins + 1, dtype=np.float64)
     edges[-1] = q_max

@@ -15,9 +15,13 @@ import numpy as np
 
 from .. import hdf5io
 from ..errors import SourceError
+from ..safeio import open_regular, read_regular_bytes
 from ..step import Step, StepContext, register
 from ..uarray import UArray
 from .sources import HDF5_TYPES, JSON_TYPES, NPY_TYPES, source_path
+
+# A JSON source is metadata (a calibration, a sample table): anything larger is a mistake.
+MAX_JSON_BYTES = 64 << 20
 
 SourceRef = Annotated[str, msgspec.Meta(description="Source ref to read from (e.g. `sample`).")]
 
@@ -101,11 +105,13 @@ class NpyRead(Step):
         path = source_path(ctx, p.source, NPY_TYPES)
         if path is None:
             return {"data": None}
-        if not path.exists():
-            raise SourceError(f"{path}: no such file")
         try:
-            array = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
+            # Non-blocking, type-checked open: a FIFO or device named as the source is refused.
+            with open_regular(path) as handle:
+                array = np.load(handle, allow_pickle=False)
+        except FileNotFoundError as exc:
+            raise SourceError(f"{path}: no such file") from exc
+        except (OSError, ValueError, EOFError) as exc:
             raise SourceError(f"{path}: not a readable .npy file ({exc})") from exc
         if not isinstance(array, np.ndarray):
             raise SourceError(f"{path}: holds several arrays (.npz); give one .npy file")
@@ -133,7 +139,7 @@ class JsonRead(Step):
         if path is None:
             return {"value": None}
         try:
-            value: Any = json.loads(path.read_bytes())
+            value: Any = json.loads(read_regular_bytes(path, MAX_JSON_BYTES))
         except FileNotFoundError as exc:
             raise SourceError(f"{path}: no such file") from exc
         except (OSError, ValueError) as exc:

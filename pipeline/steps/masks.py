@@ -88,7 +88,8 @@ def as_mask(value: Any) -> np.ndarray | None:
         return value.unpack()
     if isinstance(value, UArray):
         value = value.value
-    return np.asarray(value) != 0
+    mask: np.ndarray = np.asarray(value) != 0
+    return mask
 
 
 @register

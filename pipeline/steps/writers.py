@@ -12,12 +12,8 @@ runwire's version, the pipeline and every source file with its sha256.
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.metadata
 import os
-import stat
-import threading
-from collections import OrderedDict
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -30,15 +26,9 @@ import numpy as np
 from .. import hdf5io
 from ..atomic import replace_atomically
 from ..errors import StepFailure
+from ..provenance import source_sha256
 from ..step import SourceSpec, Step, StepContext, register
 from ..uarray import Curve
-
-# sha256 of source files by identity (path, size, mtime, ctime, inode): the background and dark
-# files stay the same for many runs and are hashed once. Bounded: least recently used goes.
-_SHA256_CACHE_SIZE = 256
-_sha256_cache: OrderedDict[tuple[str, int, int, int, int], str] = OrderedDict()
-_sha256_lock = threading.Lock()
-_HASH_CHUNK = 1 << 20
 
 
 @functools.cache
@@ -48,37 +38,6 @@ def runwire_version() -> str:
         return importlib.metadata.version("runwire")
     except importlib.metadata.PackageNotFoundError:
         return "unknown"
-
-
-def source_sha256(location: str) -> str:
-    """sha256 of a source file, or a short reason why there is none (not a regular file...).
-
-    Only regular files are opened: a FIFO or device named as a source must not block a writer.
-    """
-    try:
-        st = os.stat(location)
-    except OSError as exc:
-        return f"unavailable: {exc.strerror or type(exc).__name__}"
-    if not stat.S_ISREG(st.st_mode):
-        return "unavailable: not a regular file"
-    key = (os.path.abspath(location), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
-    with _sha256_lock:
-        if (known := _sha256_cache.get(key)) is not None:
-            _sha256_cache.move_to_end(key)
-            return known
-    h = hashlib.sha256()
-    try:
-        with open(location, "rb") as f:
-            while chunk := f.read(_HASH_CHUNK):
-                h.update(chunk)
-    except OSError as exc:
-        return f"unavailable: {exc.strerror or type(exc).__name__}"
-    digest = h.hexdigest()
-    with _sha256_lock:
-        _sha256_cache[key] = digest
-        while len(_sha256_cache) > _SHA256_CACHE_SIZE:
-            _sha256_cache.popitem(last=False)
-    return digest
 
 
 def _target(ctx: StepContext, filename: str) -> tuple[Path, str]:
@@ -100,36 +59,38 @@ def _curve(inputs: Mapping[str, Any]) -> Curve:
 
 
 def _add_provenance(
-    path: Path, curve: Curve, ctx: StepContext, sources: Mapping[str, SourceSpec]
+    f: h5py.File, curve: Curve, ctx: StepContext, sources: Mapping[str, SourceSpec]
 ) -> None:
-    """Add `Mask`/`@mask` and `sasprocess01` to a file written by `hdf5io.write_nxcansas`."""
+    """Add `Mask`/`@mask` and `sasprocess01` to a file being written by
+    `hdf5io.write_nxcansas` (its `extra` callback: the file is created and opened once)."""
     string = h5py.string_dtype()
-    with h5py.File(path, "a") as f:
-        entry = f["sasentry01"]
-        data = entry["sasdata01"]
-        # NXcanSAS: the mask has the shape of I; True = this point is not to be used.
-        excluded = (np.asarray(curve.n_pixels) == 0) | ~np.isfinite(np.asarray(curve.i))
-        # Stored as int8 0/1: pynxtools' validator reads the field as NX_NUMBER.
-        data.create_dataset("Mask", data=excluded.astype(np.int8))
-        data.attrs["mask"] = "Mask"
-        process = entry.create_group("sasprocess01")
-        process.attrs["NX_class"] = "NXprocess"
-        process.attrs["canSAS_class"] = "SASprocess"
-        process.create_dataset("name", data="runwire")
-        process.create_dataset("date", data=datetime.now(UTC).isoformat(timespec="seconds"))
-        label = ctx.run
+    entry = f["sasentry01"]
+    data = entry["sasdata01"]
+    # NXcanSAS: the mask has the shape of I; True = this point is not to be used.
+    excluded = (np.asarray(curve.n_pixels) == 0) | ~np.isfinite(np.asarray(curve.i))
+    # Stored as int8 0/1: pynxtools' validator reads the field as NX_NUMBER.
+    data.create_dataset("Mask", data=excluded.astype(np.int8))
+    data.attrs["mask"] = "Mask"
+    process = entry.create_group("sasprocess01")
+    process.attrs["NX_class"] = "NXprocess"
+    process.attrs["canSAS_class"] = "SASprocess"
+    process.create_dataset("name", data="runwire")
+    process.create_dataset("date", data=datetime.now(UTC).isoformat(timespec="seconds"))
+    label = ctx.run
+    process.create_dataset(
+        "description",
+        data=f"runwire {runwire_version()}, pipeline {label.pipeline_name} "
+        f"{label.pipeline_version}, run {label.run_id or '(none)'}",
+    )
+    process.create_dataset("runwire_version", data=runwire_version())
+    process.create_dataset("pipeline", data=label.pipeline_name)
+    process.create_dataset("pipeline_version", data=label.pipeline_version)
+    for ref in sorted(sources):
+        location = os.path.abspath(sources[ref].location)
+        process.create_dataset(f"source_{ref}", data=location, dtype=string)
         process.create_dataset(
-            "description",
-            data=f"runwire {runwire_version()}, pipeline {label.pipeline_name} "
-            f"{label.pipeline_version}, run {label.run_id or '(none)'}",
+            f"source_{ref}_sha256", data=source_sha256(location, ctx.raise_if_cancelled)
         )
-        process.create_dataset("runwire_version", data=runwire_version())
-        process.create_dataset("pipeline", data=label.pipeline_name)
-        process.create_dataset("pipeline_version", data=label.pipeline_version)
-        for ref in sorted(sources):
-            location = os.path.abspath(sources[ref].location)
-            process.create_dataset(f"source_{ref}", data=location, dtype=string)
-            process.create_dataset(f"source_{ref}_sha256", data=source_sha256(location))
 
 
 @register
@@ -144,6 +105,8 @@ class WriteNXcanSAS(Step):
 
     name = "write.nxcansas"
     input_names = ("curve",)
+    # The runner starts hashing the run's sources when the run starts (`pipeline.provenance`).
+    prefetch_source_hashes = True
     output_names = ("path",)
 
     class Params(msgspec.Struct, forbid_unknown_fields=True):
@@ -160,8 +123,10 @@ class WriteNXcanSAS(Step):
         run_id = ctx.run.run_id or ""
 
         def write(tmp: Path) -> None:
-            hdf5io.write_nxcansas(tmp, curve.q, curve.i, curve.idev, title=p.title, run=run_id)
-            _add_provenance(tmp, curve, ctx, ctx.sources)
+            hdf5io.write_nxcansas(
+                tmp, curve.q, curve.i, curve.idev, title=p.title, run=run_id,
+                extra=lambda f: _add_provenance(f, curve, ctx, ctx.sources),
+            )  # fmt: skip
 
         replace_atomically(path, write)
         return {"path": rel}
