@@ -26,7 +26,7 @@ import anyio.to_thread
 import msgspec
 
 from pipeline.observer import RunInfo
-from streaming import envelope as ev
+from streaming import events as ev
 from streaming.envelope import utc_now
 
 from .diskfull import commit_outcome, retry_while_full

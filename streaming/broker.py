@@ -42,8 +42,9 @@ from typing import Any
 
 import anyio.to_thread
 
-from streaming.envelope import RUN_QUEUED, SESSION_DELETED, Event, parse_since
+from streaming.envelope import Event, parse_since
 from streaming.errors import BrokerClosed, BrokerNotStarted
+from streaming.events import RUN_QUEUED, SESSION_DELETED
 from streaming.replay import HistorySource, ReplayBuffer, make_gap_event, read_history
 from streaming.subscription import CloseReason, ReplayInfo, Subscription
 

@@ -20,7 +20,8 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from streaming.envelope import TERMINAL_RUN_TYPES, Event, parse_since
+from streaming.envelope import Event, parse_since
+from streaming.events import TERMINAL_RUN_TYPES
 
 if TYPE_CHECKING:
     from streaming.broker import Broker
