@@ -22,9 +22,9 @@ from starlette.responses import Response
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 
+from streaming.channels.sse import sse_response
+from streaming.channels.ws import serve_websocket
 from streaming.errors import ControlError, InvalidEventId
-from streaming.sse import sse_response
-from streaming.ws import serve_websocket
 
 from .auth import check_sse_origin, reject_websocket, websocket_origin_ok
 from .errors import ServiceError
@@ -146,7 +146,7 @@ class RuntimeControl:
                 raise ServiceError("INVALID_REQUEST", f"unknown op {op!r}")
             result: Any = await getattr(self, "_" + op)(args)
         except (ServiceError, msgspec.ValidationError) as exc:
-            # Anything else is a bug: `streaming.ws` logs it and replies INTERNAL.
+            # Anything else is a bug: `streaming.channels.ws` logs it and replies INTERNAL.
             raise _control_error(exc) from exc
         out: dict[str, Any] = msgspec.to_builtins(result)
         return out

@@ -31,10 +31,10 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from streaming.broker import Broker
+from streaming.channels.sse import sse_response
+from streaming.channels.ws import serve_websocket
 from streaming.envelope import Event
-from streaming.sse import sse_response
 from streaming.subscription import Subscription
-from streaming.ws import serve_websocket
 
 UVICORN_OPTIONS: dict[str, Any] = {
     # The same for every peer. No per-message deflate: it compresses per connection and

@@ -22,11 +22,11 @@ from starlette.websockets import WebSocket
 from websockets.asyncio.client import ClientConnection
 
 from streaming.broker import Broker
+from streaming.channels.sse import sse_response
+from streaming.channels.ws import serve_websocket
 from streaming.envelope import Event
 from streaming.errors import ControlError, InvalidEventId
-from streaming.sse import sse_response
 from streaming.subscription import Subscription
-from streaming.ws import serve_websocket
 
 T = TypeVar("T")
 
@@ -120,7 +120,11 @@ class LiveServer:
     """uvicorn serving `make_app(broker)` in a thread; `call` runs a coroutine on its loop."""
 
     def __init__(
-        self, broker: Broker, app_options: dict[str, Any] | None = None, **uvicorn_options: Any
+        self,
+        broker: Broker,
+        app_options: dict[str, Any] | None = None,
+        app_factory: Callable[..., Any] = make_app,
+        **uvicorn_options: Any,
     ) -> None:
         self.broker = broker
         self._started = threading.Event()
@@ -131,7 +135,7 @@ class LiveServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}"
         options = {"log_level": "warning", "timeout_graceful_shutdown": 2, **uvicorn_options}
-        app = make_app(broker, self._started, **(app_options or {}))
+        app = app_factory(broker, self._started, **(app_options or {}))
         config = uvicorn.Config(app, **options)
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._run, daemon=True)

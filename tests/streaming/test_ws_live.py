@@ -115,9 +115,11 @@ async def test_broker_close_closes_websockets_with_1001(live: LiveServer) -> Non
         assert info.value.rcvd is not None and info.value.rcvd.code == 1001
 
 
-async def test_a_stalled_reader_is_cut_off_and_a_reading_client_misses_nothing() -> None:
+async def test_a_stalled_reader_is_cut_off_and_a_reading_client_misses_nothing(
+    direct_writes: bool,
+) -> None:
     broker = Broker(epoch="E", subscriber_queue_size=64)
-    with live_server(broker) as live:
+    with live_server(broker, {"direct_writes": direct_writes}) as live:
         # max_queue=1: the stalled client's library stops reading the socket almost at once.
         async with (
             connect(f"{live.ws_url}/ws", max_queue=1, compression=None) as stalled,

@@ -7,8 +7,13 @@ from typing import Any
 
 import pytest
 
-from streaming.transport import abort, abort_later_unless_closed, find_owner, find_transport
-from streaming.wire import DirectWriter
+from streaming.channels.fastpath import (
+    DirectWriter,
+    abort,
+    abort_later_unless_closed,
+    find_owner,
+    find_transport,
+)
 
 pytestmark = pytest.mark.anyio
 

@@ -9,7 +9,7 @@ One connection = one `Subscription` (its session set grows and shrinks with `sub
   service's `ControlHandler`. A bad message gets an INVALID_REQUEST error reply and the
   connection stays.
 - the sender drains the subscription's own bounded queue, writing every ready item in one
-  write (`streaming.wire`; while the queue is empty the broker writes live events directly);
+  write (`streaming.channels.fastpath`; while the queue is empty the broker writes live events directly);
   replies travel through the same queue, which is how the reply to `subscribe` precedes its
   replay. A slow socket therefore only ever delays itself. When the subscription ends
   (overflow, broker closed) the sender stops waiting on the socket at once and closes it:
@@ -39,6 +39,7 @@ from starlette.types import Message
 from starlette.websockets import WebSocket
 
 from streaming.broker import Broker
+from streaming.channels.fastpath import DirectWriter, abort, abort_later_unless_closed, ws_frame
 from streaming.envelope import Event
 from streaming.errors import BrokerClosed, ControlError, InvalidEventId
 from streaming.jsonshape import check_json_shape
@@ -55,8 +56,6 @@ from streaming.messages import (
     request_id_of,
 )
 from streaming.subscription import CloseReason, QueueItem, ReplayInfo, Subscription
-from streaming.transport import abort, abort_later_unless_closed
-from streaming.wire import DirectWriter, ws_frame
 
 __all__ = ["MAX_MESSAGE_BYTES", "CloseCode", "ControlHandler", "serve_websocket"]
 
@@ -104,7 +103,7 @@ async def serve_websocket(
     task or a subscription behind. Cancel-safe: cancelling it closes the subscription.
 
     `direct_writes`: write pre-built frames straight to the server's transport when it can
-    be reached (`streaming.wire`); False sends every message through ASGI.
+    be reached (`streaming.channels.fastpath`); False sends every message through ASGI.
     """
     if broker.closed:
         await websocket.close(CloseCode.GOING_AWAY)
