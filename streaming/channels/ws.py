@@ -44,8 +44,8 @@ from streaming.envelope import Event
 from streaming.errors import BrokerClosed, ControlError, InvalidEventId
 from streaming.jsonshape import check_json_shape
 from streaming.messages import (
-    CONTROL_OPS,
     ClientMessage,
+    ControlOp,
     Ping,
     RequestId,
     Subscribe,
@@ -53,6 +53,7 @@ from streaming.messages import (
     decoder,
     error_reply,
     ok_reply,
+    op_name,
     request_id_of,
 )
 from streaming.subscription import CloseReason, QueueItem, ReplayInfo, Subscription
@@ -61,7 +62,9 @@ __all__ = ["MAX_MESSAGE_BYTES", "CloseCode", "ControlHandler", "serve_websocket"
 
 log = logging.getLogger(__name__)
 
-ControlHandler = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
+# Answers one control op, decoded once into its Struct (`streaming.messages`): returns the
+# reply's `result`, or raises `ControlError(code, message)` for an error reply.
+ControlHandler = Callable[[ControlOp], Awaitable[dict[str, Any]]]
 MAX_MESSAGE_BYTES = 1 << 20
 STALL_GRACE_S = 0.5
 _SCAN_ON_LOOP_MAX = 64 * 1024  # messages this small are shape-checked in well under 1 ms
@@ -300,16 +303,13 @@ class _Connection:
         result = {"sessions": "*" if remaining is None else sorted(remaining)}
         self.reply(ok_reply(op.id, result))
 
-    async def forward(self, op: ClientMessage) -> None:
-        body = msgspec.to_builtins(op)
-        name = body["op"]
-        assert name in CONTROL_OPS
+    async def forward(self, op: ControlOp) -> None:
         try:
-            result = await self.control(name, body)
+            result = await self.control(op)
         except ControlError as exc:
             self.reply(error_reply(op.id, exc.code, exc.message))
         except Exception:
-            log.exception("control handler failed for op %r", name)
+            log.exception("control handler failed for op %r", op_name(op))
             self.reply(error_reply(op.id, "INTERNAL", "internal error"))
         else:
             self.reply(ok_reply(op.id, result))

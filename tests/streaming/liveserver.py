@@ -26,20 +26,23 @@ from streaming.channels.sse import sse_response
 from streaming.channels.ws import serve_websocket
 from streaming.envelope import Event
 from streaming.errors import ControlError, InvalidEventId
+from streaming.messages import Cancel, ControlOp, DryRun, Process, SetSample, op_name
 from streaming.subscription import Subscription
 
 T = TypeVar("T")
 
 
-async def control(op: str, message: dict[str, Any]) -> dict[str, Any]:
-    """The test's stand-in for the service's control handler."""
-    if op == "process":
-        return {"run_id": f"run-of-{message['session']}", "status": "queued"}
-    if op == "cancel" and message["run_id"] == "missing":
+async def control(op: ControlOp) -> dict[str, Any]:
+    """The test's stand-in for the service's control handler: it gets the typed op."""
+    if isinstance(op, Process):
+        return {"run_id": f"run-of-{op.session}", "status": "queued"}
+    if isinstance(op, Cancel) and op.run_id == "missing":
         raise ControlError("RUN_NOT_FOUND", "no run 'missing'")
-    if op == "dry_run":
+    if isinstance(op, DryRun):
         raise RuntimeError("a bug in the handler")
-    return {"op": op}
+    if isinstance(op, SetSample):
+        return {"location": op.location, "options": op.options, "process": op.process}
+    return {"op": op_name(op)}
 
 
 def make_app(

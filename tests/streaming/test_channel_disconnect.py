@@ -18,6 +18,7 @@ from starlette.websockets import WebSocket
 from streaming.broker import Broker
 from streaming.channels.sse import SSEResponse
 from streaming.channels.ws import serve_websocket
+from streaming.messages import ControlOp
 
 pytestmark = pytest.mark.anyio
 
@@ -108,7 +109,7 @@ async def test_websocket_peer_gone_mid_send_ends_the_connection_without_error() 
     cycle = FakeCycle(fail_sends=True)
     websocket = WebSocket({"type": "websocket", "path": "/ws"}, cycle.receive, cycle.send)
 
-    async def control(op: str, message: dict[str, Any]) -> dict[str, Any]:
+    async def control(op: ControlOp) -> dict[str, Any]:
         return {}
 
     with anyio.fail_after(5):

@@ -79,6 +79,14 @@ async def test_control_ops_are_forwarded_and_errors_become_error_replies(
         }  # fmt: skip
         reply = await request(ws, {"op": "dry_run", "id": 3, "session": "s"})
         assert reply["error"] == {"code": "INTERNAL", "message": "internal error"}
+        # The handler gets the decoded, typed op: fields as declared, absent ones None.
+        op = {"op": "set_sample", "id": 4, "session": "s", "location": "/d/x.h5#/e"}
+        reply = await request(ws, {**op, "options": {"frame": 2}})
+        assert reply["result"] == {
+            "location": "/d/x.h5#/e",
+            "options": {"frame": 2},
+            "process": None,
+        }
 
 
 async def test_bad_messages_get_error_replies_and_the_socket_stays(live: LiveServer) -> None:
