@@ -186,7 +186,7 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 10) -> None
     """Poll a condition that changes on the server's thread (no event to wait on across
     threads), failing after `timeout` seconds."""
     with anyio.fail_after(timeout):
-        while not predicate():
+        while not predicate():  # noqa: ASYNC110 - no event crosses the threads
             await anyio.sleep(0.005)
 
 
