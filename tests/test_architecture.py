@@ -174,3 +174,22 @@ def test_event_type_names_live_in_a_stdlib_only_module() -> None:
     must not pull in anything beyond the standard library."""
     imported = imported_top_levels(ROOT / "streaming" / "events.py")
     assert imported <= sys.stdlib_module_names | {"__future__"}
+
+
+def test_subscription_uses_only_public_broker_methods() -> None:
+    """`Subscription` reaches its broker through `SubscriptionHost`, public methods only: no
+    `broker._anything` (nor `self._broker._anything`) in streaming/subscription.py."""
+    path = ROOT / "streaming" / "subscription.py"
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+
+    def is_broker(node: ast.expr) -> bool:
+        if isinstance(node, ast.Name):
+            return node.id == "broker"
+        return isinstance(node, ast.Attribute) and node.attr == "_broker"
+
+    private = sorted(
+        f"line {node.lineno}: .{node.attr}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and is_broker(node.value)
+    )
+    assert private == []
