@@ -19,14 +19,24 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from .signatures import ABSENT, combine, digest, output_signature
 
-if TYPE_CHECKING:
-    from .planning import LeafPlan
+
+class LeafPlan(Protocol):
+    """What signing and caching read of a `planning.LeafPlan` (declared here, not imported:
+    planning imports this module)."""
+
+    full_id: str
+    inputs: tuple[tuple[str, str], ...]
+    optional: tuple[tuple[str, str], ...]
+    source_refs: tuple[str, ...]
+    params_sig: str
+    version_sig: str
+    static_sig: str
 
 
 @dataclass

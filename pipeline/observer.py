@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .runner import RunResult
+    from .runstate import RunResult
 
 log = logging.getLogger("pipeline")
 

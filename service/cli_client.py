@@ -16,6 +16,8 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from streaming import events as ev
+
 from .cli_errors import CliError
 
 if TYPE_CHECKING:
@@ -29,7 +31,7 @@ EXIT_INTERRUPTED = 130  # Ctrl-C while waiting for a run whose outcome is then u
 RUN_EXIT = {"succeeded": 0, "cancelled": 5, "interrupted": 75}
 FAILED_DEFAULT_EXIT = 4  # ExitCode.STEP_FAILED, for a failed run without a known code
 FINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled", "interrupted"})
-TERMINAL_TYPES = frozenset({"run.finished", "run.cancelled", "run.interrupted"})
+TERMINAL_TYPES = ev.TERMINAL_RUN_TYPES
 
 
 # --- plumbing ---------------------------------------------------------------------------------
@@ -188,7 +190,7 @@ def follow_run(
         if terminal is None:
             raise
         data = terminal.get("data")
-        status = {"run.cancelled": "cancelled", "run.interrupted": "interrupted"}.get(
+        status = {ev.RUN_CANCELLED: "cancelled", ev.RUN_INTERRUPTED: "interrupted"}.get(
             str(terminal.get("type")), data.get("status") if isinstance(data, dict) else None
         )
         return {"run_id": run_id, "status": status}

@@ -13,6 +13,8 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TextIO
 
+from streaming import events as ev
+
 EMPTY = "-"
 
 
@@ -406,13 +408,13 @@ def manifest_table(manifest: Mapping[str, Any]) -> str:
 
 
 def _event_status(event_type: str, data: Mapping[str, Any]) -> Any:
-    if event_type == "step.progress":
+    if event_type == ev.STEP_PROGRESS:
         fraction = data.get("fraction")
         pct = f"{fraction * 100:.0f}%" if isinstance(fraction, int | float) else None
         return " ".join(p for p in (pct, data.get("message")) if p) or None
-    if event_type == "session.state_changed":
+    if event_type == ev.SESSION_STATE_CHANGED:
         return data.get("state") or data.get("to")
-    if event_type == "stream.gap":
+    if event_type == ev.STREAM_GAP:
         return f"gap: requested {data.get('requested')}, oldest {data.get('oldest_available')}"
     return data.get("status")
 
@@ -480,7 +482,7 @@ class EventPrinter:
             return
         data = mapping(event.get("data"))
         fraction = data.get("fraction")
-        if self.tty and event.get("type") == "step.progress" and isinstance(fraction, int | float):
+        if self.tty and event.get("type") == ev.STEP_PROGRESS and isinstance(fraction, int | float):
             columns = shutil.get_terminal_size((80, 24)).columns
             label = f"{text(event.get('runid'))} {text(data.get('step'))}"
             message = text(data.get("message")) if data.get("message") else ""

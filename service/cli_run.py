@@ -251,6 +251,7 @@ def make_observer(run_id: str, run_dir: RunDirectory, events_out: IO[bytes] | No
                   leaf_ids: set[str]) -> RunObserver:  # fmt: skip
     """The observer turning runner notifications into CloudEvents (session `local`)."""
     from service.step_events import StepEventObserver
+    from streaming import events as ev
     from streaming.envelope import Event
 
     class LocalEvents(StepEventObserver):
@@ -269,7 +270,7 @@ def make_observer(run_id: str, run_dir: RunDirectory, events_out: IO[bytes] | No
                     events_out.flush()
 
         def on_run_started(self, info: RunInfo) -> None:
-            self.emit("run.started", {"mode": info.mode, "effective_mode": info.effective_mode,
+            self.emit(ev.RUN_STARTED, {"mode": info.mode, "effective_mode": info.effective_mode,
                                       "dirty_steps": list(info.dirty_steps),
                                       "skipped_steps": list(info.skipped_steps)})  # fmt: skip
 
@@ -291,7 +292,7 @@ def make_observer(run_id: str, run_dir: RunDirectory, events_out: IO[bytes] | No
 
         def on_run_finished(self, result: RunResult) -> None:
             if result.status == "cancelled":
-                self.emit("run.cancelled", {"status": "cancelled", "elapsed_s": result.elapsed_s})
+                self.emit(ev.RUN_CANCELLED, {"status": "cancelled", "elapsed_s": result.elapsed_s})
                 return
             data: dict[str, Any] = {"status": result.status, "elapsed_s": result.elapsed_s,
                                     "dirty_steps": result.dirty_steps,
@@ -299,7 +300,7 @@ def make_observer(run_id: str, run_dir: RunDirectory, events_out: IO[bytes] | No
             if result.error is not None:
                 # As the service's run.finished does: what failed, without fetching the run.
                 data["error"] = result.error.as_dict()
-            self.emit("run.finished", data)
+            self.emit(ev.RUN_FINISHED, data)
 
     return LocalEvents()
 

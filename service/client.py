@@ -23,6 +23,8 @@ from urllib.parse import quote
 
 import httpx
 
+from streaming.events import STREAM_GAP
+
 from .cli_errors import CliError
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -341,7 +343,7 @@ class EventStream:
         self.repeats_dropped = 0
 
     def _is_repeat(self, frame_id: str | None, event_type: str) -> bool:
-        if event_type == "stream.gap":
+        if event_type == STREAM_GAP:
             return False
         new, last = _id_key(frame_id), _id_key(self.last_event_id)
         return new is not None and last is not None and new[0] == last[0] and new[1] <= last[1]

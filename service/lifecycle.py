@@ -28,7 +28,7 @@ import anyio.to_thread
 import msgspec
 
 from pipeline.observer import RunInfo
-from streaming import envelope as ev
+from streaming import events as ev
 from streaming.envelope import utc_now
 
 from .diskfull import STORAGE_FULL_RUN_ERROR, commit_outcome, retry_while_full

@@ -20,7 +20,7 @@ from pathlib import Path
 import msgspec
 
 from pipeline.errors import PipelineError
-from streaming import envelope as ev
+from streaming import events as ev
 from streaming.envelope import utc_now
 
 from .durable import DurableIO

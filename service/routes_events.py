@@ -22,9 +22,10 @@ from starlette.responses import Response
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 
+from streaming.channels.sse import sse_response
+from streaming.channels.ws import serve_websocket
 from streaming.errors import ControlError, InvalidEventId
-from streaming.sse import sse_response
-from streaming.ws import serve_websocket
+from streaming.messages import ControlOp, DryRun, Process, SetSample
 
 from .auth import check_sse_origin, reject_websocket, websocket_origin_ok
 from .errors import ServiceError
@@ -126,27 +127,41 @@ def _control_error(exc: ServiceError | msgspec.ValidationError) -> ControlError:
     return ControlError("INVALID_REQUEST", str(exc))
 
 
+def _fields(op: ControlOp) -> dict[str, Any]:
+    """The op's fields for the service's request models: absent optional fields arrive as
+    None and mean "the default"; `id` is the channel's."""
+    return {
+        name: value
+        for name in op.__struct_fields__
+        if name != "id" and (value := getattr(op, name)) is not None
+    }
+
+
 class RuntimeControl:
     """The WebSocket `ControlHandler`: maps control ops to the runtime.
 
-    Called as `await control(op, message)`; answers the reply's `result`, or raises
-    `streaming.errors.ControlError(code, message)` for an error reply.
+    Called as `await control(op)` with the op already decoded (`streaming.messages`); answers
+    the reply's `result`, or raises `streaming.errors.ControlError(code, message)` for an
+    error reply.
     """
-
-    _OPS = ("process", "set_sample", "cancel", "dry_run")
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
 
-    async def __call__(self, op: str, message: dict[str, Any]) -> dict[str, Any]:
-        # Absent optional fields may arrive as None: they mean "the default".
-        args = {k: v for k, v in message.items() if k not in ("op", "id") and v is not None}
+    async def __call__(self, op: ControlOp) -> dict[str, Any]:
+        args = _fields(op)
         try:
-            if op not in self._OPS:
-                raise ServiceError("INVALID_REQUEST", f"unknown op {op!r}")
-            result: Any = await getattr(self, "_" + op)(args)
+            result: Any
+            if isinstance(op, Process):
+                result = await self._process(args)
+            elif isinstance(op, DryRun):
+                result = await self._dry_run(args)
+            elif isinstance(op, SetSample):
+                result = await self._set_sample(args)
+            else:
+                result = await self._cancel(args)
         except (ServiceError, msgspec.ValidationError) as exc:
-            # Anything else is a bug: `streaming.ws` logs it and replies INTERNAL.
+            # Anything else is a bug: `streaming.channels.ws` logs it and replies INTERNAL.
             raise _control_error(exc) from exc
         out: dict[str, Any] = msgspec.to_builtins(result)
         return out

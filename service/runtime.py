@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from streaming import envelope as ev
+from streaming import events as ev
 from streaming.broker import Broker
 from streaming.envelope import utc_now
 

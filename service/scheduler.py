@@ -45,7 +45,7 @@ from pipeline.incremental import IncrementalCache
 from pipeline.loader import PipelineSpec
 from pipeline.rundir import RunDirectory, new_run_id
 from pipeline.step import SourceSpec
-from streaming import envelope as ev
+from streaming import events as ev
 from streaming.envelope import utc_now
 
 from . import lifecycle

@@ -148,7 +148,7 @@ class RunwireServer(uvicorn.Server):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         # Poll, as uvicorn itself does: connections expose no "closed" notification.
-        while self.server_state.connections and loop.time() < deadline:
+        while self.server_state.connections and loop.time() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.02)
 
 

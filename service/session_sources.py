@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 import msgspec
 
-from streaming import envelope as ev
+from streaming import events as ev
 from streaming.envelope import utc_now
 
 from .config import Config

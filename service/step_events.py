@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.observer import RunObserver
-from streaming import envelope as ev
+from streaming import events as ev
 
 
 class StepEventObserver(RunObserver):

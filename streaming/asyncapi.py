@@ -13,7 +13,8 @@ from typing import Any
 
 import msgspec
 
-from streaming.envelope import EVENT_TYPES, Envelope
+from streaming.envelope import Envelope
+from streaming.events import EVENT_TYPES
 from streaming.messages import (
     Cancel,
     DryRun,

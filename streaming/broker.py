@@ -42,8 +42,9 @@ from typing import Any
 
 import anyio.to_thread
 
-from streaming.envelope import RUN_QUEUED, SESSION_DELETED, Event, parse_since
+from streaming.envelope import Event, parse_since
 from streaming.errors import BrokerClosed, BrokerNotStarted
+from streaming.events import RUN_QUEUED, SESSION_DELETED
 from streaming.replay import HistorySource, ReplayBuffer, make_gap_event, read_history
 from streaming.subscription import CloseReason, ReplayInfo, Subscription
 
@@ -221,7 +222,7 @@ class Broker:
             self._retry.cancel()
         for sub in list(self._subs):
             sub.queue.close(CloseReason.BROKER_CLOSED)
-            self._unregister(sub)
+            self.unregister(sub)
 
     def _drain(self) -> None:
         if self._closed:
@@ -247,7 +248,7 @@ class Broker:
             self._deliver(event)
         if self._dead:
             for sub in self._dead:
-                self._unregister(sub)
+                self.unregister(sub)
             self._dead.clear()
 
     def _retry_drain(self) -> None:
@@ -340,7 +341,7 @@ class Broker:
 
     def open(self, queue_size: int | None = None) -> Subscription:
         """A subscription to nothing yet; `Subscription.add` subscribes it to sessions."""
-        self._check_open()
+        self.check_open()
         sub = Subscription(self, queue_size or self.subscriber_queue_size)
         self._subs.add(sub)
         return sub
@@ -372,7 +373,10 @@ class Broker:
             raise
         return sub
 
-    def _check_open(self) -> None:
+    # -- for `Subscription` (its `SubscriptionHost`; consumers call the subscription) --------
+
+    def check_open(self) -> None:
+        """Raise `BrokerClosed` / `BrokerNotStarted` unless subscriptions can be made now."""
         if self._closed:
             raise BrokerClosed("the broker is closed")
         if self._loop is None:
@@ -401,7 +405,7 @@ class Broker:
                 floor = lost
         return floor
 
-    async def _replay(
+    async def replay(
         self,
         sessions: Collection[str] | None,
         run_id: str | None,
@@ -424,7 +428,7 @@ class Broker:
             history = await anyio.to_thread.run_sync(
                 read_history, source, after, covered, sessions, run_id
             )
-            self._check_open()
+            self.check_open()
         # From here on, no await: registration and snapshot are atomic.
         floor = self._floor_for(sessions, run_id)
         cut = after
@@ -460,17 +464,20 @@ class Broker:
             return self._buffers.values()
         return [b for b in (self._buffers.get(s) for s in sessions) if b is not None]
 
-    def _register(self, sub: Subscription, sessions: Collection[str] | None) -> None:
+    def register(self, sub: Subscription, sessions: Collection[str] | None) -> None:
+        """Deliver live events of `sessions` (None: all) to `sub`."""
         if sessions is None:
             self._all.add(sub)
         else:
             for sid in sessions:
                 self._by_session.setdefault(sid, set()).add(sub)
 
-    def _register_run(self, sub: Subscription, run_id: str) -> None:
+    def register_run(self, sub: Subscription, run_id: str) -> None:
+        """Deliver run `run_id`'s live events to `sub`."""
         self._by_run.setdefault(run_id, set()).add(sub)
 
-    def _unregister_sessions(self, sub: Subscription, sessions: Collection[str] | None) -> None:
+    def unregister_sessions(self, sub: Subscription, sessions: Collection[str] | None) -> None:
+        """Stop delivering `sessions` (None: the "all sessions" registration) to `sub`."""
         if sessions is None:
             self._all.discard(sub)
             return
@@ -481,10 +488,11 @@ class Broker:
                 if not subs:
                     del self._by_session[sid]
 
-    def _unregister(self, sub: Subscription) -> None:
+    def unregister(self, sub: Subscription) -> None:
+        """Forget `sub` entirely (it was closed)."""
         self._subs.discard(sub)
         self._all.discard(sub)
-        self._unregister_sessions(sub, sub.sessions_list())
+        self.unregister_sessions(sub, sub.sessions_list())
         if sub.run_id is not None:
             subs = self._by_run.get(sub.run_id)
             if subs is not None:
@@ -492,7 +500,9 @@ class Broker:
                 if not subs:
                     del self._by_run[sub.run_id]
 
-    def _mark_dead(self, sub: Subscription) -> None:
+    def mark_dead(self, sub: Subscription) -> None:
+        """`sub` ended during a delivery (overflow, run completed): unregister it after the
+        batch; counts an overflow and calls `on_overflow`."""
         self._dead.append(sub)
         if sub.queue.reason is CloseReason.TOO_SLOW:
             self.overflow_count += 1

@@ -12,31 +12,33 @@ from typing import Any
 import msgspec
 
 from streaming.errors import InvalidEventId
+from streaming.events import (  # re-exported: the names are defined once, in streaming.events
+    EVENT_TYPES,
+    RUN_CANCELLED,
+    RUN_FINISHED,
+    RUN_INTERRUPTED,
+    RUN_QUEUED,
+    RUN_STARTED,
+    SESSION_CREATED,
+    SESSION_DELETED,
+    SESSION_STATE_CHANGED,
+    SESSION_UPDATED,
+    SOURCES_CHANGED,
+    STEP_FINISHED,
+    STEP_PROGRESS,
+    STEP_STARTED,
+    STREAM_GAP,
+    TERMINAL_RUN_TYPES,
+)
 from streaming.framing import http_chunk, ws_text_frame
 
-# Event types of the contract (section 5).
-SESSION_CREATED = "session.created"
-SESSION_UPDATED = "session.updated"
-SESSION_DELETED = "session.deleted"
-SESSION_STATE_CHANGED = "session.state_changed"
-SOURCES_CHANGED = "sources.changed"
-RUN_QUEUED = "run.queued"
-RUN_STARTED = "run.started"
-STEP_STARTED = "step.started"
-STEP_PROGRESS = "step.progress"
-STEP_FINISHED = "step.finished"
-RUN_FINISHED = "run.finished"
-RUN_CANCELLED = "run.cancelled"
-RUN_INTERRUPTED = "run.interrupted"
-STREAM_GAP = "stream.gap"
-
-EVENT_TYPES = (
-    SESSION_CREATED, SESSION_UPDATED, SESSION_DELETED, SESSION_STATE_CHANGED, SOURCES_CHANGED,
-    RUN_QUEUED, RUN_STARTED, STEP_STARTED, STEP_PROGRESS, STEP_FINISHED, RUN_FINISHED,
-    RUN_CANCELLED, RUN_INTERRUPTED, STREAM_GAP,
-)  # fmt: skip
-# Exactly one of these ends every run.
-TERMINAL_RUN_TYPES = frozenset({RUN_FINISHED, RUN_CANCELLED, RUN_INTERRUPTED})
+__all__ = [
+    "EVENT_TYPES", "RUN_CANCELLED", "RUN_FINISHED", "RUN_INTERRUPTED", "RUN_QUEUED", "RUN_STARTED",
+    "SESSION_CREATED", "SESSION_DELETED", "SESSION_STATE_CHANGED", "SESSION_UPDATED",
+    "SOURCES_CHANGED", "STEP_FINISHED", "STEP_PROGRESS", "STEP_STARTED", "STREAM_GAP",
+    "TERMINAL_RUN_TYPES", "Envelope", "Event", "decode", "encode", "format_id", "parse_id",
+    "parse_since", "utc_now",
+]  # fmt: skip
 
 
 class Envelope(msgspec.Struct, kw_only=True, omit_defaults=True):

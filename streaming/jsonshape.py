@@ -1,6 +1,6 @@
 """Bounds on the shape of JSON a client sends: nesting depth and number-literal length.
 
-Shared by the HTTP body limits (`service.limits`) and the WebSocket reader (`streaming.ws`),
+Shared by the HTTP body limits (`service.limits`) and the WebSocket reader (`streaming.channels.ws`),
 so both channels refuse the same documents. Deep nesting would otherwise reach the decoder's
 recursion limit (a `RecursionError`, not a decode error), and long number literals overflow
 or take quadratic time to parse. Pure bytes in, a reason (or None) out.

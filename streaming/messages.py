@@ -77,8 +77,14 @@ class DryRun(_Op, tag="dry_run"):
     run_name: str | None = None
 
 
+# The ops the channel forwards, typed, to the service's `ControlHandler`.
+ControlOp = Process | SetSample | Cancel | DryRun
 ClientMessage = Subscribe | Unsubscribe | Ping | Process | SetSample | Cancel | DryRun
-CONTROL_OPS = frozenset({"process", "set_sample", "cancel", "dry_run"})
+
+
+def op_name(op: ClientMessage) -> str:
+    """The `op` tag of a decoded message ("process", ...)."""
+    return str(type(op).__struct_config__.tag)
 
 
 class ReplyError(msgspec.Struct):

@@ -16,7 +16,8 @@ from typing import Protocol
 
 import msgspec
 
-from streaming.envelope import STREAM_GAP, Event
+from streaming.envelope import Event
+from streaming.events import STREAM_GAP
 
 log = logging.getLogger(__name__)
 

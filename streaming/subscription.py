@@ -18,12 +18,10 @@ import enum
 from collections import deque
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from streaming.envelope import TERMINAL_RUN_TYPES, Event, parse_since
-
-if TYPE_CHECKING:
-    from streaming.broker import Broker
+from streaming.envelope import Event, parse_since
+from streaming.events import TERMINAL_RUN_TYPES
 
 # What a channel sends: an event, or (WebSocket) an already-encoded text frame such as a reply,
 # queued so that it is sent in order with the events around it.
@@ -148,6 +146,38 @@ class SubscriberQueue:
             waiter.set_result(None)
 
 
+class SubscriptionHost(Protocol):
+    """What a `Subscription` needs from its broker: public methods of `streaming.broker.Broker`,
+    declared here so that this module does not import the broker (which imports it)."""
+
+    @property
+    def epoch(self) -> str: ...
+
+    @property
+    def top_seq(self) -> int: ...
+
+    def check_open(self) -> None: ...
+
+    def register(self, sub: Subscription, sessions: Collection[str] | None) -> None: ...
+
+    def register_run(self, sub: Subscription, run_id: str) -> None: ...
+
+    def unregister_sessions(self, sub: Subscription, sessions: Collection[str] | None) -> None: ...
+
+    def unregister(self, sub: Subscription) -> None: ...
+
+    def mark_dead(self, sub: Subscription) -> None: ...
+
+    async def replay(
+        self,
+        sessions: Collection[str] | None,
+        run_id: str | None,
+        target: tuple[str | None, int],
+        register: Callable[[], None],
+        exclude: Collection[str] = (),
+    ) -> tuple[list[Event], Event | None]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class ReplayInfo:
     """What one `Subscription.add` did: the WebSocket `subscribe` reply's result."""
@@ -177,7 +207,7 @@ class Subscription:
 
     __slots__ = ("__weakref__", "_broker", "_sessions", "info", "queue", "run_id", "sink")
 
-    def __init__(self, broker: Broker, queue_size: int) -> None:
+    def __init__(self, broker: SubscriptionHost, queue_size: int) -> None:
         self._broker = broker
         self.queue = SubscriberQueue(queue_size)
         self._sessions: set[str] | None = set()  # None: every session
@@ -221,7 +251,7 @@ class Subscription:
         """
         target = parse_since(since) if isinstance(since, str) or since is None else since
         broker = self._broker
-        broker._check_open()
+        broker.check_open()
         wanted = None if sessions is None else list(dict.fromkeys(sessions))
 
         def register() -> None:
@@ -229,14 +259,14 @@ class Subscription:
                 return
             if wanted is None:
                 if self._sessions:
-                    broker._unregister_sessions(self, self._sessions)
+                    broker.unregister_sessions(self, self._sessions)
                 if self._sessions is not None:
-                    broker._register(self, None)
+                    broker.register(self, None)
                 self._sessions = None
             elif self._sessions is not None:
                 new = [s for s in wanted if s not in self._sessions]
                 self._sessions.update(new)
-                broker._register(self, new)
+                broker.register(self, new)
 
         if target is None:
             register()
@@ -254,7 +284,7 @@ class Subscription:
         if replay_for == []:
             register()
             return self._queued([], None, before_replay)
-        events, gap = await broker._replay(replay_for, None, target, register, exclude)
+        events, gap = await broker.replay(replay_for, None, target, register, exclude)
         return self._queued(events, gap, before_replay)
 
     async def add_run(
@@ -263,20 +293,20 @@ class Subscription:
         """Receive run `run_id`'s events, from its beginning unless `target` says otherwise;
         the queue is closed (`COMPLETED`) after the run's terminal event."""
         broker = self._broker
-        broker._check_open()
+        broker.check_open()
         self.run_id = run_id
 
         def register() -> None:
             if not self.queue.closed:
-                broker._register_run(self, run_id)
+                broker.register_run(self, run_id)
 
-        events, gap = await broker._replay(None, run_id, target or (None, 0), register)
+        events, gap = await broker.replay(None, run_id, target or (None, 0), register)
         for i, event in enumerate(events):
             if event.type in TERMINAL_RUN_TYPES:
                 events = events[: i + 1]
                 info = self._queued(events, gap, None)
                 self.queue.close(CloseReason.COMPLETED)
-                broker._unregister(self)
+                broker.unregister(self)
                 return info
         return self._queued(events, gap, None)
 
@@ -309,12 +339,12 @@ class Subscription:
         has): any `remove` on it ends everything, which is why the WebSocket refuses such an
         `unsubscribe` before calling this."""
         if sessions is None or self._sessions is None:
-            self._broker._unregister_sessions(self, self._sessions)
+            self._broker.unregister_sessions(self, self._sessions)
             self._sessions = set()
             return
         gone = [s for s in sessions if s in self._sessions]
         self._sessions.difference_update(gone)
-        self._broker._unregister_sessions(self, gone)
+        self._broker.unregister_sessions(self, gone)
 
     def deliver(self, event: Event) -> None:
         """Broker -> queue, on the loop. Overflow closes the queue (see `SubscriberQueue`)."""
@@ -326,11 +356,11 @@ class Subscription:
             pass  # written to the socket already: no queue, no task switch
         elif not queue.put(event):
             if queue.reason is CloseReason.TOO_SLOW:
-                self._broker._mark_dead(self)
+                self._broker.mark_dead(self)
             return
         if self.run_id is not None and event.type in TERMINAL_RUN_TYPES:
             queue.close(CloseReason.COMPLETED)
-            self._broker._mark_dead(self)
+            self._broker.mark_dead(self)
 
     def put_reply(self, item: bytes) -> None:
         """Queue an encoded reply (WebSocket) in order with the events around it.
@@ -339,7 +369,7 @@ class Subscription:
         is cut off (`TOO_SLOW`) like any other slow reader, and counted as one."""
         queue = self.queue
         if queue.reason is None and not queue.put(item):
-            self._broker._mark_dead(self)
+            self._broker.mark_dead(self)
 
     async def get_batch(self, max_items: int = 4096) -> list[QueueItem]:
         """Ready items, or [] once the subscription has ended (see `reason`)."""
@@ -348,7 +378,7 @@ class Subscription:
     def close(self, reason: CloseReason = CloseReason.CLIENT) -> None:
         """End the subscription now and unregister it; idempotent."""
         self.queue.close(reason)
-        self._broker._unregister(self)
+        self._broker.unregister(self)
 
     async def __aenter__(self) -> Subscription:
         return self

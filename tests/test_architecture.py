@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import sys
+from collections.abc import Collection
 from pathlib import Path
 
 import pytest
@@ -45,3 +47,149 @@ def test_pipeline_has_no_asyncio_or_http() -> None:
         if imported_top_levels(path) & banned
     }
     assert offenders == {}
+
+
+# --- inner rules ------------------------------------------------------------------------------
+
+PACKAGES = ("pipeline", "streaming", "service")
+# What a server/framework import looks like: the broker core must work without any of them.
+WEB_LIBRARIES = {"starlette", "uvicorn", "websockets", "sse_starlette", "httpx"}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def modules_of(package: str) -> dict[str, Path]:
+    return {module_name(path): path for path in sorted((ROOT / package).rglob("*.py"))}
+
+
+def imported_modules(path: Path, known: Collection[str]) -> set[str]:
+    """The modules among `known` that `path` imports, anywhere in the file (function-local and
+    TYPE_CHECKING imports included: a cycle through them is still a knot in the design).
+    `from pkg import name` counts as importing `pkg.name` when that is a module, else `pkg`."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    this = module_name(path)
+    package = this if path.name == "__init__.py" else this.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base_parts = package.split(".")
+                base_parts = base_parts[: len(base_parts) - (node.level - 1)]
+                base = ".".join(base_parts + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            for alias in node.names:
+                candidate = f"{base}.{alias.name}"
+                found.add(candidate if candidate in known else base)
+    return {name for name in found if name in known and name != this}
+
+
+def import_cycles(package: str) -> list[list[str]]:
+    """Every set of modules of `package` that import each other in a circle (Tarjan's SCCs),
+    each as a sorted list; empty when the imports form a DAG."""
+    modules = modules_of(package)
+    graph = {name: imported_modules(path, modules) for name, path in modules.items()}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in graph[node]:
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for name in graph:
+        if name not in index:
+            visit(name)
+    return sorted(cycles)
+
+
+def test_the_cycle_finder_finds_a_cycle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The finder itself must work, or the rule below would pass on anything.
+    pkg = tmp_path / "knot"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from knot.b import x\n")
+    (pkg / "b.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from . import a\n"
+    )
+    (pkg / "c.py").write_text("import knot.a\n")
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    assert import_cycles("knot") == [["knot.a", "knot.b"]]
+
+
+@pytest.mark.parametrize(
+    "package",
+    [
+        "pipeline",
+        "streaming",
+        pytest.param(
+            "service", marks=pytest.mark.xfail(strict=True, reason="service10 removes them")
+        ),
+    ],
+)
+def test_no_import_cycles(package: str) -> None:
+    assert import_cycles(package) == []
+
+
+def test_the_streaming_core_imports_no_web_framework() -> None:
+    """The broker core (everything outside `streaming/channels/`) is usable without Starlette,
+    uvicorn or any HTTP library; only the channels speak ASGI."""
+    channels = ROOT / "streaming" / "channels"
+    offenders = {
+        str(path.relative_to(ROOT)): sorted(imported_top_levels(path) & WEB_LIBRARIES)
+        for path in (ROOT / "streaming").rglob("*.py")
+        if channels not in path.parents and imported_top_levels(path) & WEB_LIBRARIES
+    }
+    assert offenders == {}
+
+
+def test_event_type_names_live_in_a_stdlib_only_module() -> None:
+    """`streaming.events` is the one place event types are spelled; the CLI imports it, so it
+    must not pull in anything beyond the standard library."""
+    imported = imported_top_levels(ROOT / "streaming" / "events.py")
+    assert imported <= sys.stdlib_module_names | {"__future__"}
+
+
+def test_subscription_uses_only_public_broker_methods() -> None:
+    """`Subscription` reaches its broker through `SubscriptionHost`, public methods only: no
+    `broker._anything` (nor `self._broker._anything`) in streaming/subscription.py."""
+    path = ROOT / "streaming" / "subscription.py"
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+
+    def is_broker(node: ast.expr) -> bool:
+        if isinstance(node, ast.Name):
+            return node.id == "broker"
+        return isinstance(node, ast.Attribute) and node.attr == "_broker"
+
+    private = sorted(
+        f"line {node.lineno}: .{node.attr}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and is_broker(node.value)
+    )
+    assert private == []

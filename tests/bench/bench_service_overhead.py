@@ -34,7 +34,7 @@ from service.config import Config
 
 
 async def compare(client: httpx.AsyncClient, data: Path, repeats: int) -> list[tuple[float, float]]:
-    samples = sorted(data.glob("sample_*.h5"))
+    samples = sorted(await asyncio.to_thread(lambda: list(data.glob("sample_*.h5"))))
     body = {"session_id": "saxs", "pipeline": {"yaml_text": example_text("saxs")},
             "source_profile": "saxs"}  # fmt: skip
     (await client.post("/sessions", json=body)).raise_for_status()

@@ -31,10 +31,11 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from streaming.broker import Broker
+from streaming.channels.sse import sse_response
+from streaming.channels.ws import serve_websocket
 from streaming.envelope import Event
-from streaming.sse import sse_response
+from streaming.messages import ControlOp
 from streaming.subscription import Subscription
-from streaming.ws import serve_websocket
 
 UVICORN_OPTIONS: dict[str, Any] = {
     # The same for every peer. No per-message deflate: it compresses per connection and
@@ -130,7 +131,7 @@ def pace(one: Callable[[int], None], rate: float, count: int) -> None:
 
 
 def build_app(bench: Bench) -> Starlette:
-    async def control(op: str, message: dict[str, Any]) -> dict[str, Any]:
+    async def control(op: ControlOp) -> dict[str, Any]:
         return {}
 
     async def rw_ws(ws: WebSocket) -> None:

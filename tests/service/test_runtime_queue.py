@@ -207,7 +207,7 @@ async def _hold_before_start(h: Harness, sid: str) -> str:
     # Loop steps, not time: the dispatcher takes the run off the queue and creates its task, whose
     # first step (the next one) queues it on the lock, ahead of our own `acquire` below.
     with anyio.fail_after(WAIT_S):
-        while run_id in sched.queue.waiting_for(sid):
+        while run_id in sched.queue.waiting_for(sid):  # noqa: ASYNC110 - counts loop steps
             await asyncio.sleep(0)
     await asyncio.sleep(0)
     entry.lock.release()

@@ -14,6 +14,13 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture(params=["direct", "asgi"])
+def direct_writes(request: pytest.FixtureRequest) -> bool:
+    """Both write paths of the channels: the fast path (pre-built frames straight to uvicorn's
+    transport, `streaming.channels.fastpath`) and the plain-ASGI fallback."""
+    return bool(request.param == "direct")
+
+
+@pytest.fixture(params=["direct", "asgi"])
 def live(request: pytest.FixtureRequest) -> Iterator[LiveServer]:
     """A real uvicorn server with a fresh broker; the channels write either pre-built frames
     straight to the transport (the fast path) or every message through ASGI (the fallback)."""

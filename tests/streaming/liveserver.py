@@ -22,24 +22,27 @@ from starlette.websockets import WebSocket
 from websockets.asyncio.client import ClientConnection
 
 from streaming.broker import Broker
+from streaming.channels.sse import sse_response
+from streaming.channels.ws import serve_websocket
 from streaming.envelope import Event
 from streaming.errors import ControlError, InvalidEventId
-from streaming.sse import sse_response
+from streaming.messages import Cancel, ControlOp, DryRun, Process, SetSample, op_name
 from streaming.subscription import Subscription
-from streaming.ws import serve_websocket
 
 T = TypeVar("T")
 
 
-async def control(op: str, message: dict[str, Any]) -> dict[str, Any]:
-    """The test's stand-in for the service's control handler."""
-    if op == "process":
-        return {"run_id": f"run-of-{message['session']}", "status": "queued"}
-    if op == "cancel" and message["run_id"] == "missing":
+async def control(op: ControlOp) -> dict[str, Any]:
+    """The test's stand-in for the service's control handler: it gets the typed op."""
+    if isinstance(op, Process):
+        return {"run_id": f"run-of-{op.session}", "status": "queued"}
+    if isinstance(op, Cancel) and op.run_id == "missing":
         raise ControlError("RUN_NOT_FOUND", "no run 'missing'")
-    if op == "dry_run":
+    if isinstance(op, DryRun):
         raise RuntimeError("a bug in the handler")
-    return {"op": op}
+    if isinstance(op, SetSample):
+        return {"location": op.location, "options": op.options, "process": op.process}
+    return {"op": op_name(op)}
 
 
 def make_app(
@@ -120,7 +123,11 @@ class LiveServer:
     """uvicorn serving `make_app(broker)` in a thread; `call` runs a coroutine on its loop."""
 
     def __init__(
-        self, broker: Broker, app_options: dict[str, Any] | None = None, **uvicorn_options: Any
+        self,
+        broker: Broker,
+        app_options: dict[str, Any] | None = None,
+        app_factory: Callable[..., Any] = make_app,
+        **uvicorn_options: Any,
     ) -> None:
         self.broker = broker
         self._started = threading.Event()
@@ -131,7 +138,7 @@ class LiveServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}"
         options = {"log_level": "warning", "timeout_graceful_shutdown": 2, **uvicorn_options}
-        app = make_app(broker, self._started, **(app_options or {}))
+        app = app_factory(broker, self._started, **(app_options or {}))
         config = uvicorn.Config(app, **options)
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -179,7 +186,7 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 10) -> None
     """Poll a condition that changes on the server's thread (no event to wait on across
     threads), failing after `timeout` seconds."""
     with anyio.fail_after(timeout):
-        while not predicate():
+        while not predicate():  # noqa: ASYNC110 - no event crosses the threads
             await anyio.sleep(0.005)
 
 

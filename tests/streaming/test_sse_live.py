@@ -191,9 +191,9 @@ async def test_keepalive_comments_flow_while_idle() -> None:
                 assert await anext(lines) == ": keep-alive"
 
 
-async def test_a_too_slow_sse_client_has_its_stream_ended() -> None:
+async def test_a_too_slow_sse_client_has_its_stream_ended(direct_writes: bool) -> None:
     broker = Broker(epoch="E", subscriber_queue_size=8)
-    with live_server(broker) as live:
+    with live_server(broker, {"direct_writes": direct_writes}) as live:
         async with (
             httpx.AsyncClient(base_url=live.url, timeout=10) as client,
             client.stream("GET", "/events") as response,

@@ -79,6 +79,14 @@ async def test_control_ops_are_forwarded_and_errors_become_error_replies(
         }  # fmt: skip
         reply = await request(ws, {"op": "dry_run", "id": 3, "session": "s"})
         assert reply["error"] == {"code": "INTERNAL", "message": "internal error"}
+        # The handler gets the decoded, typed op: fields as declared, absent ones None.
+        op = {"op": "set_sample", "id": 4, "session": "s", "location": "/d/x.h5#/e"}
+        reply = await request(ws, {**op, "options": {"frame": 2}})
+        assert reply["result"] == {
+            "location": "/d/x.h5#/e",
+            "options": {"frame": 2},
+            "process": None,
+        }
 
 
 async def test_bad_messages_get_error_replies_and_the_socket_stays(live: LiveServer) -> None:
@@ -115,9 +123,11 @@ async def test_broker_close_closes_websockets_with_1001(live: LiveServer) -> Non
         assert info.value.rcvd is not None and info.value.rcvd.code == 1001
 
 
-async def test_a_stalled_reader_is_cut_off_and_a_reading_client_misses_nothing() -> None:
+async def test_a_stalled_reader_is_cut_off_and_a_reading_client_misses_nothing(
+    direct_writes: bool,
+) -> None:
     broker = Broker(epoch="E", subscriber_queue_size=64)
-    with live_server(broker) as live:
+    with live_server(broker, {"direct_writes": direct_writes}) as live:
         # max_queue=1: the stalled client's library stops reading the socket almost at once.
         async with (
             connect(f"{live.ws_url}/ws", max_queue=1, compression=None) as stalled,

@@ -24,12 +24,11 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from streaming.broker import Broker
+from streaming.channels.fastpath import DirectWriter, abort, abort_later_unless_closed
 from streaming.envelope import Event, parse_since
 from streaming.errors import BrokerClosed, InvalidEventId
 from streaming.framing import http_chunk
 from streaming.subscription import CloseReason, QueueItem, Subscription
-from streaming.transport import abort, abort_later_unless_closed
-from streaming.wire import DirectWriter
 
 __all__ = ["SSEResponse", "resume_point", "sse_response"]
 
@@ -76,7 +75,7 @@ def sse_response(
 ) -> Response:
     """An SSE stream of `sessions` (None: all) or of run `run_id` (ends after its terminal
     event). Raises `streaming.errors.InvalidEventId` for a malformed resume id.
-    `direct_writes`: see `streaming.wire` (False: every chunk through ASGI)."""
+    `direct_writes`: see `streaming.channels.fastpath` (False: every chunk through ASGI)."""
     since = resume_point(request)
     return SSEResponse(
         broker, sessions=sessions, run_id=run_id, since=since, keepalive=keepalive,

@@ -9,7 +9,7 @@ One connection = one `Subscription` (its session set grows and shrinks with `sub
   service's `ControlHandler`. A bad message gets an INVALID_REQUEST error reply and the
   connection stays.
 - the sender drains the subscription's own bounded queue, writing every ready item in one
-  write (`streaming.wire`; while the queue is empty the broker writes live events directly);
+  write (`streaming.channels.fastpath`; while the queue is empty the broker writes live events directly);
   replies travel through the same queue, which is how the reply to `subscribe` precedes its
   replay. A slow socket therefore only ever delays itself. When the subscription ends
   (overflow, broker closed) the sender stops waiting on the socket at once and closes it:
@@ -39,12 +39,13 @@ from starlette.types import Message
 from starlette.websockets import WebSocket
 
 from streaming.broker import Broker
+from streaming.channels.fastpath import DirectWriter, abort, abort_later_unless_closed, ws_frame
 from streaming.envelope import Event
 from streaming.errors import BrokerClosed, ControlError, InvalidEventId
 from streaming.jsonshape import check_json_shape
 from streaming.messages import (
-    CONTROL_OPS,
     ClientMessage,
+    ControlOp,
     Ping,
     RequestId,
     Subscribe,
@@ -52,17 +53,18 @@ from streaming.messages import (
     decoder,
     error_reply,
     ok_reply,
+    op_name,
     request_id_of,
 )
 from streaming.subscription import CloseReason, QueueItem, ReplayInfo, Subscription
-from streaming.transport import abort, abort_later_unless_closed
-from streaming.wire import DirectWriter, ws_frame
 
 __all__ = ["MAX_MESSAGE_BYTES", "CloseCode", "ControlHandler", "serve_websocket"]
 
 log = logging.getLogger(__name__)
 
-ControlHandler = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
+# Answers one control op, decoded once into its Struct (`streaming.messages`): returns the
+# reply's `result`, or raises `ControlError(code, message)` for an error reply.
+ControlHandler = Callable[[ControlOp], Awaitable[dict[str, Any]]]
 MAX_MESSAGE_BYTES = 1 << 20
 STALL_GRACE_S = 0.5
 _SCAN_ON_LOOP_MAX = 64 * 1024  # messages this small are shape-checked in well under 1 ms
@@ -104,7 +106,7 @@ async def serve_websocket(
     task or a subscription behind. Cancel-safe: cancelling it closes the subscription.
 
     `direct_writes`: write pre-built frames straight to the server's transport when it can
-    be reached (`streaming.wire`); False sends every message through ASGI.
+    be reached (`streaming.channels.fastpath`); False sends every message through ASGI.
     """
     if broker.closed:
         await websocket.close(CloseCode.GOING_AWAY)
@@ -301,16 +303,13 @@ class _Connection:
         result = {"sessions": "*" if remaining is None else sorted(remaining)}
         self.reply(ok_reply(op.id, result))
 
-    async def forward(self, op: ClientMessage) -> None:
-        body = msgspec.to_builtins(op)
-        name = body["op"]
-        assert name in CONTROL_OPS
+    async def forward(self, op: ControlOp) -> None:
         try:
-            result = await self.control(name, body)
+            result = await self.control(op)
         except ControlError as exc:
             self.reply(error_reply(op.id, exc.code, exc.message))
         except Exception:
-            log.exception("control handler failed for op %r", name)
+            log.exception("control handler failed for op %r", op_name(op))
             self.reply(error_reply(op.id, "INTERNAL", "internal error"))
         else:
             self.reply(ok_reply(op.id, result))

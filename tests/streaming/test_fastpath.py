@@ -7,8 +7,13 @@ from typing import Any
 
 import pytest
 
-from streaming.transport import abort, abort_later_unless_closed, find_owner, find_transport
-from streaming.wire import DirectWriter
+from streaming.channels.fastpath import (
+    DirectWriter,
+    abort,
+    abort_later_unless_closed,
+    find_owner,
+    find_transport,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -33,24 +38,22 @@ class ServerProtocol(asyncio.Protocol):
 
 async def connected() -> tuple[ServerProtocol, asyncio.StreamReader, asyncio.StreamWriter]:
     loop = asyncio.get_running_loop()
-    protocols: list[ServerProtocol] = []
+    first: asyncio.Future[ServerProtocol] = loop.create_future()
 
     def factory() -> ServerProtocol:
-        protocols.append(ServerProtocol())
-        return protocols[-1]
+        protocol = ServerProtocol()
+        if not first.done():
+            first.set_result(protocol)
+        return protocol
 
     server = await loop.create_server(factory, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    await asyncio.wait_for(asyncio.shield(_first(protocols)), 5)
+    async with asyncio.timeout(5):
+        protocol = await first
+        await protocol.made
     server.close()
-    return protocols[0], reader, writer
-
-
-async def _first(protocols: list[ServerProtocol]) -> None:
-    while not protocols:
-        await asyncio.sleep(0)
-    await protocols[0].made
+    return protocol, reader, writer
 
 
 def wrapped(send: Any) -> Any:
