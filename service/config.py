@@ -27,10 +27,19 @@ class Config:
     demo_interval_s: float = 3.0
     subscriber_queue_size: int = 1024  # events buffered per subscriber before it is cut off
     max_body_bytes: int = 1 << 20
+    # Pipeline packages (docs/packages.md): they run arbitrary code, so off unless asked for.
+    allow_packages: bool = False  # RUNWIRE_ALLOW_PACKAGES
+    allow_package_network: bool = False  # RUNWIRE_ALLOW_PACKAGE_NETWORK: pip may use the index
+    wheelhouse: Path | None = None  # RUNWIRE_WHEELHOUSE: offline requirements for packages
+    max_package_upload_bytes: int = 64 << 20  # body limit of POST /v1/packages only
 
     @property
     def store_path(self) -> Path:
         return self.data_dir / "runwire.sqlite3"
+
+    @property
+    def packages_dir(self) -> Path:
+        return self.data_dir / "packages"
 
     @property
     def runs_dir(self) -> Path:

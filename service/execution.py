@@ -22,15 +22,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from pipeline.cancel import CancelToken
 from pipeline.exitcodes import ExitCode
 from pipeline.incremental import IncrementalCache
 from pipeline.loader import PipelineSpec
 from pipeline.observer import RunInfo
+from pipeline.packages.activation import ActivePackage
 from pipeline.rundir import RunDirectory
 from pipeline.runner import ProcessingRunner, RunResult
 from pipeline.step import SourceSpec
 
+from .packages_runtime import record_packages, run_after_hooks
 from .publisher import EventPublisher
 from .records import RunError, RunStatus, SourceRecord, StepStateRecord
 from .sinks import SinkError, write_sinks
@@ -129,6 +133,7 @@ def execute_run(job: RunJob) -> RunOutcome:
     """Run `job` to completion in the calling (worker) thread. Never raises."""
     observer = PublishingObserver(job)
     t0 = time.perf_counter()
+    used: list[ActivePackage] = []
     try:
         job.run_dir.artifacts_dir.mkdir(parents=True, exist_ok=True)
         runner = ProcessingRunner(
@@ -160,6 +165,7 @@ def execute_run(job: RunJob) -> RunOutcome:
                 outcome.error = RunError(
                     code="SINK_FAILED", message=str(exc), failed_step=f"sinks.{exc.ref}"
                 )
+        used = record_packages(job.spec, job.run_dir)  # pipeline packages -> manifest.json
         job.run_dir.write_manifest()
     except Exception as exc:  # a bug or an I/O failure outside any step
         log.exception("run %s of session %s crashed", job.run_id, job.session_id)
@@ -170,4 +176,8 @@ def execute_run(job: RunJob) -> RunOutcome:
             ),
         )
     outcome.elapsed_s = time.perf_counter() - t0
+    if used:  # each package's on_after_run(ctx, summary), with the run's status and error
+        run_after_hooks(used, {"session_id": job.session_id, "run_id": job.run_id,
+                               "status": str(outcome.status.value),
+                               "error": msgspec.to_builtins(outcome.error)})  # fmt: skip
     return outcome
