@@ -45,7 +45,8 @@ def check_zip(zf: zipfile.ZipFile, *, max_files: int = MAX_FILES,
     for info in infos:
         _member_path(info.filename)
         mode = info.external_attr >> 16
-        if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        # No file-type bits (zips written on Windows or by `writestr`) means a plain file.
+        if stat.S_IFMT(mode) and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
             kind = "a symlink" if stat.S_ISLNK(mode) else "not a regular file"
             raise UnsafeArchiveError(f"zip member {info.filename!r} is {kind}")
         total += info.file_size
