@@ -99,10 +99,15 @@ def load_plugins(*, reload: bool = False) -> list[PluginInfo]:
     with _lock:
         if _loaded is not None and not reload:
             return list(_loaded)
-        loaded = {p.name: p for p in (_loaded or [])}
+        # Again from scratch: a plugin uninstalled since no longer provides its steps.
+        for previous in _loaded or []:
+            unregister(previous.steps)
+        loaded: dict[str, PluginInfo] = {}
         _errors.clear()
         for ep in sorted(entry_points(group=GROUP), key=lambda e: e.name):
-            if ep.name in loaded:
+            if ep.name in loaded:  # two distributions with one entry-point name
+                dist = ep.dist.metadata["Name"] if ep.dist is not None else "?"
+                _errors.append(PluginError(ep.name, dist, f"entry point name {ep.name!r} is used twice"))
                 continue
             try:
                 loaded[ep.name] = _load_one(ep)
