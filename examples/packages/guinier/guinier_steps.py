@@ -6,7 +6,9 @@ Written as a decorated function (`pipeline.step.step`); docs/writing-steps.md wa
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from typing import Annotated, Any
 
 import msgspec
@@ -17,7 +19,7 @@ from pipeline.step import StepContext, step
 from pipeline.uarray import Curve
 
 
-@step("guinier.fit", inputs=("curve",), outputs=("fit",), version="1")
+@step("guinier.fit", inputs=("curve",), outputs=("fit",), version="1", writes_artifacts=True)
 def guinier_fit(
     curve: Curve,
     *,
@@ -53,8 +55,13 @@ def guinier_fit(
         n = min(new_n, len(q))
     rg_err = math.sqrt(cov[0, 0]) * 3.0 / (2.0 * rg)
     i0 = math.exp(intercept)
-    return {"fit": {"rg": rg, "rg_err": rg_err, "i0": i0, "i0_err": i0 * math.sqrt(cov[1, 1]),
-                    "q_min": float(q[0]), "q_max": float(q[n - 1]), "n_points": int(n)}}  # fmt: skip
+    fit = {"rg": rg, "rg_err": rg_err, "i0": i0, "i0_err": i0 * math.sqrt(cov[1, 1]),
+           "q_min": float(q[0]), "q_max": float(q[n - 1]), "n_points": int(n)}  # fmt: skip
+    if ctx.artifacts_dir is not None:  # guinier.json among the run's artifacts (dashboard, API)
+        tmp = ctx.artifacts_dir / "guinier.json.tmp"
+        tmp.write_text(json.dumps(fit, indent=2))
+        os.replace(tmp, ctx.artifacts_dir / "guinier.json")
+    return {"fit": fit}
 
 
 def _weighted_line(x: np.ndarray, y: np.ndarray, sigma: np.ndarray) -> tuple[float, float, np.ndarray]:
