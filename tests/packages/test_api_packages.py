@@ -173,3 +173,26 @@ async def test_a_session_on_a_package_is_reactivated_after_a_restart(tmp_path: P
         assert (await client.get("/v1/sessions/r")).status_code == 200
         run = await _run(app, client, "r")
         assert run["status"] == "succeeded", run
+
+
+async def test_with_a_token_only_an_authenticated_client_may_install(tmp_path: Path) -> None:
+    pkg = write_package(tmp_path / "src", "guarded")
+    config = _config(tmp_path, token="s3cret")
+    async with running_api(config) as (_, client):
+        r = await client.post("/v1/packages", json={"path": str(pkg)})
+        assert r.status_code == 401
+        assert not (config.packages_dir / "guarded").exists()
+        r = await client.post("/v1/packages", json={"path": str(pkg)}, headers={"Authorization": "Bearer s3cret"})
+        assert r.status_code == 201, r.text
+
+
+async def test_an_unknown_package_or_pipeline_is_a_clear_error(tmp_path: Path) -> None:
+    pkg = write_package(tmp_path / "src", "known")
+    async with running_api(_config(tmp_path)) as (_, client):
+        r = await client.post("/v1/sessions", json={"pipeline": {"package": "unknown"}})
+        assert r.status_code == 404 and r.json()["detail"] == "package unknown is not installed"
+        assert (await client.post("/v1/packages", json={"path": str(pkg)})).status_code == 201
+        r = await client.post("/v1/sessions", json={"pipeline": {"package": "known", "file": "other.yaml"}})
+        assert r.status_code == 422 and "has no pipeline 'other.yaml' (it has: pipe.yaml)" in r.json()["detail"]
+        assert (await client.get("/v1/packages/unknown")).status_code == 404
+    assert active_packages() == []
