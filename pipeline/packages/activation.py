@@ -124,6 +124,19 @@ def _check_conflicts(path: Path, record: dict[str, Any]) -> None:
             raise ActivationError(f"package {name}: module {module!r} is already loaded from {where}")
 
 
+def _own_modules(names: set[str], path: Path) -> tuple[str, ...]:
+    """The modules among `names` loaded from the package folder (its own and `vendor/`).
+    Others it happened to import first (stdlib, the server's numpy) stay loaded: unloading a
+    C extension and importing it again does not work."""
+    root = path.resolve()
+    own = []
+    for name in names:
+        where = getattr(sys.modules.get(name), "__file__", None)
+        if where is not None and Path(where).resolve().is_relative_to(root):
+            own.append(name)
+    return tuple(sorted(own))
+
+
 def activate(path: Path, user: str | None = None) -> ActivePackage:
     """Activate the installed package in `path` (see module doc); `user` (a session id) is
     recorded so that `deactivate` only unloads it once nobody uses it."""
@@ -154,7 +167,7 @@ def activate(path: Path, user: str | None = None) -> ActivePackage:
             after = _resolve(hooks["on_after_run"]) if hooks.get("on_after_run") else None
             active = ActivePackage(
                 name, str(record["version"]), path, record,
-                modules=tuple(sorted(set(sys.modules) - saved_modules)),
+                modules=_own_modules(set(sys.modules) - saved_modules, path),
                 steps=tuple(sorted(n for n in REGISTRY if saved_registry.get(n) is not REGISTRY[n])),
                 on_after_run=after,
             )  # fmt: skip
@@ -166,7 +179,7 @@ def activate(path: Path, user: str | None = None) -> ActivePackage:
                     raise ActivationError(f"package {name}: on_activate raised {type(exc).__name__}: {exc}") from exc
         except BaseException as exc:
             sys.path[:] = saved_path
-            for module in set(sys.modules) - saved_modules:
+            for module in _own_modules(set(sys.modules) - saved_modules, path):
                 sys.modules.pop(module, None)
             REGISTRY.clear()
             REGISTRY.update(saved_registry)
