@@ -11,10 +11,17 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import yaml
+from starlette.applications import Starlette
+
+from service.app import create_app
+from service.config import Config
 
 PIP_TIMEOUT_S = 300
 
@@ -108,3 +115,13 @@ def write_package(
     manifest.update(extra_manifest or {})
     (pkg / "runwire-package.yaml").write_text(yaml.safe_dump(manifest))
     return pkg
+
+
+@asynccontextmanager
+async def running_api(config: Config) -> AsyncIterator[tuple[Starlette, httpx.AsyncClient]]:
+    """The app for `config` in-process (lifespan started) and a client over ASGI."""
+    app = create_app(config)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+            yield app, client

@@ -17,8 +17,7 @@ import anyio
 import httpx
 import msgspec
 import pytest
-from conftest import running_api
-from package_builders import write_package
+from package_builders import running_api, write_package
 from starlette.applications import Starlette
 
 from pipeline.packages.activation import active_packages

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import running_api
+from package_builders import running_api
 
 from pipeline.loader import load_pipeline_text
 from pipeline.plugins import load_plugins, plugin_errors

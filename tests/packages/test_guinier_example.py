@@ -10,7 +10,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-from conftest import running_api
+from package_builders import running_api
 
 from pipeline.demodata import SPHERE_RADIUS_NM, write_demo_data
 from service.config import Config
