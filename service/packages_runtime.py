@@ -150,6 +150,10 @@ class PackageRuntime:
         self._emit = emit  # async (type, session_id, data) -> None
         self._install_lock = anyio.Lock()
 
+    def check_allowed(self) -> None:
+        """403 FORBIDDEN unless the server runs with --allow-packages."""
+        _require_allowed(self.config)
+
     @property
     def options(self) -> InstallOptions:
         return InstallOptions(wheelhouse=self.config.wheelhouse,

@@ -116,8 +116,9 @@ async def show_package(request: Request) -> Response:
              errors=("FORBIDDEN", "PACKAGE_INSTALL_FAILED", "PAYLOAD_TOO_LARGE"))  # fmt: skip
 async def install_package(request: Request) -> Response:
     """Install a package folder or zip (runs arbitrary code: needs --allow-packages)."""
-    body = await decode_body(request, InstallPackageRequest)
     runtime = _packages(request)
+    runtime.check_allowed()  # before looking at any path: 403 says why, whatever the body
+    body = await decode_body(request, InstallPackageRequest)
     if body.path is not None:
         path: Path = confine(body.path, request.app.state.config.read_roots, what="package path")
         record = await runtime.install(path=path)
