@@ -110,3 +110,23 @@ def test_manifest_problems_are_named(tmp_path: Path) -> None:
     with pytest.raises(PackageError, match=r"pipeline '../outside.yaml' must be a path inside the package"):
         install_package(pkg, tmp_path / "packages")
     assert not (tmp_path / "packages" / "bad").exists()
+
+
+def test_a_package_module_shadowing_a_loaded_module_is_refused(tmp_path: Path) -> None:
+    pkg = write_package(tmp_path / "src", "shadow", extra_manifest={"modules": ["json"]})
+    (pkg / "json.py").write_text("raise SystemExit('must never be imported')\n")
+    install_package(pkg, tmp_path / "packages")
+    json_module = sys.modules["json"]
+    with pytest.raises(ActivationError, match=r"module 'json' is already loaded from .*json"):
+        activate(tmp_path / "packages" / "shadow" / "1.0.0")
+    assert sys.modules["json"] is json_module and active_packages() == []
+
+
+def test_a_second_version_of_an_active_package_is_refused(tmp_path: Path) -> None:
+    packages = tmp_path / "packages"
+    install_package(write_package(tmp_path / "v1", "twov"), packages)
+    install_package(write_package(tmp_path / "v2", "twov", version="2.0.0"), packages)
+    first = activate(packages / "twov" / "1.0.0", user="a")
+    assert activate(packages / "twov" / "1.0.0", user="b") is first  # shared, not re-imported
+    with pytest.raises(ActivationError, match=r"package twov 1\.0\.0 is active; 2\.0\.0 cannot"):
+        activate(packages / "twov" / "2.0.0")
