@@ -26,6 +26,7 @@ from . import steps as _builtin_steps  # noqa: F401 - importing it fills the reg
 from .composite import Pipeline, PipelineSpec
 from .errors import PipelineFileError, Problem
 from .group import StepGroup
+from .plugins import load_plugins
 from .step import REGISTRY, PipelineStep, Step
 
 __all__ = ["PipelineSpec", "load_pipeline_file", "load_pipeline_text"]
@@ -37,6 +38,9 @@ _LEAF_KEYS = {"id", "use", "params", "inputs", "outputs", "idempotent", "continu
 _NESTED_KEYS = {"id", "steps", "parallel", "max_workers", "idempotent", "continue_on_error",
                 "version", "description"}  # fmt: skip
 _MSGSPEC_PATH = re.compile(r"^(.*) - at `\$(.*)`$", re.DOTALL)
+
+# Steps of installed distributions (entry points `runwire.steps`) validate like built-ins.
+load_plugins()
 
 
 @dataclass

@@ -85,6 +85,8 @@ class RunDirectory:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.run_id = self.path.name
+        # Packages the run used (`{name, version, vendored}`), listed in `manifest.json`.
+        self.packages: list[dict[str, Any]] = []
         self.artifacts_dir = self.path / ARTIFACTS
         self._events: IO[bytes] | None = None
         self._lock = threading.Lock()
@@ -148,7 +150,10 @@ class RunDirectory:
             full = self.artifacts_dir / rel
             entries.append({"path": rel, "size": full.stat().st_size, "sha256": sha256_file(full),
                             "media_type": media_type(full)})  # fmt: skip
-        return {"run_id": self.run_id, "artifacts": entries}
+        out: dict[str, Any] = {"run_id": self.run_id, "artifacts": entries}
+        if self.packages:
+            out["packages"] = self.packages
+        return out
 
     def write_manifest(self) -> dict[str, Any]:
         """Write `manifest.json` atomically; returns it."""

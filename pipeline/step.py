@@ -11,9 +11,11 @@ Steps never mutate their input values in place: that is what makes a partial run
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
-from collections.abc import Callable, Mapping
+import typing
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -285,3 +287,115 @@ def register(cls: type[Step]) -> type[Step]:
         raise ValueError(f"step name {cls.name!r} registered twice")
     REGISTRY[cls.name] = cls
     return cls
+
+
+def register_all(classes: list[type[Step]]) -> None:
+    """Register several step classes at once, or none of them: a duplicate name (between
+    them or with a step already registered) raises `ValueError` naming it and leaves the
+    registry as it was. Plugins and packages register through this."""
+    seen: dict[str, type[Step]] = {}
+    for cls in classes:
+        other = seen.get(cls.name) or REGISTRY.get(cls.name)
+        if other is not None and other is not cls:
+            raise ValueError(f"step name {cls.name!r} registered twice ({_where(other)} and {_where(cls)})")
+        seen[cls.name] = cls
+    REGISTRY.update(seen)
+
+
+def unregister(names: Iterable[str]) -> None:
+    """Remove steps from the registry (a package deactivated or rolled back)."""
+    for name in names:
+        REGISTRY.pop(name, None)
+
+
+def _where(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def step(
+    name: str,
+    *,
+    inputs: tuple[str, ...] | list[str] = (),
+    outputs: tuple[str, ...] | list[str] = (),
+    optional_inputs: tuple[str, ...] | list[str] = (),
+    version: str = "1",
+    writes_artifacts: bool = False,
+    auto_register: bool = True,
+) -> Callable[[Callable[..., Any]], type[Step]]:
+    """Turn a plain function into a registered `Step` class (a decorated-function step).
+
+    The function's parameters named in `inputs`/`optional_inputs` receive the input values;
+    its keyword-only parameters are the step's params, typed by their annotations with their
+    defaults (use `Annotated[float, msgspec.Meta(description=...)]` to document one); a
+    parameter named `ctx` receives the `StepContext`. It returns a mapping by output name,
+    a tuple in `outputs` order, or, with one output, the value itself. The docstring is the
+    step's documentation. Validation, planning, signatures, progress and cancellation are
+    those of any `Step`: the decorator only writes the class for you.
+    """
+
+    def wrap(fn: Callable[..., Any]) -> type[Step]:
+        sig = inspect.signature(fn)
+        hints = typing.get_type_hints(fn, include_extras=True)
+        fields: list[Any] = []
+        input_params: list[str] = []
+        wants_ctx = False
+        for pname, p in sig.parameters.items():
+            if pname == "ctx":
+                wants_ctx = True
+            elif p.kind is inspect.Parameter.KEYWORD_ONLY:
+                ptype = hints.get(pname, Any)
+                if p.default is inspect.Parameter.empty:
+                    fields.append((pname, ptype))
+                else:
+                    fields.append((pname, ptype, p.default))
+            elif pname in inputs or pname in optional_inputs:
+                input_params.append(pname)
+            else:
+                raise TypeError(
+                    f"step {name!r}: parameter {pname!r} of {fn.__qualname__} is neither an input "
+                    "(list it in inputs=) nor keyword-only (a param) nor ctx"
+                )
+        missing = [i for i in (*inputs, *optional_inputs) if i not in input_params]
+        if missing:
+            raise TypeError(f"step {name!r}: {fn.__qualname__} has no parameter for input(s) {missing}")
+        params_cls = msgspec.defstruct(
+            f"{fn.__name__}_Params", fields, forbid_unknown_fields=True, kw_only=True,
+            module=fn.__module__,
+        )  # fmt: skip
+        output_tuple = tuple(outputs)
+
+        def compute(self: Step, values: dict[str, Any], ctx: StepContext) -> Mapping[str, Any] | StepResult:
+            kwargs = {k: values.get(k) for k in input_params}
+            kwargs.update(msgspec.structs.asdict(self.params))
+            if wants_ctx:
+                kwargs["ctx"] = ctx
+            result = fn(**kwargs)
+            if isinstance(result, StepResult | Mapping):
+                return result
+            if isinstance(result, tuple) and len(output_tuple) > 1:
+                return dict(zip(output_tuple, result, strict=True))
+            if len(output_tuple) == 1:
+                return {output_tuple[0]: result}
+            raise TypeError(f"step {name!r} returned {type(result).__name__}, expected a mapping")
+
+        cls = type(
+            fn.__name__,
+            (Step,),
+            {
+                "__doc__": fn.__doc__,
+                "__module__": fn.__module__,
+                "__qualname__": fn.__qualname__,
+                "name": name,
+                "Params": params_cls,
+                "input_names": tuple(inputs),
+                "optional_inputs": tuple(optional_inputs),
+                "output_names": output_tuple,
+                "version": version,
+                "writes_artifacts": writes_artifacts,
+                "compute": compute,
+                "function": staticmethod(fn),
+            },
+        )
+        return register(cls) if auto_register else cls
+
+    return wrap

@@ -44,9 +44,11 @@ from .history import RunDirectoryHistory
 from .limits import BodyLimitMiddleware
 from .metrics import ServiceMetrics
 from .openapi import API_PREFIX, Operation, route_paths
+from .packages_runtime import PackageRuntime, restore_activations  # pipeline packages
 from .problems import InternalErrorMiddleware, exception_handlers
 from .retained import RetainedRuns
 from .routes_curve import table as curve_table  # dashboard: I(q) of a run
+from .routes_packages import table as packages_table  # steps, pipeline packages
 from .routes_pipeline import table as pipeline_table  # dashboard: step tree, examples
 from .routes_ui import routes as ui_routes  # dashboard: / and /ui/
 from .runtime import Runtime
@@ -64,6 +66,7 @@ _TABLES = (
     routes_retained.table,
     curve_table,
     pipeline_table,
+    packages_table,
 )
 
 
@@ -82,7 +85,8 @@ def create_app(config: Config) -> Starlette:
             Middleware(HostCheckMiddleware, policy=host_policy),
             Middleware(AllowedOriginsCors, allowed_origins=config.allowed_origins),
             Middleware(AuthMiddleware, token=config.token),
-            Middleware(BodyLimitMiddleware, max_body_bytes=config.max_body_bytes),
+            Middleware(BodyLimitMiddleware, max_body_bytes=config.max_body_bytes,
+                       route_limits={f"{API_PREFIX}/packages": config.max_package_upload_bytes}),
         ],
         exception_handlers=exception_handlers(),
         lifespan=_lifespan,
@@ -123,6 +127,9 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
         state.broker = broker
         state.retained = RetainedRuns(config.runs_dir)
         runtime = Runtime(config, store, broker)
+        # Packages of sessions that used one, before recovery validates their pipelines.
+        await anyio.to_thread.run_sync(restore_activations, config)
+        runtime.packages = state.packages = PackageRuntime(config, runtime.scheduler.emit)
         await runtime.start()
         state.runtime = runtime
         state.metrics = ServiceMetrics(store.run_figures_after)

@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "service.cli_run",  # run
     "service.cli_local",  # steps, examples, demo-data
     "service.cli_client",  # session, events, runs
+    "service.cli_package",  # package install|list|show
 )
 
 

@@ -55,8 +55,15 @@ def steps_command(args: argparse.Namespace) -> int:
     from pipeline.step import REGISTRY
 
     if args.markdown:
+        # docs/steps.md documents the built-ins only: plugins are not loaded for it.
         sys.stdout.write(render_steps_markdown())
         return 0
+    from pipeline.plugins import load_plugins, plugin_errors
+
+    load_plugins()  # steps of installed distributions (entry points runwire.steps)
+    for err in plugin_errors():
+        print(f"warning: step plugin {err.name!r} ({err.distribution}) not loaded: {err.message}",
+              file=sys.stderr)  # fmt: skip
     unknown = [n for n in args.names if n not in REGISTRY]
     if unknown:
         raise CliError(

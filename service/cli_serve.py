@@ -52,6 +52,9 @@ ENV_VARS = {
     "demo": "RUNWIRE_DEMO",
     "log_level": "RUNWIRE_LOG_LEVEL",
     "cache_memory": "RUNWIRE_CACHE_MEMORY",
+    "allow_packages": "RUNWIRE_ALLOW_PACKAGES",
+    "allow_package_network": "RUNWIRE_ALLOW_PACKAGE_NETWORK",
+    "wheelhouse": "RUNWIRE_WHEELHOUSE",
 }
 
 
@@ -122,6 +125,14 @@ def add_parsers(sub: Any) -> None:
         help="bytes the sessions' incremental caches may hold, e.g. 512M or 2G; least recently "
         "used sessions are evicted past it (RUNWIRE_CACHE_MEMORY, default a quarter of RAM)",
     )
+    # Pipeline packages (docs/packages.md): they run arbitrary code.
+    p.add_argument("--allow-packages", action="store_true", default=None,
+                   help="accept pipeline packages: they RUN ARBITRARY CODE (RUNWIRE_ALLOW_PACKAGES=1)")  # fmt: skip
+    p.add_argument("--allow-package-network", action="store_true", default=None,
+                   help="let pip fetch requirements from the index for packages that say "
+                   "network: true (RUNWIRE_ALLOW_PACKAGE_NETWORK=1)")  # fmt: skip
+    p.add_argument("--wheelhouse", help="directory of wheels package requirements are installed "
+                   "from, offline (RUNWIRE_WHEELHOUSE)")  # fmt: skip
     p.set_defaults(func=run_serve)
 
 
@@ -199,6 +210,11 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
             raise CliError(f"--cache-memory: {exc}", EXIT_USAGE) from None
     demo = _setting(args, env, "demo")
     values["demo"] = demo is True or str(demo).lower() in ("1", "true", "yes", "on")
+    for flag in ("allow_packages", "allow_package_network"):  # pipeline packages
+        raw = _setting(args, env, flag)
+        values[flag] = raw is True or str(raw).lower() in ("1", "true", "yes", "on")
+    if (raw := _setting(args, env, "wheelhouse")) is not None:
+        values["wheelhouse"] = Path(raw).expanduser().resolve()
     config = Config(**{**defaults.__dict__, **values})
     if not is_loopback(config.host) and not config.token:
         raise CliError(

@@ -37,6 +37,8 @@ def _session_list(args: argparse.Namespace, client: RunwireClient) -> int:
 
 
 def _pipeline_body(args: argparse.Namespace) -> dict[str, str]:
+    if getattr(args, "package", None) is not None:  # an installed pipeline package's pipeline
+        return {"package": args.package}
     if args.pipeline is not None:
         try:
             with open(args.pipeline, encoding="utf-8") as handle:
@@ -224,6 +226,7 @@ def add_session_parsers(subparsers: argparse._SubParsersAction) -> None:
     which.add_argument("--pipeline", metavar="FILE", help="pipeline file (YAML/JSON) read here")
     which.add_argument("--example", metavar="NAME", help="a bundled example pipeline (saxs)")
     which.add_argument("--server-path", metavar="PATH", help="pipeline file on the server host")
+    which.add_argument("--package", metavar="NAME", help="an installed pipeline package's pipeline (NAME[@VERSION])")
     p.add_argument("--name", help="display name")
     p.add_argument("--profile", help="source profile (see `session templates`)")
     p.add_argument(

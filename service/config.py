@@ -30,10 +30,19 @@ class Config:
     # RUNWIRE_CACHE_MEMORY: bytes the sessions' incremental caches may hold together (LRU
     # eviction past it); None: a quarter of physical memory (service.memory).
     cache_memory: int | None = None
+    # Pipeline packages (docs/packages.md): they run arbitrary code, so off unless asked for.
+    allow_packages: bool = False  # RUNWIRE_ALLOW_PACKAGES
+    allow_package_network: bool = False  # RUNWIRE_ALLOW_PACKAGE_NETWORK: pip may use the index
+    wheelhouse: Path | None = None  # RUNWIRE_WHEELHOUSE: offline requirements for packages
+    max_package_upload_bytes: int = 64 << 20  # body limit of POST /v1/packages only
 
     @property
     def store_path(self) -> Path:
         return self.data_dir / "runwire.sqlite3"
+
+    @property
+    def packages_dir(self) -> Path:
+        return self.data_dir / "packages"
 
     @property
     def runs_dir(self) -> Path:

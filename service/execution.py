@@ -25,15 +25,19 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from pipeline.cancel import CancelToken
 from pipeline.exitcodes import ExitCode
 from pipeline.incremental import IncrementalCache
 from pipeline.loader import PipelineSpec
 from pipeline.observer import RunInfo
+from pipeline.packages.activation import ActivePackage
 from pipeline.rundir import RunDirectory
 from pipeline.runner import ProcessingRunner, RunResult
 from pipeline.step import SourceSpec
 
+from .packages_runtime import record_packages, run_after_hooks
 from .publisher import EventPublisher
 from .records import RunError, RunSource, RunStatus, SourceRecord, StepStateRecord
 from .run_inputs import SOURCE_CHANGED, changed_inputs
@@ -176,6 +180,7 @@ def execute_run(job: RunJob) -> RunOutcome:
     """Run `job` to completion in the calling (worker) thread. Never raises."""
     observer = PublishingObserver(job)
     t0 = time.perf_counter()
+    used: list[ActivePackage] = []
     try:
         if (changed := changed_inputs(job.accepted)) is not None:
             # Not the data this run was given: fail before reading anything.
@@ -224,6 +229,7 @@ def execute_run(job: RunJob) -> RunOutcome:
                 outcome.error = RunError(
                     code="SINK_FAILED", message=str(exc), failed_step=f"sinks.{exc.ref}"
                 )
+        used = record_packages(job.spec, job.run_dir)  # pipeline packages -> manifest.json
         # Written with the summary (`service.run_files`): one directory fsync for both.
         outcome.manifest = job.run_dir.manifest()
     except Exception as exc:  # a bug or an I/O failure outside any step
@@ -236,4 +242,8 @@ def execute_run(job: RunJob) -> RunOutcome:
         )
     outcome.elapsed_s = time.perf_counter() - t0
     outcome.cache_bytes = job.cache.nbytes()
+    if used:  # each package's on_after_run(ctx, summary), with the run's status and error
+        run_after_hooks(used, {"session_id": job.session_id, "run_id": job.run_id,
+                               "status": str(outcome.status.value),
+                               "error": msgspec.to_builtins(outcome.error)})  # fmt: skip
     return outcome

@@ -58,9 +58,11 @@ class BodyLimitMiddleware:
         max_body_bytes: int = 1 << 20,
         max_depth: int = DEFAULT_MAX_DEPTH,
         max_number_chars: int = DEFAULT_MAX_NUMBER_CHARS,
+        route_limits: dict[str, int] | None = None,  # path -> its own larger limit (uploads)
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.route_limits = dict(route_limits or {})
         self.max_depth = max_depth
         self.max_number_chars = max_number_chars
 
@@ -93,7 +95,7 @@ class BodyLimitMiddleware:
     async def _checked_body(self, scope: Scope, receive: Receive) -> bytes | None:
         """The whole body, checked; None when the client disconnected before sending it all."""
         headers = Headers(scope=scope)
-        limit = self.max_body_bytes
+        limit = self.route_limits.get(scope.get("path", ""), self.max_body_bytes)
         too_large = ServiceError("PAYLOAD_TOO_LARGE", f"request body is larger than {limit} bytes")
         declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:

@@ -60,11 +60,15 @@ class PipelineInput(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     yaml_text: Annotated[str, msgspec.Meta(min_length=1)] | None = None
     path: Location | None = None
+    # An installed pipeline package's pipeline (`NAME` or `NAME@VERSION`; `file` picks one of
+    # its pipelines, default the first); creating the session activates it (docs/packages.md).
+    package: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+    file: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
 
     def __post_init__(self) -> None:
         # msgspec turns this ValueError into a ValidationError naming `$.pipeline`.
-        if (self.yaml_text is None) == (self.path is None):
-            raise ValueError("exactly one of `yaml_text` or `path` is required")
+        if (self.yaml_text is not None) + (self.path is not None) + (self.package is not None) != 1:
+            raise ValueError("exactly one of `yaml_text`, `path` or `package` is required")
 
 
 class CreateSessionRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

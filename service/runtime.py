@@ -29,6 +29,7 @@ from .models import (
     CreateSessionRequest,
     DryRunResult,
     LatestErrors,
+    PipelineInput,
     ProcessRequest,
     SampleRequest,
     SinkInput,
@@ -36,6 +37,7 @@ from .models import (
     SourceTemplate,
     SubmitResult,
 )
+from .packages_runtime import PackageRuntime
 from .profiles import get_template, required_refs, source_templates
 from .records import (
     FINAL_RUN_STATUSES,
@@ -67,6 +69,7 @@ class Runtime:
         self.broker = broker
         self._sched = Scheduler(config, store, broker)
         self._creating: set[str] = set()
+        self.packages: PackageRuntime | None = None  # set by the app (service.packages_runtime)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -97,6 +100,22 @@ class Runtime:
     async def create_session(self, req: CreateSessionRequest) -> SessionRecord:
         """Load and validate the pipeline, store the session, publish `session.created`."""
         sid = req.session_id or f"session-{secrets.token_hex(4)}"
+        if req.pipeline.package is None or self.packages is None:
+            return await self._create_session(sid, req)
+        # A package's pipeline: activate the package first (its steps must validate), bind it
+        # to the session once created, release it if creation fails (service.packages_runtime).
+        ref = req.pipeline.package
+        text, _ = await self.packages.pipeline_text(ref, req.pipeline.file)
+        req = msgspec.structs.replace(req, pipeline=PipelineInput(yaml_text=text))
+        created = False
+        try:
+            record = await self._create_session(sid, req)
+            created = True
+            return record
+        finally:
+            await self.packages.bind_session(sid, ref, created)
+
+    async def _create_session(self, sid: str, req: CreateSessionRequest) -> SessionRecord:
         if sid in self._sched.sessions or sid in self._creating:
             raise ServiceError("SESSION_EXISTS", f"session {sid!r} already exists")
         if req.source_profile is not None:
@@ -150,6 +169,8 @@ class Runtime:
         if not in_use:
             # (A run still using the cache frees it when it ends: `lifecycle.finish`.)
             await self._sched.drop_cache(entry)
+        if self.packages is not None:  # its package no longer needs to stay active
+            await self.packages.release_session(sid)
 
     # -- sources and sinks ---------------------------------------------------------------------
 

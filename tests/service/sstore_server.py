@@ -50,9 +50,12 @@ class ServeProcess:
     """`runwire serve --data-dir D --port P` as a child process; `start()` returns once uvicorn
     says it is listening (read from its log, no polling)."""
 
-    def __init__(self, data_dir: Path, *, shutdown_grace: float = 5.0) -> None:
+    def __init__(
+        self, data_dir: Path, *, shutdown_grace: float = 5.0, extra_args: tuple[str, ...] = ()
+    ) -> None:
         self.data_dir = data_dir
         self.shutdown_grace = shutdown_grace
+        self.extra_args = extra_args  # more `runwire serve` flags (--allow-packages, ...)
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
         self.log: list[str] = []
@@ -74,6 +77,7 @@ class ServeProcess:
             str(self.port),
             "--shutdown-grace",
             str(self.shutdown_grace),
+            *self.extra_args,
         ]
         env = {k: v for k, v in os.environ.items() if not k.startswith("RUNWIRE_")}
         self.proc = subprocess.Popen(
