@@ -402,9 +402,7 @@ def _add_runs(subparsers: argparse._SubParsersAction) -> None:
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
-    """Register the `session`, `events` and `runs` command groups."""
-    from service.cli.session import add_session_parsers
-
-    add_session_parsers(subparsers)
+    """Register the `events` and `runs` command groups (`session` is `service.cli.session`'s,
+    which builds on the helpers here: the import goes that way only)."""
     _add_events(subparsers)
     _add_runs(subparsers)

@@ -21,7 +21,8 @@ COMMAND_MODULES = (
     "service.cli.serve",  # serve
     "service.cli.run",  # run
     "service.cli.local",  # steps, examples, demo-data
-    "service.cli.client_commands",  # session, events, runs
+    "service.cli.session",  # session
+    "service.cli.client_commands",  # events, runs
 )
 
 
