@@ -106,7 +106,7 @@ def _connection(parser: argparse.ArgumentParser, *, inner: bool) -> None:
 
 
 def leaf(
-    sub: argparse._SubParsersAction,
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
     name: str,
     handler: Handler,
     help_text: str,
@@ -118,10 +118,10 @@ def leaf(
 
 
 def group(
-    subparsers: argparse._SubParsersAction,
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
     name: str,
     help_text: str,
-) -> argparse._SubParsersAction:
+) -> argparse._SubParsersAction[argparse.ArgumentParser]:
     parser = subparsers.add_parser(name, help=help_text, description=help_text)
     _connection(parser, inner=False)
     return parser.add_subparsers(dest=f"{name}_command", required=True, metavar="COMMAND")
@@ -279,7 +279,7 @@ def _events_tail(args: argparse.Namespace, client: RunwireClient) -> int:
     return 0  # pragma: no cover
 
 
-def _add_events(subparsers: argparse._SubParsersAction) -> None:
+def _add_events(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     sub = group(subparsers, "events", "Follow live events.")
     p = leaf(
         sub,
@@ -379,7 +379,7 @@ def _link_new(partial: str, target: str) -> None:
         os.replace(partial, target)
 
 
-def _add_runs(subparsers: argparse._SubParsersAction) -> None:
+def _add_runs(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     sub = group(subparsers, "runs", "Retained runs (kept on disk, also after restarts).")
     p = leaf(sub, "list", _runs_list, "List retained runs, newest first.")
     p.add_argument("--session", help="only this session's runs")
@@ -401,7 +401,7 @@ def _add_runs(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-f", "--force", action="store_true", help="overwrite FILE if it exists")
 
 
-def add_parsers(subparsers: argparse._SubParsersAction) -> None:
+def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register the `events` and `runs` command groups (`session` is `service.cli.session`'s,
     which builds on the helpers here: the import goes that way only)."""
     _add_events(subparsers)

@@ -214,7 +214,7 @@ def _session_retry(args: argparse.Namespace, client: RunwireClient) -> int:
     return emit_submitted(args, answer, lambda a: f"{submitted(a)}, retry of {args.run}")
 
 
-def add_parsers(subparsers: argparse._SubParsersAction) -> None:
+def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register the `session` command group (listed in `service.cli.main.COMMAND_MODULES`)."""
     sub = group(subparsers, "session", "Manage sessions on a runwire server.")
     leaf(sub, "list", _session_list, "List sessions.")

@@ -48,7 +48,7 @@ def _presented_token(scope: Scope) -> str | None:
     if authorization is not None:
         scheme, _, credentials = authorization.partition(" ")
         return credentials.strip() if scheme.lower() == "bearer" else None
-    query = scope.get("query_string", b"").decode("latin-1")
+    query: str = scope.get("query_string", b"").decode("latin-1")
     for name, value in parse_qsl(query):
         if name == "access_token":
             return value

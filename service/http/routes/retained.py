@@ -18,11 +18,12 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 
+from pipeline.rundir import media_type as media_type_for
 from service.contract.errors import ServiceError
 from service.contract.records import RunRecord, RunStatus
 from service.http.codec import json_response
 from service.http.openapi import OperationTable, Param
-from service.storage.retained import MAX_LIMIT, RetainedRuns, media_type_for
+from service.storage.retained import MAX_LIMIT, RetainedRuns
 
 __all__ = [
     "ArtifactEntry",
