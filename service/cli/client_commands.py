@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from service.cli.errors import CliError
+from service.contract.statuses import FINAL_RUN_STATUSES, RunStatus
 
 if TYPE_CHECKING:
     from service.cli.api_client import RunwireClient
@@ -26,9 +27,9 @@ Handler = Callable[[argparse.Namespace, "RunwireClient"], int]
 EXIT_INTERRUPTED = 130  # Ctrl-C while waiting for a run whose outcome is then unknown
 # Exit statuses of `events tail --run` and `--wait`, by the run's final status; a failed run
 # exits with its error code's `pipeline.exitcodes.ExitCode` value, as `runwire run` would.
-RUN_EXIT = {"succeeded": 0, "cancelled": 5, "interrupted": 75}
+RUN_EXIT: dict[str, int] = {RunStatus.SUCCEEDED: 0, RunStatus.CANCELLED: 5, RunStatus.INTERRUPTED: 75}
 FAILED_DEFAULT_EXIT = 4  # ExitCode.STEP_FAILED, for a failed run without a known code
-FINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled", "interrupted"})
+FINAL_STATUSES = FINAL_RUN_STATUSES  # the contract's, not a copy
 TERMINAL_TYPES = frozenset({"run.finished", "run.cancelled", "run.interrupted"})
 
 

@@ -6,34 +6,19 @@ API returns, so the wire shape and the stored shape cannot drift apart.
 
 from __future__ import annotations
 
-import enum
 from typing import Any
 
 import msgspec
 
-
-class SessionState(enum.StrEnum):
-    IDLE = "idle"
-    RUNNING_PARTIAL = "running_partial"
-    RUNNING_FULL = "running_full"
-    ERROR_PARTIAL = "error_partial"
-    ERROR_FULL = "error_full"
-
-
-class RunStatus(enum.StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    CANCELLING = "cancelling"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    INTERRUPTED = "interrupted"
-
-
-FINAL_RUN_STATUSES = frozenset(
-    {RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.INTERRUPTED}
+# re-exported: the records are where the rest of the service has always found them
+from service.contract.statuses import (
+    FINAL_RUN_STATUSES as FINAL_RUN_STATUSES,
 )
-RETRYABLE_RUN_STATUSES = frozenset({RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.INTERRUPTED})
+from service.contract.statuses import (
+    RETRYABLE_RUN_STATUSES as RETRYABLE_RUN_STATUSES,
+)
+from service.contract.statuses import RunStatus as RunStatus
+from service.contract.statuses import SessionState as SessionState
 
 
 class SourceRecord(msgspec.Struct, kw_only=True):
