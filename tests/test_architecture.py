@@ -177,14 +177,6 @@ def test_import_cycle_finder_sees_a_cycle() -> None:
     assert import_cycles({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == [["a", "b"]]
 
 
-# The one cycle left: the run lifecycle's (and disk-full handling's) free functions take the
-# scheduler first (a TYPE_CHECKING import back). Issue 10 item 2 (a `RunLifecycle` the
-# scheduler is handed) removes it; then this list must be emptied. Any other cycle fails.
-KNOWN_SERVICE_CYCLES = [
-    ["service.runtime.diskfull", "service.runtime.lifecycle", "service.runtime.scheduler"],
-]
-
-
 def test_service_has_no_import_cycles() -> None:
     modules = service_modules()
     known = set(modules)
@@ -196,4 +188,4 @@ def test_service_has_no_import_cycles() -> None:
         }
         for name, path in modules.items()
     }
-    assert import_cycles(graph) == KNOWN_SERVICE_CYCLES
+    assert import_cycles(graph) == []

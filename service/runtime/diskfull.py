@@ -16,15 +16,19 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from service.contract.errors import is_storage_full
 from service.contract.records import RunError, RunRecord, RunStatus
+from service.runtime.live import SessionEntry
 from service.runtime.transitions import error_state
 from service.storage.io_thread import snapshot
 
-if TYPE_CHECKING:
-    from service.runtime.scheduler import Scheduler, SessionEntry
+
+class Stoppable(Protocol):
+    """What the retries need of the scheduler: whether it is shutting down."""
+
+    stopping: bool
 
 __all__ = ["STORAGE_FULL_RUN_ERROR", "RunOutcomeNotRecorded", "commit_outcome", "retry_while_full"]
 
@@ -47,7 +51,7 @@ class RunOutcomeNotRecorded(Exception):
     ends the run `interrupted`."""
 
 
-async def retry_while_full(sched: Scheduler, call: Callable[[], Awaitable[None]]) -> None:
+async def retry_while_full(sched: Stoppable, call: Callable[[], Awaitable[None]]) -> None:
     """Await `call()` until it no longer fails for want of space (other errors propagate).
     Raises `RunOutcomeNotRecorded` if the service starts stopping meanwhile."""
     delay = FIRST_RETRY_S
@@ -66,7 +70,7 @@ async def retry_while_full(sched: Scheduler, call: Callable[[], Awaitable[None]]
 
 
 async def commit_outcome(
-    sched: Scheduler,
+    sched: Stoppable,
     entry: SessionEntry,
     record: RunRecord,
     commit: Callable[[], Awaitable[None]],

@@ -147,7 +147,7 @@ class Runtime:
             in_use = any(lv.record.session_id == sid for lv in self._sched.live.values())
         await self._sched.emit(ev.SESSION_DELETED, sid, {})
         if not in_use:
-            # (A run still using the cache frees it when it ends: `lifecycle.finish`.)
+            # (A run still using the cache frees it when it ends: `RunLifecycle.finish`.)
             await self._sched.drop_cache(entry)
 
     # -- sources and sinks ---------------------------------------------------------------------

@@ -29,7 +29,6 @@ from service.contract.records import (
     SessionRecord,
     SessionState,
 )
-from service.runtime.lifecycle import emit_terminal
 from service.runtime.run_inputs import as_run_sources
 from service.runtime.scheduler import LiveRun, Scheduler, SessionEntry, changed_sources_of
 from service.runtime.transitions import error_state, is_running, run_transition
@@ -183,7 +182,7 @@ async def _emit_missing_terminal(scheduler: Scheduler, run: RunRecord) -> None:
         data = {"status": RunStatus.INTERRUPTED.value, "elapsed_s": run.elapsed_s}
         await scheduler.emit(ev.RUN_INTERRUPTED, run.session_id, data, run.run_id)
     else:
-        await emit_terminal(scheduler, run)
+        await scheduler.lifecycle.emit_terminal(run)
 
 
 def _close_orphan_run_dirs(scheduler: Scheduler) -> int:

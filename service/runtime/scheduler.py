@@ -32,7 +32,6 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -40,17 +39,13 @@ import anyio
 import anyio.to_thread
 import msgspec
 
-from pipeline.cancel import CancelToken
-from pipeline.incremental import IncrementalCache
-from pipeline.loader import PipelineSpec
 from pipeline.rundir import RunDirectory, new_run_id
-from pipeline.step import SourceSpec
 from service.contract.errors import ServiceError
 from service.contract.models import SubmitResult
-from service.contract.records import RunRecord, RunSource, RunStatus, SessionRecord, SessionState
-from service.runtime import lifecycle
+from service.contract.records import RunRecord, RunSource, RunStatus, SessionState
 from service.runtime.config import Config
-from service.runtime.execution import StartGate
+from service.runtime.lifecycle import RunLifecycle
+from service.runtime.live import LiveRun, SessionEntry, changed_sources_of
 from service.runtime.memory import choose_evictions, default_cache_memory, release_memory
 from service.runtime.run_inputs import sample_of
 from service.runtime.run_queue import QueueFull, RunQueue
@@ -68,65 +63,6 @@ log = logging.getLogger("service.runtime.scheduler")
 # After the shutdown grace, cancelled runs get this long to reach a step boundary; a step that
 # ignores its cancel token is left behind (its run is `interrupted` at the next start).
 CANCEL_WAIT_S = 5.0
-
-
-@dataclass(eq=False)
-class SessionEntry:
-    """A session as the runtime holds it in memory."""
-
-    record: SessionRecord
-    spec: PipelineSpec
-    pipeline_text: str
-    cache: IncrementalCache = field(default_factory=IncrementalCache)
-    cache_lost: bool = False  # the service restarted since this session last ran
-    resting: SessionState = SessionState.IDLE  # state to return to after a cancelled run
-    clear_cache_after_run: bool = False  # `reset full` arrived while a run used the cache
-    cache_evicted: bool = False  # the memory budget evicted the cache since the last run
-    cache_bytes: int = 0  # the cache's array bytes, measured when its last run ended
-    last_used: float = 0.0  # monotonic time its last run ended (LRU order for eviction)
-    deleted: bool = False
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-    def source_specs(self) -> dict[str, SourceSpec]:
-        """The session's sources as the runner and the planner take them (copies)."""
-        return {
-            ref: SourceSpec(type=s.type, location=s.location, options=dict(s.options))
-            for ref, s in self.record.sources.items()
-        }
-
-
-def changed_sources_of(request: Any) -> tuple[str, ...]:
-    """`changed_sources` of a stored run request (`SessionStore.get_run_request`), or ()."""
-    if isinstance(request, dict) and isinstance(request.get("changed_sources"), list):
-        return tuple(str(ref) for ref in request["changed_sources"])
-    return ()
-
-
-@dataclass(eq=False)
-class LiveRun:
-    """A queued or active run."""
-
-    record: RunRecord
-    changed_sources: tuple[str, ...]
-    run_dir: RunDirectory
-    sources: dict[str, RunSource]  # fixed at acceptance: what the run reads
-    cancel: CancelToken = field(default_factory=CancelToken)
-    started_utc: str | None = None  # taken from the queue (recorded once the run is announced)
-    announced: bool = False  # run.started published
-    start_task: asyncio.Task[None] | None = None  # committing and announcing the start
-    gate: StartGate | None = None  # the run's step events wait in it for run.started
-    dir_task: asyncio.Task[None] | None = None  # writing the run directory (see `enqueue`)
-
-    async def dir_ready(self) -> None:
-        """Wait until the run directory is written. A failure is logged, not raised: the run
-        is committed, its directory is made again when it starts; only the request copy is lost."""
-        if self.dir_task is None:
-            return
-        try:
-            await self.dir_task
-        except Exception:
-            log.exception("run %s: cannot write its run directory", self.record.run_id)
-        self.dir_task = None
 
 
 class Scheduler:
@@ -161,6 +97,8 @@ class Scheduler:
             config.cache_memory if config.cache_memory is not None else default_cache_memory()
         )
         self.cache_evictions = 0
+        # One run's start-to-end, owned by one object that is handed this scheduler's side.
+        self.lifecycle = RunLifecycle(self)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -495,7 +433,7 @@ class Scheduler:
                 item = self.queue.next_runnable()
                 if item is None:
                     break
-                task = asyncio.create_task(lifecycle.run_one(self, item.run_id, item.session_id))
+                task = asyncio.create_task(self.lifecycle.run_one(item.run_id, item.session_id))
                 self._active[item.run_id] = task
                 self._computing.add(item.run_id)
                 task.add_done_callback(partial(self._run_done, item.run_id, item.session_id))
