@@ -23,13 +23,11 @@ from urllib.parse import quote
 
 import httpx
 
-from service.cli.errors import CliError
+from service.cli.errors import EXIT_API_ERROR, EXIT_UNAVAILABLE, CliError
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 API_PREFIX = "/v1"
 
-EXIT_API_ERROR = 1  # the server answered with an error (problem+json)
-EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: the server could not be reached
 
 # Generous for a busy server, short enough that a dead one is noticed.
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from service.cli.errors import CliError
+from service.cli.errors import EXIT_INTERRUPTED, EXIT_RUN_INTERRUPTED, CliError
 from service.contract.statuses import FINAL_RUN_STATUSES, RunStatus
 
 if TYPE_CHECKING:
@@ -24,10 +24,9 @@ if TYPE_CHECKING:
 
 Handler = Callable[[argparse.Namespace, "RunwireClient"], int]
 
-EXIT_INTERRUPTED = 130  # Ctrl-C while waiting for a run whose outcome is then unknown
 # Exit statuses of `events tail --run` and `--wait`, by the run's final status; a failed run
 # exits with its error code's `pipeline.exitcodes.ExitCode` value, as `runwire run` would.
-RUN_EXIT: dict[str, int] = {RunStatus.SUCCEEDED: 0, RunStatus.CANCELLED: 5, RunStatus.INTERRUPTED: 75}
+RUN_EXIT: dict[str, int] = {RunStatus.SUCCEEDED: 0, RunStatus.CANCELLED: 5, RunStatus.INTERRUPTED: EXIT_RUN_INTERRUPTED}
 FAILED_DEFAULT_EXIT = 4  # ExitCode.STEP_FAILED, for a failed run without a known code
 FINAL_STATUSES = FINAL_RUN_STATUSES  # the contract's, not a copy
 TERMINAL_TYPES = frozenset({"run.finished", "run.cancelled", "run.interrupted"})

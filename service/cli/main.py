@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from service.cli.errors import EXIT_USAGE, CliError
+from service.cli.errors import EXIT_BROKEN_PIPE, EXIT_USAGE, CliError
 
 # Modules contributing commands; each defines `add_parsers(subparsers)` and sets `func` on
 # every parser it adds (`func(args) -> int` returns the exit status).
@@ -26,7 +26,6 @@ COMMAND_MODULES = (
 )
 
 
-EXIT_BROKEN_PIPE = 141  # what a shell reports for a writer killed by SIGPIPE
 
 
 def _silence_stdout() -> None:

@@ -22,10 +22,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from service.cli.errors import EXIT_USAGE, CliError
+from service.cli.errors import EXIT_DATA_DIR_IN_USE, EXIT_USAGE, CliError
 
 # sysexits.h EX_UNAVAILABLE: another server already serves this data directory.
-EXIT_DATA_DIR_IN_USE = 69
 
 if TYPE_CHECKING:
     from service.runtime.config import Config
