@@ -148,9 +148,8 @@ def test_the_cycle_finder_finds_a_cycle(tmp_path: Path, monkeypatch: pytest.Monk
     [
         "pipeline",
         "streaming",
-        pytest.param(
-            "service", marks=pytest.mark.xfail(strict=True, reason="service10 removes them")
-        ),
+        # service/: test_service_has_no_import_cycles below (its packages' __init__ re-exports
+        # are not cycles of the design).
     ],
 )
 def test_no_import_cycles(package: str) -> None:
@@ -193,3 +192,147 @@ def test_subscription_uses_only_public_broker_methods() -> None:
         if isinstance(node, ast.Attribute) and node.attr.startswith("_") and is_broker(node.value)
     )
     assert private == []
+
+
+# -- service/ in wings: cli -> http -> runtime -> storage, all of them may use contract --------
+
+SERVICE = ROOT / "service"
+WINGS = ("contract", "storage", "runtime", "http", "cli")
+# wing -> wings of service/ it must never import (anywhere in a module, lazy imports included)
+WING_FORBIDDEN = {
+    "contract": {"storage", "runtime", "http", "cli"},
+    "storage": {"runtime", "http", "cli"},
+    "runtime": {"http", "cli"},
+    "http": {"cli"},
+}
+
+
+def service_module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def service_modules() -> dict[str, Path]:
+    return {service_module_name(path): path for path in SERVICE.rglob("*.py")}
+
+
+def service_imported_modules(path: Path, known: set[str]) -> set[str]:
+    """Every module of ours `path` imports, at any depth of the file (lazy imports too).
+
+    `from service.runtime import lifecycle` names the module `service.runtime.lifecycle`;
+    `from service.runtime.scheduler import Scheduler` names `service.runtime.scheduler`.
+    """
+    module = service_module_name(path)
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join(anchor + ([base] if base else []))
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    return {name for name in found if name in known or name.split(".")[0] not in {"service"}}
+
+
+def wing_of(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[0] == "service" and parts[1] in WINGS else None
+
+
+def test_every_service_module_lives_in_a_wing() -> None:
+    strays = sorted(name for name in service_modules() if name != "service" and wing_of(name) is None)
+    assert strays == []
+
+
+@pytest.mark.parametrize("wing", sorted(WING_FORBIDDEN))
+def test_service_wings_import_one_way(wing: str) -> None:
+    modules = service_modules()
+    known = set(modules)
+    offenders = {
+        name: sorted(
+            target for target in service_imported_modules(path, known)
+            if wing_of(target) in WING_FORBIDDEN[wing]
+        )
+        for name, path in modules.items()
+        if wing_of(name) == wing
+    }
+    assert {name: bad for name, bad in offenders.items() if bad} == {}
+
+
+def test_contract_imports_only_stdlib_and_msgspec() -> None:
+    import sys
+
+    allowed = set(sys.stdlib_module_names) | {"msgspec", "__future__"}
+    modules = service_modules()
+    known = set(modules)
+    offenders = {}
+    for name, path in modules.items():
+        if wing_of(name) != "contract":
+            continue
+        bad = sorted(
+            target for target in service_imported_modules(path, known)
+            if target.split(".")[0] not in allowed and wing_of(target) != "contract"
+        )
+        if bad:
+            offenders[name] = bad
+    assert offenders == {}
+
+
+def graph_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in graph.get(node, ()):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return sorted(cycles)
+
+
+def test_import_cycle_finder_sees_a_cycle() -> None:
+    assert graph_cycles({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == [["a", "b"]]
+
+
+def test_service_has_no_import_cycles() -> None:
+    modules = service_modules()
+    known = set(modules)
+    graph = {
+        name: {
+            target for target in service_imported_modules(path, known)
+            # a package's __init__ re-exporting its own modules is not a cycle of the design
+            if target in known and target != name and not name.startswith(target + ".")
+        }
+        for name, path in modules.items()
+    }
+    assert graph_cycles(graph) == []

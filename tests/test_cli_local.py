@@ -67,7 +67,7 @@ def test_cli_modules_import_only_the_standard_library() -> None:
     import sys
 
     code = (
-        "import sys, service.cli_run, service.cli_local; "
+        "import sys, service.cli.run, service.cli.local; "
         "print(sorted(m for m in ('numpy', 'h5py', 'msgspec', 'yaml', 'pipeline') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -17,7 +17,7 @@ import pytest
 from pipeline.demodata import write_demo_data
 from pipeline.rundir import read_ndjson
 from service.cli import main
-from service.cli_run import Progress
+from service.cli.run import Progress
 from streaming.envelope import EVENT_TYPES, decode
 
 

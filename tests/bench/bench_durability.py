@@ -14,10 +14,10 @@ from pathlib import Path
 
 import msgspec
 
-from service.history import RunDirectoryHistory
-from service.records import RunRecord, RunStatus
-from service.retained import RetainedRuns
-from service.store import SessionStore
+from service.contract.records import RunRecord, RunStatus
+from service.storage.history import RunDirectoryHistory
+from service.storage.retained import RetainedRuns
+from service.storage.store import SessionStore
 from streaming.envelope import Event
 
 

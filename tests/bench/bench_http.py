@@ -22,9 +22,9 @@ from pathlib import Path
 
 import httpx
 
-from service.app import create_app
-from service.config import Config
-from service.limits import check_json_shape
+from service.http.app import create_app
+from service.http.limits import check_json_shape
+from service.runtime.config import Config
 
 PIPELINE = "name: b\nsteps:\n  - {id: n, use: diag.noop}\n"
 

@@ -31,9 +31,9 @@ import httpx
 
 from pipeline.demodata import write_demo_data
 from pipeline.examples import example_text
-from service.app import create_app
-from service.config import Config
-from service.server import RunwireServer, uvicorn_config
+from service.http.app import create_app
+from service.http.server import RunwireServer, uvicorn_config
+from service.runtime.config import Config
 
 NOOP = "name: noop\nsteps:\n  - {id: n, use: diag.noop}\n"
 
@@ -42,7 +42,7 @@ NOOP = "name: noop\nsteps:\n  - {id: n, use: diag.noop}\n"
 def serve(config: Config) -> Iterator[str]:
     """uvicorn on 127.0.0.1 and a free port, in a thread; yields the base URL.
 
-    Like `service.server.serve_in_thread`, except that the listening socket is created with
+    Like `service.http.server.serve_in_thread`, except that the listening socket is created with
     `IPPROTO_TCP`: asyncio enables TCP_NODELAY only on sockets whose `proto` says TCP, and
     without it every keep-alive response waits ~40 ms for a delayed ACK (headers and body are
     two writes), which would swamp every figure here.

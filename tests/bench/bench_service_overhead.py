@@ -30,7 +30,7 @@ from pipeline.incremental import IncrementalCache
 from pipeline.loader import load_pipeline_text
 from pipeline.runner import ProcessingRunner
 from pipeline.step import SourceSpec
-from service.config import Config
+from service.runtime.config import Config
 
 
 async def compare(client: httpx.AsyncClient, data: Path, repeats: int) -> list[tuple[float, float]]:

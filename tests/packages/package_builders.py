@@ -18,10 +18,9 @@ from typing import Any
 
 import httpx
 import yaml
+from service.http.app import create_app
+from service.runtime.config import Config
 from starlette.applications import Starlette
-
-from service.app import create_app
-from service.config import Config
 
 PIP_TIMEOUT_S = 300
 

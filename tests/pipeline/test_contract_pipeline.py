@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from service.cli import main
-from service.cli_run import Progress
+from service.cli.run import Progress
 
 ENVELOPE_KEYS = {"specversion", "id", "source", "type", "time", "datacontenttype", "sessionid",
                  "seq", "data", "subject", "runid"}  # fmt: skip

@@ -14,8 +14,8 @@ import httpx
 import yaml
 from starlette.applications import Starlette
 
-from service.config import Config
-from service.server import RunwireServer
+from service.http.server import RunwireServer
+from service.runtime.config import Config
 
 
 @dataclass

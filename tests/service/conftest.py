@@ -40,9 +40,9 @@ import httpx
 import pytest
 from api_support import Api, LiveServer
 
-from service.app import create_app
-from service.config import Config
-from service.server import serve_in_thread
+from service.http.app import create_app
+from service.http.server import serve_in_thread
+from service.runtime.config import Config
 
 
 @pytest.fixture

@@ -19,12 +19,12 @@ import msgspec
 import pytest
 import yaml
 
-from service.config import Config
-from service.errors import ServiceError
-from service.models import CreateSessionRequest, PipelineInput, ProcessRequest
-from service.records import RunRecord
-from service.runtime import Runtime
-from service.store import SessionStore
+from service.contract.errors import ServiceError
+from service.contract.models import CreateSessionRequest, PipelineInput, ProcessRequest
+from service.contract.records import RunRecord
+from service.runtime.config import Config
+from service.runtime.facade import Runtime
+from service.storage.store import SessionStore
 from streaming.broker import Broker
 from streaming.envelope import TERMINAL_RUN_TYPES, Envelope, Event
 from streaming.subscription import Subscription

@@ -14,10 +14,10 @@ import numpy as np
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
-from service.problems import exception_handlers
-from service.records import RunRecord, RunStatus
-from service.retained import RetainedRuns
-from service.routes_retained import routes
+from service.contract.records import RunRecord, RunStatus
+from service.http.problems import exception_handlers
+from service.http.routes.retained import routes
+from service.storage.retained import RetainedRuns
 from streaming.envelope import Event
 
 

@@ -1,4 +1,4 @@
-"""`service.access_log.AccessLog` around a tiny app: one line per request and WebSocket, with
+"""`service.http.access_log.AccessLog` around a tiny app: one line per request and WebSocket, with
 the status the client saw, and nothing from the query string or the headers."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.types import Message
 from starlette.websockets import WebSocket
 
-from service.access_log import AccessLog
+from service.http.access_log import AccessLog
 
 
 async def hello(request: Request) -> Response:

@@ -18,8 +18,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Message
 
-from service.errors import ServiceError
-from service.problems import InternalErrorMiddleware, exception_handlers
+from service.contract.errors import ServiceError
+from service.http.problems import InternalErrorMiddleware, exception_handlers
 
 pytestmark = pytest.mark.anyio
 

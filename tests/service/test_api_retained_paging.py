@@ -8,7 +8,7 @@ import httpx
 import pytest
 from sstore_rundirs import retained_app, write_run
 
-from service.retained import MAX_LIMIT
+from service.storage.retained import MAX_LIMIT
 
 pytestmark = pytest.mark.anyio
 

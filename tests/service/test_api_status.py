@@ -6,8 +6,8 @@ import pytest
 from api_support import Api, finished_run, session_body
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.app import drain
-from service.openapi import route_paths
+from service.http.app import drain
+from service.http.openapi import route_paths
 
 pytestmark = pytest.mark.anyio
 

@@ -10,7 +10,7 @@ from api_support import Api, LiveServer, assert_problem
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from service.auth import token_matches
+from service.http.auth import token_matches
 
 pytestmark = pytest.mark.anyio
 TOKEN = "s3cret-token"

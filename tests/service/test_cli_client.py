@@ -24,10 +24,10 @@ import pytest
 from api_support import NEEDS_SAMPLE
 
 from service.cli import main
-from service.cli_format import dry_run_text, duration, manifest_table, run_detail
-from service.client import problem_error
-from service.config import Config
-from service.server import serve_in_thread
+from service.cli.api_client import problem_error
+from service.cli.format import dry_run_text, duration, manifest_table, run_detail
+from service.http.server import serve_in_thread
+from service.runtime.config import Config
 
 RUNWIRE = Path(sys.executable).with_name("runwire")
 
@@ -58,7 +58,7 @@ steps:
 
 
 class LiveServer:
-    """`service.server.serve_in_thread` held open across a module's tests; `stop()` drains."""
+    """`service.http.server.serve_in_thread` held open across a module's tests; `stop()` drains."""
 
     def __init__(self, data_dir: Path, token: str | None = None) -> None:
         self.data_dir = data_dir

@@ -27,9 +27,9 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from service.cli import main
-from service.cli_errors import CliError
-from service.cli_format import EventPrinter, event_line, progress_bar
-from service.client import Backoff, RunwireClient, SseParser
+from service.cli.api_client import Backoff, RunwireClient, SseParser
+from service.cli.errors import CliError
+from service.cli.format import EventPrinter, event_line, progress_bar
 
 RUNWIRE = Path(sys.executable).with_name("runwire")
 EPOCH = "e1"

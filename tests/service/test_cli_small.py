@@ -23,9 +23,9 @@ from typing import Any
 import httpx
 import pytest
 
-from service.cli_format import EventPrinter
-from service.config import Config
-from service.server import serve_in_thread
+from service.cli.format import EventPrinter
+from service.http.server import serve_in_thread
+from service.runtime.config import Config
 
 RUNWIRE = Path(sys.executable).with_name("runwire")
 
@@ -108,7 +108,7 @@ def test_version_imports_nothing_of_the_server_stack() -> None:
         "import sys\n"
         "from service.cli import main\n"
         "try:\n    main(['--version'])\nexcept SystemExit as exc:\n    assert exc.code == 0\n"
-        "heavy = {'httpx', 'starlette', 'uvicorn', 'numpy', 'h5py', 'anyio', 'service.app'}\n"
+        "heavy = {'httpx', 'starlette', 'uvicorn', 'numpy', 'h5py', 'anyio', 'service.http.app'}\n"
         "print(sorted(heavy & set(sys.modules)))\n"
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
@@ -326,7 +326,7 @@ def test_download_never_overwrites_without_force(
 
 
 def test_a_table_too_narrow_for_its_ids_cuts_free_text_to_its_floor_only() -> None:
-    from service.cli_format import table
+    from service.cli.format import table
 
     run_id = "r-20261123T040512-3fa9c2d1"
     rows = [(run_id, "a" * 40, "b" * 60), ("r-2", "short", "")]

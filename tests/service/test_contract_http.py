@@ -20,8 +20,8 @@ import pytest
 from api_support import NEEDS_SAMPLE, Api, LiveServer, assert_problem, session_body
 
 from service.cli import build_parser, main
-from service.cli_errors import CliError
-from service.cli_serve import build_config
+from service.cli.errors import CliError
+from service.cli.serve import build_config
 
 pytestmark = pytest.mark.anyio
 
@@ -351,8 +351,8 @@ def test_sink_files_are_readable_like_any_file_the_user_writes(tmp_path: Path) -
     import h5py
     import numpy as np
 
-    from service.records import SourceRecord
-    from service.sinks import write_sinks
+    from service.contract.records import SourceRecord
+    from service.runtime.sinks import write_sinks
 
     artifacts = tmp_path / "artifacts"
     artifacts.mkdir()

@@ -43,7 +43,7 @@ from sstore_server import (
 
 from pipeline.demodata import write_demo_data
 from pipeline.examples import example_text
-from service.store import SessionStore
+from service.storage.store import SessionStore
 from streaming.envelope import TERMINAL_RUN_TYPES
 
 pytestmark = pytest.mark.slow
@@ -251,8 +251,8 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path: Path, seed: int) -> N
 
 WRITER = """
 import sys
-from service.records import RunRecord
-from service.store import SessionStore
+from service.contract.records import RunRecord
+from service.storage.store import SessionStore
 
 store = SessionStore(sys.argv[1])
 start = store.seq_floor()

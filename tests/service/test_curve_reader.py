@@ -1,4 +1,4 @@
-"""`service.routes_curve.read_curve`: which artifact holds a run's curve, and the bounds on what is
+"""`service.http.routes.curve.read_curve`: which artifact holds a run's curve, and the bounds on what is
 answered (fed run directories written here, no server)."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import pytest
 
 from pipeline.hdf5io import write_nxcansas
 from pipeline.rundir import new_run_id
-from service.errors import ServiceError
-from service.retained import RetainedRuns
-from service.routes_curve import MAX_CURVE_POINTS, read_curve
+from service.contract.errors import ServiceError
+from service.http.routes.curve import MAX_CURVE_POINTS, read_curve
+from service.storage.retained import RetainedRuns
 
 
 def run_artifacts(runs_dir: Path) -> tuple[str, Path]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from sstore_server import ServeProcess, SseFollower, free_port, serve_command
 
-from service.datalock import DataDirLock, DataDirLocked
+from service.storage.datalock import DataDirLock, DataDirLocked
 from streaming.envelope import TERMINAL_RUN_TYPES
 
 pytestmark = pytest.mark.slow

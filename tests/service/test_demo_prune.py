@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from runtime_harness import running
 
-from service.config import Config
-from service.demo import DEMO_SESSION, prune_demo_runs, run_demo
-from service.retained import RetainedRuns
+from service.runtime.config import Config
+from service.runtime.demo import DEMO_SESSION, prune_demo_runs, run_demo
+from service.storage.retained import RetainedRuns
 
 pytestmark = pytest.mark.anyio
 

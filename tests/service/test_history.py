@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sstore_rundirs import event_line
 
-from service.history import RunDirectoryHistory, complete_lines
+from service.storage.history import RunDirectoryHistory, complete_lines
 
 
 def append(path: Path, *lines: bytes) -> None:

@@ -15,8 +15,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
-from service.limits import BodyLimitMiddleware, check_json_shape
-from service.problems import exception_handlers
+from service.http.limits import BodyLimitMiddleware, check_json_shape
+from service.http.problems import exception_handlers
 
 pytestmark = pytest.mark.anyio
 LIMIT = 1024

@@ -9,9 +9,9 @@ import sqlite3
 
 import pytest
 
-from service.errors import ServiceError, is_storage_full, storage_full_error
-from service.logcollapse import RepeatFilter
-from service.store import StoreError
+from service.contract.errors import ServiceError, is_storage_full, storage_full_error
+from service.http.logcollapse import RepeatFilter
+from service.storage.store import StoreError
 
 
 class Collect(logging.Handler):

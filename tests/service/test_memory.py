@@ -1,6 +1,6 @@
 """The incremental caches' memory budget (issue 8, item 5): sizes, LRU choice, eviction.
 
-The pure parts (`service.memory`) are fed values; the budget itself is shown on the in-process
+The pure parts (`service.runtime.memory`) are fed values; the budget itself is shown on the in-process
 service: two sessions over a budget that holds one, the least recently used one evicted, its
 next run full with `fallback_reason: "cache_evicted"` (and its dry run saying so).
 """
@@ -24,9 +24,9 @@ from pipeline.loader import load_pipeline_text
 from pipeline.runner import ProcessingRunner
 from pipeline.step import SourceSpec
 from service.cli import build_parser
-from service.cli_errors import CliError
-from service.cli_serve import build_config
-from service.memory import (
+from service.cli.errors import CliError
+from service.cli.serve import build_config
+from service.runtime.memory import (
     choose_evictions,
     default_cache_memory,
     parse_byte_size,

@@ -11,9 +11,9 @@ import pytest
 from api_support import Api, finished_run, session_body, sleep_step
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.metrics import RUN_DURATION_BUCKETS, ServiceMetrics
-from service.records import RunRecord, RunStatus
-from service.store import SessionStore
+from service.contract.records import RunRecord, RunStatus
+from service.http.metrics import RUN_DURATION_BUCKETS, ServiceMetrics
+from service.storage.store import SessionStore
 
 
 def run(run_id: str, status: RunStatus, elapsed: float | None = None) -> RunRecord:

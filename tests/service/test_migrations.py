@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from service.migrations import CURRENT_VERSION, MIGRATIONS, migrate, schema_version
-from service.records import RunStatus
-from service.store import SessionStore, StoreError
+from service.contract.records import RunStatus
+from service.storage.migrations import CURRENT_VERSION, MIGRATIONS, migrate, schema_version
+from service.storage.store import SessionStore, StoreError
 
 SESSION = {
     "session_id": "old",

@@ -11,8 +11,8 @@ import msgspec
 import pytest
 from api_support import NEEDS_SAMPLE, Api, assert_problem
 
-from service.models import CreateSessionRequest, ProcessRequest
-from service.openapi import API_PREFIX, route_paths
+from service.contract.models import CreateSessionRequest, ProcessRequest
+from service.http.openapi import API_PREFIX, route_paths
 
 pytestmark = pytest.mark.anyio
 JSON = {"content-type": "application/json"}

@@ -19,9 +19,9 @@ from runtime_harness import Harness, create_request, running
 
 from pipeline.demodata import write_demo_data
 from pipeline.examples import example_text
-from service.config import Config
-from service.models import SampleRequest, SinkInput, SourceInput
-from service.records import RunRecord
+from service.contract.models import SampleRequest, SinkInput, SourceInput
+from service.contract.records import RunRecord
+from service.runtime.config import Config
 
 DATASETS = ("Q", "I", "Idev")
 

@@ -15,9 +15,9 @@ import pytest
 from runtime_harness import create_request, noop_step, pipeline_text, process, running
 
 from pipeline.rundir import read_ndjson
-from service.config import Config
-from service.records import RunRecord, RunStatus, SessionState
-from service.store import SessionStore
+from service.contract.records import RunRecord, RunStatus, SessionState
+from service.runtime.config import Config
+from service.storage.store import SessionStore
 from streaming.envelope import utc_now
 
 

@@ -15,9 +15,9 @@ import httpx
 import pytest
 from sstore_rundirs import retained_app, write_run
 
-from service.config import Config
-from service.records import RunStatus
-from service.retained import RetainedRuns, media_type_for
+from service.contract.records import RunStatus
+from service.runtime.config import Config
+from service.storage.retained import RetainedRuns, media_type_for
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from pipeline.examples import example_text
 from pipeline.loader import load_pipeline_text
 from pipeline.runner import ProcessingRunner
 from pipeline.step import SourceSpec
-from service.config import Config
+from service.runtime.config import Config
 
 SHAPE = (64, 64)
 DATASETS = ("Q", "I", "Idev")

@@ -12,9 +12,9 @@ from collections.abc import Callable
 import pytest
 from runtime_harness import LONG, Harness, create_request, pipeline_text, process, running
 
-from service.config import Config
-from service.errors import ServiceError
-from service.runqueue import QueueFull, RunQueue
+from service.contract.errors import ServiceError
+from service.runtime.config import Config
+from service.runtime.run_queue import QueueFull, RunQueue
 
 # -- the pure queue ------------------------------------------------------------------------------
 

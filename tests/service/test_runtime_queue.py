@@ -35,13 +35,13 @@ from runtime_harness import (
 )
 
 from pipeline.rundir import read_ndjson
-from service.config import Config
-from service.errors import ServiceError
-from service.models import (
+from service.contract.errors import ServiceError
+from service.contract.models import (
     SourceInput,
 )
-from service.records import RunRecord
-from service.run_inputs import as_run_sources
+from service.contract.records import RunRecord
+from service.runtime.config import Config
+from service.runtime.run_inputs import as_run_sources
 from streaming.envelope import TERMINAL_RUN_TYPES, Envelope
 
 T = TypeVar("T")
@@ -361,7 +361,7 @@ def test_publisher_journals_in_seq_order_from_many_threads(tmp_path: Path) -> No
     """Events from concurrent worker threads reach each journal in seq order, none lost."""
     import threading
 
-    from service.publisher import EventPublisher
+    from service.storage.publisher import EventPublisher
     from streaming.envelope import Event
 
     published: list[Event] = []

@@ -27,15 +27,15 @@ from runtime_harness import (
 )
 
 from pipeline.rundir import read_ndjson
-from service.config import Config
-from service.errors import ServiceError
-from service.models import (
+from service.contract.errors import ServiceError
+from service.contract.models import (
     CreateSessionRequest,
     PipelineInput,
     SampleRequest,
     SinkInput,
     SourceInput,
 )
+from service.runtime.config import Config
 
 # -- sessions and validation ---------------------------------------------------------------------
 
@@ -268,7 +268,7 @@ async def test_delete_session_cancels_its_runs_and_keeps_run_directories(
 
 
 def test_source_templates_include_saxs_and_generic() -> None:
-    from service.profiles import source_templates
+    from service.runtime.profiles import source_templates
 
     templates = {t.name: t for t in source_templates()}
     assert templates["saxs"].required == ["sample"]
@@ -280,7 +280,7 @@ def test_source_templates_include_saxs_and_generic() -> None:
 async def test_demo_creates_or_reuses_its_session_and_feeds_samples(
     make_config: Callable[..., Config],
 ) -> None:
-    from service.demo import DEMO_SESSION, run_demo
+    from service.runtime.demo import DEMO_SESSION, run_demo
 
     config = make_config(demo_interval_s=0.0)
     async with running(config) as h:

@@ -19,8 +19,8 @@ import httpx
 import pytest
 
 from service.cli import build_parser
-from service.cli_errors import CliError
-from service.cli_serve import build_config, is_loopback, log_level
+from service.cli.errors import CliError
+from service.cli.serve import build_config, is_loopback, log_level
 
 pytestmark = pytest.mark.slow
 RUNWIRE = [sys.executable, "-m", "service.cli"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from functools import partial
 
-from service.execution import StartGate
+from service.runtime.execution import StartGate
 
 
 def test_held_events_come_out_in_order_when_the_gate_opens() -> None:

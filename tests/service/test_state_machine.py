@@ -6,8 +6,8 @@ import itertools
 
 import pytest
 
-from service.records import RunStatus, SessionState
-from service.sessions import (
+from service.contract.records import RunStatus, SessionState
+from service.runtime.transitions import (
     SESSION_TRANSITIONS,
     InvalidTransition,
     error_state,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from service.records import (
+from service.contract.records import (
     PipelineInfo,
     RunError,
     RunRecord,
@@ -21,7 +21,7 @@ from service.records import (
     SourceRecord,
     StepStateRecord,
 )
-from service.store import SessionStore, StoreError
+from service.storage.store import SessionStore, StoreError
 
 
 def make_session(sid: str = "s1", **kw: object) -> SessionRecord:

@@ -1,0 +1,191 @@
+"""The Starlette application: routes under `/v1`, middleware, and the ordered lifespan.
+
+Lifespan order (closed in reverse): data directory, `SessionStore` (opened in a worker thread:
+SQLite never runs on the event loop), `Broker` (epoch and seq continued from the store, replay
+from the run directories), `RetainedRuns`, `Runtime` (started), the demo instrument when
+`config.demo`. `app.state` holds `config`, `store`, `broker`, `retained`, `runtime` and
+`metrics`.
+
+Shutdown is `drain(app)`: stop the demo, stop accepting runs and let running ones finish (or
+cancel them after `config.shutdown_grace`), then close the broker, which ends every SSE stream
+and closes every WebSocket with 1001. It runs once; `runwire serve` calls it as soon as a
+signal arrives (the server would otherwise wait for long-lived streams before the lifespan's
+own shutdown), and the lifespan calls it again harmlessly.
+
+Middleware, outermost first: `InternalErrorMiddleware` (500 `INTERNAL`, logged once),
+`HostCheckMiddleware` (421 for unknown `Host` on loopback: DNS rebinding), `AllowedOriginsCors`
+(CORS for the allowed origins, preflights answered before auth), `AuthMiddleware` (bearer
+token), `BodyLimitMiddleware` (413/415/422 on bodies; 415 for any state-changing request that
+is not `application/json`: CSRF).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
+from typing import Any
+
+import anyio
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.routing import BaseRoute, Mount
+
+from service.http.auth import AuthMiddleware
+from service.http.browser import AllowedOriginsCors, HostCheckMiddleware
+from service.http.limits import BodyLimitMiddleware
+from service.http.metrics import ServiceMetrics
+from service.http.openapi import API_PREFIX, Operation, route_paths
+from service.http.problems import InternalErrorMiddleware, exception_handlers
+from service.http.routes import events as routes_events
+from service.http.routes import retained as routes_retained
+from service.http.routes import runs as routes_runs
+from service.http.routes import sessions as routes_sessions
+from service.http.routes import status as routes_status
+from service.http.routes.curve import table as curve_table  # dashboard: I(q) of a run
+from service.http.routes.packages import table as packages_table  # steps, pipeline packages
+from service.http.routes.pipeline import table as pipeline_table  # dashboard: step tree, examples
+from service.http.routes.ui import routes as ui_routes  # dashboard: / and /ui/
+from service.runtime.config import Config
+from service.runtime.demo import run_demo
+from service.runtime.facade import Runtime
+from service.runtime.packages import PackageRuntime, restore_activations  # pipeline packages
+from service.storage.history import RunDirectoryHistory
+from service.storage.retained import RetainedRuns
+from service.storage.store import SessionStore
+from streaming.broker import Broker
+from streaming.security import HostPolicy
+
+__all__ = ["create_app", "drain"]
+
+log = logging.getLogger("runwire.app")
+
+_TABLES = (
+    routes_status.table,
+    routes_sessions.table,
+    routes_runs.table,
+    routes_events.table,
+    routes_retained.table,
+    curve_table,
+    pipeline_table,
+    packages_table,
+)
+
+
+def _operations() -> list[Operation]:
+    return [op for table in _TABLES for op in table.operations]
+
+
+def create_app(config: Config) -> Starlette:
+    """The runwire ASGI app for `config` (resources open in its lifespan, see module doc)."""
+    routes: list[BaseRoute] = [r for table in _TABLES for r in table.routes]
+    host_policy = HostPolicy(config.host, config.allowed_hosts)
+    app = Starlette(
+        routes=[Mount(API_PREFIX, routes=routes), *ui_routes()],
+        middleware=[
+            Middleware(InternalErrorMiddleware),
+            Middleware(HostCheckMiddleware, policy=host_policy),
+            Middleware(AllowedOriginsCors, allowed_origins=config.allowed_origins),
+            Middleware(AuthMiddleware, token=config.token),
+            Middleware(BodyLimitMiddleware, max_body_bytes=config.max_body_bytes,
+                       route_limits={f"{API_PREFIX}/packages": config.max_package_upload_bytes}),
+        ],
+        exception_handlers=exception_handlers(),
+        lifespan=_lifespan,
+    )
+    app.state.config = config
+    app.state.host_policy = host_policy
+    app.state.operations = _operations()
+    app.state.websocket_paths = [p for m, p in route_paths(routes) if m == "WS"]
+    app.state.draining = False
+    app.state.drained = None
+    return app
+
+
+
+
+@asynccontextmanager
+async def _lifespan(app: Starlette) -> AsyncIterator[None]:
+    config: Config = app.state.config
+    state = app.state
+    state.draining = False
+    state.drained = anyio.Event()
+    async with AsyncExitStack() as stack:
+        await anyio.to_thread.run_sync(partial(config.runs_dir.mkdir, parents=True, exist_ok=True))
+        store = await anyio.to_thread.run_sync(SessionStore, config.store_path)
+        stack.push_async_callback(anyio.to_thread.run_sync, store.close)
+        state.store = store
+        state.start_seq = await anyio.to_thread.run_sync(store.seq_floor)
+        broker = Broker(
+            epoch=store.epoch,
+            start_seq=state.start_seq,
+            replay_size=config.replay_size,
+            subscriber_queue_size=config.subscriber_queue_size,
+            history=RunDirectoryHistory(config.runs_dir),
+            reserve_seq=store.reserve_seq,
+        )
+        await broker.start()
+        stack.push_async_callback(broker.aclose)
+        state.broker = broker
+        state.retained = RetainedRuns(config.runs_dir)
+        runtime = Runtime(config, store, broker)
+        # Packages of sessions that used one, before recovery validates their pipelines.
+        await anyio.to_thread.run_sync(restore_activations, config)
+        runtime.packages = state.packages = PackageRuntime(config, runtime.scheduler.emit)
+        await runtime.start()
+        state.runtime = runtime
+        state.metrics = ServiceMetrics(store.run_figures_after)
+        # drain() on the way out: stop the demo, finish or cancel runs, close the streams.
+        stack.push_async_callback(drain, app)
+        async with anyio.create_task_group() as tg:
+            if config.demo:
+                await tg.start(_run_demo, app)
+            try:
+                yield
+            finally:
+                _stop_demo(app)
+
+
+async def _run_demo(app: Starlette, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+    # A scope of its own: cancelling the task group's scope would also cancel the lifespan's
+    # host task, which waits inside it for the server's shutdown message.
+    with anyio.CancelScope() as scope:
+        app.state.demo_scope = scope
+        task_status.started()
+        try:
+            await run_demo(app.state.runtime, app.state.config)
+        except Exception:
+            # The demo is a convenience: its failure must not take the service down with it.
+            log.exception("the demo instrument stopped")
+
+
+def _stop_demo(app: Starlette) -> None:
+    scope = getattr(app.state, "demo_scope", None)
+    if scope is not None:
+        scope.cancel()
+
+
+async def drain(app: Starlette) -> None:
+    """Stop accepting runs, finish or cancel the running ones, close every stream. Idempotent.
+
+    Safe to call from a signal-triggered task while requests are still being served; the
+    second caller waits for the first to finish.
+    """
+    state = app.state
+    if state.draining:
+        if state.drained is not None:
+            await state.drained.wait()
+        return
+    state.draining = True
+    try:
+        _stop_demo(app)  # the simulated instrument stops feeding samples first
+        runtime = getattr(state, "runtime", None)
+        if runtime is not None:
+            await runtime.shutdown(state.config.shutdown_grace)
+        broker = getattr(state, "broker", None)
+        if broker is not None:
+            await broker.aclose()  # WebSockets close with 1001, SSE streams end
+    finally:
+        if state.drained is not None:
+            state.drained.set()
