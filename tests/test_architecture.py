@@ -95,38 +95,7 @@ def import_cycles(package: str) -> list[list[str]]:
     """Every set of modules of `package` that import each other in a circle (Tarjan's SCCs),
     each as a sorted list; empty when the imports form a DAG."""
     modules = modules_of(package)
-    graph = {name: imported_modules(path, modules) for name, path in modules.items()}
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on_stack: set[str] = set()
-    cycles: list[list[str]] = []
-
-    def visit(node: str) -> None:
-        index[node] = low[node] = len(index)
-        stack.append(node)
-        on_stack.add(node)
-        for nxt in graph[node]:
-            if nxt not in index:
-                visit(nxt)
-                low[node] = min(low[node], low[nxt])
-            elif nxt in on_stack:
-                low[node] = min(low[node], index[nxt])
-        if low[node] == index[node]:
-            component = []
-            while True:
-                member = stack.pop()
-                on_stack.discard(member)
-                component.append(member)
-                if member == node:
-                    break
-            if len(component) > 1:
-                cycles.append(sorted(component))
-
-    for name in graph:
-        if name not in index:
-            visit(name)
-    return sorted(cycles)
+    return graph_cycles({name: imported_modules(path, modules) for name, path in modules.items()})
 
 
 def test_the_cycle_finder_finds_a_cycle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
