@@ -18,9 +18,10 @@ from typing import Any
 
 import httpx
 import yaml
+from starlette.applications import Starlette
+
 from service.http.app import create_app
 from service.runtime.config import Config
-from starlette.applications import Starlette
 
 PIP_TIMEOUT_S = 300
 

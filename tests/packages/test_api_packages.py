@@ -18,11 +18,11 @@ import httpx
 import msgspec
 import pytest
 from package_builders import running_api, write_package
-from service.runtime.config import Config
 from starlette.applications import Starlette
 
 from pipeline.packages.activation import active_packages
 from pipeline.step import REGISTRY
+from service.runtime.config import Config
 
 pytestmark = pytest.mark.anyio
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 from package_builders import write_package
-from service.storage.datalock import DataDirLock
 
 from service.cli import main
+from service.storage.datalock import DataDirLock
 
 
 def test_install_list_show(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

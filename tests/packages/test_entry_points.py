@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 import yaml
 from package_builders import running_api
-from service.runtime.config import Config
 
 from pipeline.loader import load_pipeline_text
 from pipeline.plugins import load_plugins, plugin_errors
 from pipeline.step import REGISTRY
+from service.runtime.config import Config
 
 GOOD = '''
 from pipeline.step import step

@@ -11,9 +11,9 @@ from pathlib import Path
 import anyio
 import pytest
 from package_builders import running_api
-from service.runtime.config import Config
 
 from pipeline.demodata import SPHERE_RADIUS_NM, write_demo_data
+from service.runtime.config import Config
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "packages" / "guinier"
 
