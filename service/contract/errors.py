@@ -27,7 +27,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "STORAGE_FULL": 507,
     "SERVICE_UNAVAILABLE": 503,
     "INTERNAL": 500,
-    "PACKAGE_ACTIVATION_FAILED": 409,  # pipeline packages (service.packages_runtime)
+    "PACKAGE_ACTIVATION_FAILED": 409,  # pipeline packages (service.runtime.packages)
     "PACKAGE_INSTALL_FAILED": 422,
     # Not one of the contract's codes (the contract never lists 405), but still a problem:
     # a known path with a method it does not serve.

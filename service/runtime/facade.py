@@ -68,7 +68,7 @@ class Runtime:
         self.broker = broker
         self._sched = Scheduler(config, store, broker)
         self._creating: set[str] = set()
-        self.packages: PackageRuntime | None = None  # set by the app (service.packages_runtime)
+        self.packages: PackageRuntime | None = None  # set by the app (service.runtime.packages)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -102,7 +102,7 @@ class Runtime:
         if req.pipeline.package is None or self.packages is None:
             return await self._create_session(sid, req)
         # A package's pipeline: activate the package first (its steps must validate), bind it
-        # to the session once created, release it if creation fails (service.packages_runtime).
+        # to the session once created, release it if creation fails (service.runtime.packages).
         ref = req.pipeline.package
         text, _ = await self.packages.pipeline_text(ref, req.pipeline.file)
         req = msgspec.structs.replace(req, pipeline=PipelineInput(yaml_text=text))
