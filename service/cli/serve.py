@@ -54,6 +54,7 @@ ENV_VARS = {
     "allow_packages": "RUNWIRE_ALLOW_PACKAGES",
     "allow_package_network": "RUNWIRE_ALLOW_PACKAGE_NETWORK",
     "wheelhouse": "RUNWIRE_WHEELHOUSE",
+    "broker": "RUNWIRE_BROKER",
 }
 
 
@@ -132,6 +133,8 @@ def add_parsers(sub: Any) -> None:
                    "network: true (RUNWIRE_ALLOW_PACKAGE_NETWORK=1)")  # fmt: skip
     p.add_argument("--wheelhouse", help="directory of wheels package requirements are installed "
                    "from, offline (RUNWIRE_WHEELHOUSE)")  # fmt: skip
+    p.add_argument("--broker", help="event bus and run queue: redis://HOST:PORT/DB for Redis "
+                   "or Valkey Streams; default the embedded in-memory broker (RUNWIRE_BROKER)")  # fmt: skip
     p.set_defaults(func=run_serve)
 
 
@@ -214,6 +217,8 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
         values[flag] = raw is True or str(raw).lower() in ("1", "true", "yes", "on")
     if (raw := _setting(args, env, "wheelhouse")) is not None:
         values["wheelhouse"] = Path(raw).expanduser().resolve()
+    if (raw := _setting(args, env, "broker")) is not None:
+        values["broker"] = broker_url(str(raw))
     config = Config(**{**defaults.__dict__, **values})
     if not is_loopback(config.host) and not config.token:
         raise CliError(
@@ -222,6 +227,30 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
             EXIT_USAGE,
         )
     return config
+
+
+def broker_url(raw: str) -> str:
+    """A `--broker` value checked for shape (`redis://` or `rediss://`, optional `/DB`);
+    `CliError` (exit 64) otherwise. Whether Redis answers is checked at start-up."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(raw.strip())
+    db = parts.path.lstrip("/")
+    try:
+        _ = parts.port  # raises ValueError for a port that is not a number
+        port_ok = True
+    except ValueError:
+        port_ok = False
+    if (
+        parts.scheme not in ("redis", "rediss")
+        or not parts.hostname
+        or not port_ok
+        or (db and not db.isdigit())
+    ):
+        raise CliError(
+            f"--broker: expected redis://HOST:PORT/DB (or rediss://), got {raw!r}", EXIT_USAGE
+        )
+    return raw.strip()
 
 
 def log_level(args: argparse.Namespace, env: Mapping[str, str]) -> str:

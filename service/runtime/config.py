@@ -35,6 +35,9 @@ class Config:
     allow_package_network: bool = False  # RUNWIRE_ALLOW_PACKAGE_NETWORK: pip may use the index
     wheelhouse: Path | None = None  # RUNWIRE_WHEELHOUSE: offline requirements for packages
     max_package_upload_bytes: int = 64 << 20  # body limit of POST /v1/packages only
+    # RUNWIRE_BROKER: None is the embedded in-memory broker; "redis://HOST:PORT/DB" puts events
+    # and the run queue on Redis/Valkey Streams (contract section 12, docs/scale-out.md).
+    broker: str | None = None
 
     @property
     def store_path(self) -> Path:

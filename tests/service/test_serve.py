@@ -262,3 +262,14 @@ def test_allowed_hosts_flag_wins_over_environment() -> None:
         "b.local",
     )
     assert build_config(parse(), env).allowed_hosts == ("env.local",)
+
+
+def test_broker_url_from_flag_or_environment_and_a_bad_one_is_a_usage_error() -> None:
+    assert build_config(parse(), {}).broker is None
+    env = {"RUNWIRE_BROKER": "redis://10.0.0.5:6379/2"}
+    assert build_config(parse(), env).broker == "redis://10.0.0.5:6379/2"
+    assert build_config(parse("--broker", "redis://r:1/0"), env).broker == "redis://r:1/0"
+    for bad in ("http://r:6379/0", "redis://:6379", "redis://r:port/0", "redis://r:6379/x"):
+        with pytest.raises(CliError) as info:
+            build_config(parse("--broker", bad), {})
+        assert info.value.exit_code == 64 and "--broker" in str(info.value)
