@@ -186,8 +186,18 @@ def _session_reset(args: argparse.Namespace, client: RunwireClient) -> int:
 def _session_runs(args: argparse.Namespace, client: RunwireClient) -> int:
     from service.cli.format import runs_table
 
-    body = client.get(f"/sessions/{path_seg(args.session)}/runs")
-    return emit(args, body, lambda b: runs_table(b.get("runs") or []))
+    params: dict[str, Any] = {"limit": args.limit}
+    if args.before:
+        params["before"] = args.before
+    body = client.get(f"/sessions/{path_seg(args.session)}/runs", **params)
+
+    def text(b: dict[str, Any]) -> str:
+        table = runs_table(b.get("runs") or [])
+        if b.get("next_before"):
+            table += f"\n(older runs: --before {b['next_before']})"
+        return table
+
+    return emit(args, body, text)
 
 
 def _session_last_error(args: argparse.Namespace, client: RunwireClient) -> int:
@@ -239,10 +249,13 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     for name, handler, text in (
         ("show", _session_show, "Show a session."),
         ("delete", _session_delete, "Delete a session (cancels its runs; retained runs stay)."),
-        ("runs", _session_runs, "List a session's runs."),
         ("last-error", _session_last_error, "Show a session's latest error."),
     ):
         leaf(sub, name, handler, text).add_argument("session", metavar="SESSION")
+    p = leaf(sub, "runs", _session_runs, "List a session's runs, newest first, a page at a time.")
+    p.add_argument("session", metavar="SESSION")
+    p.add_argument("--limit", type=int, default=100, help="runs per page (1..1000, default 100)")
+    p.add_argument("--before", metavar="RUN", help="only runs older than this run (paging)")
     leaf(sub, "templates", _session_templates, "List the built-in source profiles.")
 
     for kind, default_type in (("sources", "hdf5"), ("sinks", "hdf5")):

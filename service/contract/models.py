@@ -191,7 +191,11 @@ class SessionList(msgspec.Struct, kw_only=True):
 
 
 class RunList(msgspec.Struct, kw_only=True):
+    """A page of a session's runs, newest first; `next_before` pages on (pass it as `before`),
+    null on the last page."""
+
     runs: list[RunRecord]
+    next_before: str | None = None
 
 
 class TemplateList(msgspec.Struct, kw_only=True):

@@ -19,10 +19,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
-from service.contract.errors import STATUS_BY_CODE
+from service.contract.errors import STATUS_BY_CODE, ServiceError
 from service.http.problems import PROBLEM_MEDIA_TYPE, Problem
 
-__all__ = ["API_PREFIX", "Operation", "OperationTable", "Param", "openapi_document"]
+__all__ = ["API_PREFIX", "Operation", "OperationTable", "Param", "openapi_document", "query_limit"]
 
 API_PREFIX = "/v1"
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -38,6 +38,21 @@ class Param:
     schema: dict[str, Any]
     description: str
     required: bool = False
+
+
+def query_limit(request: Request, *, default: int, maximum: int) -> int:
+    """The `limit` query parameter of a paged listing (the `Param` its route declares):
+    `default` when absent, INVALID_REQUEST unless an integer from 1 to `maximum`."""
+    raw = request.query_params.get("limit")
+    if raw is None or raw == "":
+        return default
+    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= maximum:
+        raise ServiceError(
+            "INVALID_REQUEST",
+            f"limit must be an integer from 1 to {maximum}",
+            errors=[{"path": "$.limit", "message": f"expected 1..{maximum}"}],
+        )
+    return int(raw)
 
 
 @dataclass(frozen=True)

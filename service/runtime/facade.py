@@ -446,6 +446,23 @@ class Runtime:
         live = self._sched.live
         return [snapshot(live[r.run_id].record) if r.run_id in live else r for r in reversed(runs)]
 
+    async def page_runs(
+        self, sid: str, limit: int, before: str | None = None
+    ) -> tuple[list[RunRecord], str | None]:
+        """One page of the session's runs, newest first, and the `next_before` cursor (None
+        on the last page); INVALID_REQUEST when `before` is not a run of this session."""
+        self._entry(sid)
+        runs = await self._sched.io(self.store.page_runs, sid, limit + 1, before)
+        if runs is None:
+            raise ServiceError(
+                "INVALID_REQUEST",
+                f"before: no run {before[:64]!r} in session {sid!r}" if before else "before",
+                errors=[{"path": "$.before", "message": "expected a run id of this session"}],
+            )
+        live = self._sched.live
+        page = [snapshot(live[r.run_id].record) if r.run_id in live else r for r in runs[:limit]]
+        return page, (page[-1].run_id if len(runs) > limit else None)
+
     async def get_run(self, run_id: str) -> RunRecord:
         """A run, live or stored; RUN_NOT_FOUND."""
         live = self._sched.live.get(run_id)

@@ -381,6 +381,28 @@ class SessionStore:
         rows = self._query("SELECT sources FROM runs WHERE run_id = ?", (run_id,))
         return _decode_run_sources(rows[0][0]) if rows and rows[0][0] is not None else None
 
+    def page_runs(self, session_id: str, limit: int, before: str | None) -> list[RunRecord] | None:
+        """Up to `limit` of the session's runs, newest first, older than run `before` when it
+        is given; None when `before` is not a run of this session."""
+        if before is None:
+            rows = self._query(
+                "SELECT record FROM runs WHERE session_id = ? ORDER BY queue_order DESC LIMIT ?",
+                (session_id, limit),
+            )
+            return [_decode_run(row[0]) for row in rows]
+        anchor = self._query(
+            "SELECT queue_order FROM runs WHERE run_id = ? AND session_id = ?",
+            (before, session_id),
+        )
+        if not anchor:
+            return None
+        rows = self._query(
+            "SELECT record FROM runs WHERE session_id = ? AND queue_order < ? "
+            "ORDER BY queue_order DESC LIMIT ?",
+            (session_id, anchor[0][0], limit),
+        )
+        return [_decode_run(row[0]) for row in rows]
+
     def list_runs(
         self, session_id: str | None = None, statuses: Iterable[str] | None = None
     ) -> list[RunRecord]:
@@ -409,7 +431,9 @@ class SessionStore:
         seconds must stay cheap as the run history grows.
         """
         rows = self._query("SELECT status, json_extract(record, '$.elapsed_s') FROM runs", [])
-        return [(str(status), None if elapsed is None else float(elapsed)) for status, elapsed in rows]
+        return [
+            (str(status), None if elapsed is None else float(elapsed)) for status, elapsed in rows
+        ]
 
     def run_figures_after(
         self, after: int, pending: Iterable[int] = ()

@@ -35,6 +35,32 @@ async def test_run_object_and_session_run_list(api: Api) -> None:
     assert [r["run_id"] for r in runs] == [run_id]
 
 
+async def test_session_runs_are_listed_newest_first_a_page_at_a_time(api: Api) -> None:
+    body = session_body("p", sleep_step(seconds=30, ticks=300))
+    assert (await api.client.post("/v1/sessions", json=body)).status_code == 201
+    submitted = [await submit(api, "p") for _ in range(5)]  # one runs, four wait
+    pages: list[list[str]] = []
+    params: dict[str, Any] = {"limit": 2}
+    while True:
+        r = await api.client.get("/v1/sessions/p/runs", params=params)
+        assert r.status_code == 200, r.text
+        pages.append([run["run_id"] for run in r.json()["runs"]])
+        if r.json()["next_before"] is None:
+            break
+        params["before"] = r.json()["next_before"]
+    newest_first = submitted[::-1]
+    assert pages == [newest_first[0:2], newest_first[2:4], newest_first[4:]]
+    everything = (await api.client.get("/v1/sessions/p/runs")).json()
+    assert [run["run_id"] for run in everything["runs"]] == newest_first
+    assert everything["next_before"] is None
+    for bad in ({"limit": "0"}, {"limit": "1001"}, {"limit": "two"}, {"before": "r-elsewhere"}):
+        assert_problem(
+            await api.client.get("/v1/sessions/p/runs", params=bad), 422, "INVALID_REQUEST"
+        )
+    for run_id in submitted:
+        await api.client.post(f"/v1/runs/{run_id}/cancel", json={})
+
+
 async def test_unknown_run_is_404(api: Api) -> None:
     for method, path in (
         ("GET", "/v1/runs/r-none"),
@@ -61,7 +87,9 @@ async def test_cancel_queued_and_running_runs(api: Api) -> None:
     assert r.json()["status"] in ("cancelling", "cancelled")
     assert (await finished_run(api, running))["status"] == "cancelled"
 
-    assert_problem(await api.client.post(f"/v1/runs/{running}/cancel", json={}), 409, "RUN_NOT_CANCELLABLE")
+    assert_problem(
+        await api.client.post(f"/v1/runs/{running}/cancel", json={}), 409, "RUN_NOT_CANCELLABLE"
+    )
 
 
 async def test_retry_failed_run_gives_new_run_with_retry_of(api: Api) -> None:
@@ -82,4 +110,6 @@ async def test_retry_of_succeeded_run_is_409(api: Api) -> None:
     assert (await api.client.post("/v1/sessions", json=session_body("ok"))).status_code == 201
     run_id = await submit(api, "ok")
     await finished_run(api, run_id)
-    assert_problem(await api.client.post(f"/v1/runs/{run_id}/retry", json={}), 409, "RUN_NOT_RETRYABLE")
+    assert_problem(
+        await api.client.post(f"/v1/runs/{run_id}/retry", json={}), 409, "RUN_NOT_RETRYABLE"
+    )

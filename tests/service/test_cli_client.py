@@ -223,6 +223,16 @@ def test_process_wait_runs_events_and_retained_runs(
     runs = cli_json(cli, "session", "runs", "emit")["runs"]
     assert len(runs) == 1 and runs[0]["status"] == "succeeded"
     run_id = runs[0]["run_id"]
+    # Paged: one run per page says where the older ones are; a bad page size is one line.
+    assert cli("session", "process", "emit", "--wait")[0] == 0
+    code, out, _ = cli("session", "runs", "emit", "--limit", "1")
+    assert code == 0 and "(older runs: --before " in out and run_id not in out.split("(older")[0]
+    older = cli_json(
+        cli, "session", "runs", "emit", "--before", out.split("--before ")[1].strip(")\n ")
+    )
+    assert [r["run_id"] for r in older["runs"]] == [run_id] and older["next_before"] is None
+    code, _, err = cli("session", "runs", "emit", "--limit", "0")
+    assert code != 0 and err.startswith("error: ") and "limit" in err
 
     # `events tail --run` replays the finished run completely, in order, and exits 0.
     code, out, _ = cli("events", "tail", "--run", run_id, "--json")
@@ -238,7 +248,7 @@ def test_process_wait_runs_events_and_retained_runs(
     assert sum(e["type"] == "step.progress" for e in received) >= 25
 
     listed = cli_json(cli, "runs", "list", "--session", "emit")["runs"]
-    assert [r["run_id"] for r in listed] == [run_id]
+    assert [r["run_id"] for r in listed][-1] == run_id and len(listed) == 2
     code, out, _ = cli("runs", "list", "--session", "emit", "--limit", "5")
     assert run_id in out and "succeeded" in out
     assert cli_json(cli, "runs", "show", run_id)["status"] == "succeeded"

@@ -22,7 +22,7 @@ from pipeline.rundir import media_type as media_type_for
 from service.contract.errors import ServiceError
 from service.contract.records import RunRecord, RunStatus
 from service.http.codec import json_response
-from service.http.openapi import OperationTable, Param
+from service.http.openapi import OperationTable, Param, query_limit
 from service.storage.retained import MAX_LIMIT, RetainedRuns
 
 __all__ = [
@@ -110,16 +110,7 @@ def _query(request: Request, name: str) -> str | None:
 
 
 def _limit(request: Request) -> int:
-    raw = request.query_params.get("limit")
-    if raw is None or raw == "":
-        return 50
-    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
-        raise ServiceError(
-            "INVALID_REQUEST",
-            f"limit must be an integer from 1 to {MAX_LIMIT}",
-            errors=[{"path": "$.limit", "message": f"expected 1..{MAX_LIMIT}"}],
-        )
-    return int(raw)
+    return query_limit(request, default=50, maximum=MAX_LIMIT)
 
 
 @table.route(

@@ -14,7 +14,7 @@ from starlette.responses import Response
 from service.contract.models import RunList, SubmitResult
 from service.contract.records import RunRecord
 from service.http.codec import json_response
-from service.http.openapi import OperationTable
+from service.http.openapi import OperationTable, Param, query_limit
 from service.http.routes.sessions import submitted
 
 if TYPE_CHECKING:
@@ -36,17 +36,37 @@ def _run_id(request: Request) -> str:
     return run_id
 
 
+RUNS_PAGE_DEFAULT = 100
+RUNS_PAGE_MAX = 1000
+
+
 @table.route(
     "GET",
     "/sessions/{sid}/runs",
     response=RunList,
-    errors=("SESSION_NOT_FOUND",),
+    errors=("SESSION_NOT_FOUND", "INVALID_REQUEST"),
     path_descriptions={"sid": "session id"},
+    params=(
+        Param(
+            "limit",
+            "query",
+            {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": RUNS_PAGE_MAX,
+                "default": RUNS_PAGE_DEFAULT,
+            },
+            "page size",
+        ),
+        Param("before", "query", {"type": "string"}, "only runs older than this run id (paging)"),
+    ),
 )
 async def list_runs(request: Request) -> Response:
-    """The session's runs, newest first (submission order reversed)."""
-    runs = await _runtime(request).list_runs(request.path_params["sid"])
-    return json_response(RunList(runs=list(runs)))
+    """The session's runs, newest first (submission order reversed), a page at a time."""
+    limit = query_limit(request, default=RUNS_PAGE_DEFAULT, maximum=RUNS_PAGE_MAX)
+    before = request.query_params.get("before") or None
+    runs, next_before = await _runtime(request).page_runs(request.path_params["sid"], limit, before)
+    return json_response(RunList(runs=runs, next_before=next_before))
 
 
 @table.route(
