@@ -45,6 +45,9 @@ DEMO_SESSION = "demo"
 DEMO_FRAMES = 3
 DEMO_SHAPE = (1024, 1024)  # the contract's default frame size
 DEMO_KEEP_RUNS = 100  # runs of the demo session kept (directories and store rows)
+# The demo session's own journal (`runs/demo/events.ndjson`, events without a run) is cut back
+# to its newest half past this size (a few events per tick: ~75 MB a day unbounded).
+DEMO_JOURNAL_MAX_BYTES = 4 << 20
 
 
 def _demo_files(directory: Path, shape: tuple[int, int]) -> tuple[list[Path], Path, Path]:
@@ -87,9 +90,19 @@ def _remove_run_dirs(session_dir: Path, run_ids: list[str]) -> None:
         shutil.rmtree(session_dir / run_id, ignore_errors=True)
 
 
-async def prune_demo_runs(runtime: Runtime, config: Config, keep: int = DEMO_KEEP_RUNS) -> int:
-    """Delete the demo session's finished runs beyond the newest `keep`; how many went."""
+async def prune_demo_runs(
+    runtime: Runtime,
+    config: Config,
+    keep: int = DEMO_KEEP_RUNS,
+    journal_bytes: int = DEMO_JOURNAL_MAX_BYTES,
+) -> int:
+    """Delete the demo session's finished runs beyond the newest `keep` (how many went), and
+    bound its session journal to `journal_bytes`."""
     sched = runtime.scheduler
+    try:
+        await sched.io(sched.publisher.trim_session_journal, DEMO_SESSION, journal_bytes)
+    except OSError as exc:  # retried at the next tick
+        log.warning("demo: session journal not trimmed: %s", exc)
     runs = await sched.io(runtime.store.list_runs, DEMO_SESSION, None)  # oldest first
     excess = runs[: max(0, len(runs) - keep)]
     old = [

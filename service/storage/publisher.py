@@ -28,6 +28,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+from pipeline.atomic import write_bytes_atomic
 from pipeline.rundir import EVENTS, open_for_append
 from streaming.envelope import Event
 
@@ -94,6 +95,27 @@ class EventPublisher:
                 log.exception("cannot journal event %s of session %s", event.id, session_id)
             self._broker.publish(event)
         return event
+
+    def trim_session_journal(self, session_id: str, max_bytes: int) -> int:
+        """Bound `runs/<sid>/events.ndjson`: past `max_bytes`, keep only its newest whole lines
+        within half of it (so a trim happens once per `max_bytes / 2` of new events, not at
+        every event). The file is replaced atomically under the journal lock, so no event is
+        appended meanwhile. Returns the bytes removed (0: nothing to do). A client resuming
+        before the kept lines gets the `stream.gap` of a history that does not reach back."""
+        path = self.session_journal(session_id)
+        with self._lock:
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                return 0
+            if size <= max_bytes:
+                return 0
+            data = path.read_bytes()
+            # The tail starts at the first line that begins within the newest max_bytes / 2.
+            newline = data.find(b"\n", len(data) - max_bytes // 2 - 1)
+            cut = len(data) if newline < 0 else newline + 1
+            write_bytes_atomic(path, data[cut:])
+            return cut
 
     def close(self) -> None:
         """Close every open journal (shutdown)."""
