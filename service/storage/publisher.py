@@ -100,8 +100,8 @@ class EventPublisher:
         """Bound `runs/<sid>/events.ndjson`: past `max_bytes`, keep only its newest whole lines
         within half of it (so a trim happens once per `max_bytes / 2` of new events, not at
         every event). The file is replaced atomically under the journal lock, so no event is
-        appended meanwhile. Returns the bytes removed (0: nothing to do). A client resuming
-        before the kept lines gets the `stream.gap` of a history that does not reach back."""
+        appended meanwhile. Returns the bytes removed (0: nothing to do). Used for the demo
+        session only (`service.runtime.demo`): replay past the cut gets what is kept."""
         path = self.session_journal(session_id)
         with self._lock:
             try:
