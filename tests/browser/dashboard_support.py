@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+# The screenshot script and the dashboard bench run outside pytest: tests/ on the path for
+# the shared process helpers (tests/conftest.py does it under pytest).
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from processes import free_port, runwire_command
 
 CHROMIUM_ARGS = [
     "--headless",
@@ -40,18 +44,6 @@ def chromium_path() -> str | None:
         if found:
             return found
     return "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _serve_argv() -> list[str]:
-    script = Path(sys.executable).parent / "runwire"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "service.cli"]
 
 
 class DashboardServer:
@@ -83,7 +75,7 @@ class DashboardServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 60.0) -> None:
-        argv = [*_serve_argv(), "serve", "--data-dir", str(self.data_dir), "--port", str(self.port)]
+        argv = [*runwire_command(), "serve", "--data-dir", str(self.data_dir), "--port", str(self.port)]
         argv += ["--shutdown-grace", "2", *self.extra_args]
         if self.demo:
             argv.append("--demo")

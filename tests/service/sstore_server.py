@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -15,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from processes import free_port, runwire_command
 
 DIAG_PIPELINE = """\
 name: crashy
@@ -31,19 +30,7 @@ steps:
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def serve_command() -> list[str]:
-    """The `runwire` console script of this environment (or `python -m service.cli`)."""
-    script = Path(sys.executable).parent / "runwire"
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-m", "service.cli"]
+serve_command = runwire_command  # the name the tests here import
 
 
 class ServeProcess:
