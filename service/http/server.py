@@ -24,6 +24,7 @@ from starlette.applications import Starlette
 
 from service.http.access_log import AccessLog
 from service.http.app import create_app, drain
+from service.http.state import service_state
 from service.runtime.config import Config
 
 __all__ = ["RunwireServer", "serve", "serve_in_thread", "uvicorn_config"]
@@ -127,10 +128,9 @@ class RunwireServer(uvicorn.Server):
     def _announce_shutdown(self) -> None:
         """Say what the drain is about to wait for, so an operator knows why the exit takes
         time: `shutting down: waiting up to 10 s for 2 running runs`."""
-        state = self.app.state
-        runtime = getattr(state, "runtime", None)
+        state = service_state(self.app)
         grace = state.config.shutdown_grace
-        figures = runtime.readiness().get("metrics", {}) if runtime is not None else {}
+        figures = state.runtime.readiness().get("metrics", {}) if state.is_open("runtime") else {}
         running = int(figures.get("active_run_count") or 0)
         queued = int(figures.get("queued_run_count") or 0)
         kept = f"; {_runs(queued, 'queued run')} kept for the next start" if queued else ""
