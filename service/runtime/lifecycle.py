@@ -41,6 +41,7 @@ from service.runtime.execution import RunJob, RunOutcome, StartGate, execute_run
 from service.runtime.live import LiveRun, SessionEntry
 from service.runtime.memory import CACHE_EVICTED
 from service.runtime.run_inputs import SOURCE_CHANGED, source_specs
+from service.runtime.tasks import TaskSupervisor
 from service.runtime.transitions import error_state, run_transition, running_state
 from service.storage.io_thread import PendingEvent, snapshot
 from service.storage.publisher import EventPublisher
@@ -68,6 +69,7 @@ class LifecycleHost(Protocol):
     loop: asyncio.AbstractEventLoop | None
     stopping: bool
     durations: collections.deque[float]
+    tasks: TaskSupervisor  # owns every task the lifecycle starts
 
     async def emit(
         self, type: str, session_id: str, data: dict[str, Any], run_id: str | None = None
@@ -191,7 +193,13 @@ class RunLifecycle:
     def _schedule_start(
         self, entry: SessionEntry, live: LiveRun, args: tuple[str, list[str], list[str]]
     ) -> None:
-        live.start_task = asyncio.create_task(self.announce_start(entry, live, *args))
+        if self._host.tasks.closed:
+            return  # shut down meanwhile: `finish` announces the start itself
+        live.start_task = self._host.tasks.spawn(
+            self.announce_start(entry, live, *args),
+            name=f"run-start-{live.record.run_id}",
+            handled=True,  # awaited by `finish`, which logs a failure
+        )
 
 
     async def announce_start(
