@@ -3,8 +3,8 @@ orderly shutdown on SIGTERM/SIGINT.
 
 Each flag has an environment variable (contract section 1); a flag wins over its variable,
 which wins over the default. Flags, variables, defaults, help and checks are declared once, in
-`service.runtime.config` (`SETTINGS`, one per `Config` field) plus `--log-level` here. Binding beyond loopback without a
-token is refused before anything starts.
+`service.runtime.config` (`SETTINGS`, one per `Config` field) plus `--log-level` here. Binding
+beyond loopback without a token is refused before anything starts.
 
 Shutdown on SIGTERM/SIGINT is `service.http.server.RunwireServer`'s (drain first, then uvicorn's
 own shutdown; see that module). The process exits 0 after a signal.
