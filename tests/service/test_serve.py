@@ -348,3 +348,13 @@ def test_a_command_builds_its_parser_from_a_subset_of_the_table_plus_its_own() -
     with pytest.raises(CliError) as info:
         settings_from(parser.parse_args([]), {"RUNWIRE_THREADS": "0"}, table)
     assert str(info.value) == "--threads must be at least 1, got 0"
+
+
+def test_the_settings_table_in_the_docs_names_every_flag_with_its_variable() -> None:
+    from service.cli.serve import SERVE_SETTINGS
+
+    docs = Path(__file__).resolve().parents[2] / "docs" / "http-api.md"
+    rows = [line for line in docs.read_text().splitlines() if line.startswith("| `--")]
+    for item in SERVE_SETTINGS:
+        if item.flag is not None:
+            assert any(f"`{item.flag}" in row and f"`{item.env}" in row for row in rows), item.flag
