@@ -91,7 +91,9 @@ def local_run_record(
     )
     apply_outcome(record, outcome, finished_utc=result.state.finished_utc or "")
     if record.error is None and record.status is RunStatus.CANCELLED:
-        record.error = RunError(code="CANCELLED", message=f"cancelled by {cancelled_by or 'request'}")
+        record.error = RunError(
+            code="CANCELLED", message=f"cancelled by {cancelled_by or 'request'}"
+        )
     return record
 
 
