@@ -305,3 +305,60 @@ def test_service_has_no_import_cycles() -> None:
         for name, path in modules.items()
     }
     assert graph_cycles(graph) == []
+
+
+def test_app_state_is_read_and_written_only_through_service_state() -> None:
+    """One typed `ServiceState` (service/http/state.py) instead of Starlette's untyped
+    `app.state` grab-bag: no other module of service/ or tests/ touches `app.state`."""
+    own = ROOT / "service" / "http" / "state.py"
+    offenders = {
+        str(path.relative_to(ROOT)): lineno
+        for folder in ("service", "tests")
+        for path in sorted((ROOT / folder).rglob("*.py"))
+        if path != own
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.Attribute)
+        and node.attr == "state"
+        and isinstance(node.value, ast.Attribute | ast.Subscript | ast.Name)
+        and _names_app(node.value)
+        for lineno in [node.lineno]
+    }
+    assert offenders == {}
+
+
+def _names_app(node: ast.expr) -> bool:
+    """`app`, `x.app`, `self.app` or `scope["app"]`."""
+    if isinstance(node, ast.Name):
+        return node.id == "app"
+    if isinstance(node, ast.Attribute):
+        return node.attr == "app"
+    if isinstance(node, ast.Subscript):
+        return isinstance(node.slice, ast.Constant) and node.slice.value == "app"
+    return False
+
+
+# Starting a task by hand: a failure nobody awaits is lost, and the task may outlive its owner.
+TASK_STARTERS = {"create_task", "ensure_future"}
+
+
+def test_no_bare_create_task_in_service_or_streaming() -> None:
+    """Every background task belongs to an anyio task group or a `TaskSupervisor`
+    (service/runtime/tasks.py, the one module allowed to call `create_task`)."""
+    allowed = ROOT / "service" / "runtime" / "tasks.py"
+    offenders = sorted(
+        f"{path.relative_to(ROOT)}:{node.lineno}"
+        for package in ("service", "streaming")
+        for path in sorted((ROOT / package).rglob("*.py"))
+        if path != allowed
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.Call) and _called_name(node.func) in TASK_STARTERS
+    )
+    assert offenders == []
+
+
+def _called_name(func: ast.expr) -> str | None:
+    if isinstance(func, ast.Attribute):
+        return func.attr
+    if isinstance(func, ast.Name):
+        return func.id
+    return None

@@ -250,6 +250,8 @@ class Progress:
 def make_observer(run_id: str, run_dir: RunDirectory, events_out: IO[bytes] | None, progress: Progress,
                   leaf_ids: set[str]) -> RunObserver:  # fmt: skip
     """The observer turning runner notifications into CloudEvents (session `local`)."""
+    from service.contract.records import RunRecord
+    from service.runtime.conversions import local_run_record, run_started_data, terminal_event_data
     from service.runtime.step_events import StepEventObserver
     from streaming import events as ev
     from streaming.envelope import Event
@@ -270,9 +272,11 @@ def make_observer(run_id: str, run_dir: RunDirectory, events_out: IO[bytes] | No
                     events_out.flush()
 
         def on_run_started(self, info: RunInfo) -> None:
-            self.emit(ev.RUN_STARTED, {"mode": info.mode, "effective_mode": info.effective_mode,
-                                      "dirty_steps": list(info.dirty_steps),
-                                      "skipped_steps": list(info.skipped_steps)})  # fmt: skip
+            planned = RunRecord(run_id=run_id, session_id="local", mode=info.mode, queued_utc="",
+                                effective_mode=info.effective_mode,
+                                dirty_steps=list(info.dirty_steps),
+                                skipped_steps=list(info.skipped_steps))  # fmt: skip
+            self.emit(ev.RUN_STARTED, run_started_data(planned))  # the service's payload
 
         def on_step_started(self, step_id: str) -> None:
             super().on_step_started(step_id)
@@ -291,16 +295,8 @@ def make_observer(run_id: str, run_dir: RunDirectory, events_out: IO[bytes] | No
             progress.step_finished(step_id, status, duration_s, error, step_id in leaf_ids)
 
         def on_run_finished(self, result: RunResult) -> None:
-            if result.status == "cancelled":
-                self.emit(ev.RUN_CANCELLED, {"status": "cancelled", "elapsed_s": result.elapsed_s})
-                return
-            data: dict[str, Any] = {"status": result.status, "elapsed_s": result.elapsed_s,
-                                    "dirty_steps": result.dirty_steps,
-                                    "skipped_steps": result.skipped_steps}  # fmt: skip
-            if result.error is not None:
-                # As the service's run.finished does: what failed, without fetching the run.
-                data["error"] = result.error.as_dict()
-            self.emit(ev.RUN_FINISHED, data)
+            # The service's run.finished / run.cancelled, from the same Run object.
+            self.emit(*terminal_event_data(local_run_record(result, run_id)))
 
     return LocalEvents()
 
@@ -308,34 +304,19 @@ def make_observer(run_id: str, run_dir: RunDirectory, events_out: IO[bytes] | No
 def summary_of(
     result: RunResult, run_id: str, spec: PipelineSpec, interrupted_by: str | None
 ) -> dict[str, Any]:
-    """summary.json: the contract's Run object for a local run (session `local`)."""
-    error = None
-    if result.error is not None:
-        error = result.error.as_dict()
-    elif result.status == "cancelled":
-        error = {"code": "CANCELLED", "message": f"cancelled by {interrupted_by or 'request'}",
-                 "failed_step": None, "exception_type": None}  # fmt: skip
-    return {
-        "run_id": run_id,
-        "session_id": "local",
-        "run_name": None,
-        "pipeline": {"name": spec.name, "version": spec.version},
-        "mode": "full",
-        "effective_mode": result.effective_mode,
-        "status": result.status,
-        "exit_code": int(result.exit_code),
-        "cancelled_by": interrupted_by if result.status == "cancelled" else None,
-        "queued_utc": result.state.started_utc,
-        "started_utc": result.state.started_utc,
-        "finished_utc": result.state.finished_utc,
-        "elapsed_s": result.elapsed_s,
-        "dirty_steps": result.dirty_steps,
-        "skipped_steps": result.skipped_steps,
-        "step_durations_s": result.step_durations_s,
-        "step_states": {k: s.as_dict() for k, s in result.step_states.items()},
-        "error": error,
-        "artifacts": result.artifacts,
-    }
+    """summary.json: the contract's Run object for a local run (session `local`), built by the
+    service's own conversion (`service.runtime.conversions.local_run_record`), plus what only
+    a local run states: its pipeline, exit status and who cancelled it."""
+    import msgspec
+
+    from service.runtime.conversions import local_run_record
+
+    record = local_run_record(result, run_id, cancelled_by=interrupted_by)
+    summary: dict[str, Any] = msgspec.to_builtins(record)
+    summary["pipeline"] = {"name": spec.name, "version": spec.version}
+    summary["exit_code"] = int(result.exit_code)
+    summary["cancelled_by"] = interrupted_by if record.status == "cancelled" else None
+    return summary
 
 
 def quiet_logging(verbose: bool) -> None:
@@ -354,11 +335,14 @@ def quiet_logging(verbose: bool) -> None:
 def run_command(args: argparse.Namespace) -> int:
     import json
 
+    import msgspec
+
     from pipeline.cancel import CancelToken
     from pipeline.composite import leaves
     from pipeline.exitcodes import ExitCode
     from pipeline.rundir import RunDirectory, new_run_id
     from pipeline.runner import ProcessingRunner
+    from service.runtime.conversions import dry_run_result
 
     quiet_logging(bool(getattr(args, "verbose", False)))
     spec, label = load_spec(args.pipeline, list(args.param))
@@ -366,7 +350,7 @@ def run_command(args: argparse.Namespace) -> int:
     if args.dry_run:
         runner = ProcessingRunner(spec)
         result = runner.run(sources, mode="full", dry_run=True)
-        print(json.dumps(result.plan.as_dict(), indent=2))
+        print(json.dumps(msgspec.to_builtins(dry_run_result(result.plan)), indent=2))
         # The plan is printed either way; the status says whether the run could go ahead, as
         # the real run's would (1: a required source is missing), so scripts can check it.
         return 0 if result.plan.can_process else int(ExitCode.MISSING_REQUIREMENT)

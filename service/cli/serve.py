@@ -2,8 +2,9 @@
 orderly shutdown on SIGTERM/SIGINT.
 
 Each flag has an environment variable (contract section 1); a flag wins over its variable,
-which wins over the default in `service.runtime.config.Config`. Binding beyond loopback without a
-token is refused before anything starts.
+which wins over the default. Flags, variables, defaults, help and checks are declared once, in
+`service.runtime.config` (`SETTINGS`, one per `Config` field) plus `--log-level` here. Binding
+beyond loopback without a token is refused before anything starts.
 
 Shutdown on SIGTERM/SIGINT is `service.http.server.RunwireServer`'s (drain first, then uvicorn's
 own shutdown; see that module). The process exits 0 after a signal.
@@ -19,146 +20,44 @@ import ipaddress
 import logging
 import os
 from collections.abc import Mapping
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from service.cli.errors import EXIT_DATA_DIR_IN_USE, EXIT_USAGE, CliError
+from service.cli.settings import add_setting_flags, settings_from
+from service.runtime.config import SETTINGS, SETTINGS_BY_NAME, Config, Setting, SettingError
 
 # sysexits.h EX_UNAVAILABLE: another server already serves this data directory.
 
-if TYPE_CHECKING:
-    from service.runtime.config import Config
+__all__ = [
+    "SERVE_SETTINGS",
+    "add_parsers",
+    "build_config",
+    "is_loopback",
+    "log_config",
+    "log_level",
+    "run_serve",
+]
 
-__all__ = ["add_parsers", "build_config", "is_loopback", "log_config", "log_level", "run_serve"]
-
-_MAX_PORT = 65535
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
-# flag dest -> environment variable
-ENV_VARS = {
-    "data_dir": "RUNWIRE_DATA_DIR",
-    "host": "RUNWIRE_HOST",
-    "port": "RUNWIRE_PORT",
-    "workers": "RUNWIRE_WORKERS",
-    "queue_size": "RUNWIRE_QUEUE_SIZE",
-    "replay_size": "RUNWIRE_REPLAY_SIZE",
-    "token": "RUNWIRE_TOKEN",
-    "allowed_origins": "RUNWIRE_ALLOWED_ORIGINS",
-    "allowed_hosts": "RUNWIRE_ALLOWED_HOSTS",
-    "shutdown_grace": "RUNWIRE_SHUTDOWN_GRACE",
-    "read_root": "RUNWIRE_READ_ROOT",
-    "write_root": "RUNWIRE_WRITE_ROOT",
-    "demo": "RUNWIRE_DEMO",
-    "log_level": "RUNWIRE_LOG_LEVEL",
-    "cache_memory": "RUNWIRE_CACHE_MEMORY",
-    "allow_packages": "RUNWIRE_ALLOW_PACKAGES",
-    "allow_package_network": "RUNWIRE_ALLOW_PACKAGE_NETWORK",
-    "wheelhouse": "RUNWIRE_WHEELHOUSE",
-    "broker": "RUNWIRE_BROKER",
-}
+# `serve`'s own setting: how much it logs is not something the service reads.
+LOG_LEVEL = Setting("log_level", "info", flag="--log-level", env="RUNWIRE_LOG_LEVEL",
+                    help="log level", choices=LOG_LEVELS)  # fmt: skip
+# Every flag of `runwire serve`, in --help order: the Config settings, then serve's own.
+SERVE_SETTINGS: tuple[Setting, ...] = (*SETTINGS, LOG_LEVEL)
+# flag dest -> environment variable (generated; kept for callers of the old name)
+ENV_VARS = {s.name: s.env for s in SERVE_SETTINGS if s.env is not None}
 
 
 def add_parsers(sub: Any) -> None:
-    """Add `serve` to the `runwire` command tree."""
+    """Add `serve` to the `runwire` command tree (its flags from `SERVE_SETTINGS`)."""
     p = sub.add_parser(
         "serve",
         help="run the service (HTTP API, WebSocket and SSE events)",
         description="Run the runwire service. Every flag also reads an environment variable.",
     )
-    p.add_argument("--data-dir", help="data directory (RUNWIRE_DATA_DIR, default ./runwire-data)")
-    p.add_argument("--host", help="address to bind (RUNWIRE_HOST, default 127.0.0.1)")
-    p.add_argument("--port", type=int, help="port (RUNWIRE_PORT, default 8000)")
-    p.add_argument("--workers", type=int, help="worker threads (RUNWIRE_WORKERS, default 2)")
-    p.add_argument(
-        "--queue-size",
-        type=int,
-        help="runs waiting across sessions (RUNWIRE_QUEUE_SIZE, default 64)",
-    )
-    p.add_argument(
-        "--replay-size",
-        type=int,
-        help="events kept in memory per session (RUNWIRE_REPLAY_SIZE, default 1000)",
-    )
-    p.add_argument(
-        "--token",
-        help="bearer token required by every endpoint but /v1/health (RUNWIRE_TOKEN); "
-        "needed to bind a non-loopback --host",
-    )
-    p.add_argument(
-        "--allowed-origins",
-        help="comma-separated origins allowed for WebSocket/SSE (RUNWIRE_ALLOWED_ORIGINS)",
-    )
-    p.add_argument(
-        "--allowed-hosts",
-        help="comma-separated Host names a loopback-bound server answers besides its address "
-        "and localhost; others get 421 (RUNWIRE_ALLOWED_HOSTS)",
-    )
-    p.add_argument(
-        "--shutdown-grace",
-        type=float,
-        help="seconds running runs may take to finish on shutdown (RUNWIRE_SHUTDOWN_GRACE, 10)",
-    )
-    p.add_argument(
-        "--read-root",
-        action="append",
-        help="confine source locations to this directory (repeatable; RUNWIRE_READ_ROOT, "
-        "os.pathsep-separated)",
-    )
-    p.add_argument(
-        "--write-root",
-        action="append",
-        help="confine sink locations to this directory (repeatable; RUNWIRE_WRITE_ROOT)",
-    )
-    p.add_argument(
-        "--demo",
-        action="store_true",
-        default=None,
-        help="run session `demo` fed by a simulated instrument (RUNWIRE_DEMO=1)",
-    )
-    p.add_argument(
-        "--log-level",
-        choices=LOG_LEVELS,
-        help="log level (RUNWIRE_LOG_LEVEL, default info)",
-    )
-    p.add_argument(
-        "--cache-memory",
-        help="bytes the sessions' incremental caches may hold, e.g. 512M or 2G; least recently "
-        "used sessions are evicted past it (RUNWIRE_CACHE_MEMORY, default a quarter of RAM)",
-    )
-    # Pipeline packages (docs/packages.md): they run arbitrary code.
-    p.add_argument("--allow-packages", action="store_true", default=None,
-                   help="accept pipeline packages: they RUN ARBITRARY CODE (RUNWIRE_ALLOW_PACKAGES=1)")  # fmt: skip
-    p.add_argument("--allow-package-network", action="store_true", default=None,
-                   help="let pip fetch requirements from the index for packages that say "
-                   "network: true (RUNWIRE_ALLOW_PACKAGE_NETWORK=1)")  # fmt: skip
-    p.add_argument("--wheelhouse", help="directory of wheels package requirements are installed "
-                   "from, offline (RUNWIRE_WHEELHOUSE)")  # fmt: skip
-    p.add_argument("--broker", help="event bus and run queue: redis://HOST:PORT/DB for Redis "
-                   "or Valkey Streams; default the embedded in-memory broker (RUNWIRE_BROKER)")  # fmt: skip
+    add_setting_flags(p, SERVE_SETTINGS)
     p.set_defaults(func=run_serve)
-
-
-def _setting(args: argparse.Namespace, env: Mapping[str, str], dest: str) -> Any:
-    value = getattr(args, dest, None)
-    if value is not None:
-        return value
-    return env.get(ENV_VARS[dest]) or None
-
-
-def _number(kind: type[int] | type[float], dest: str, raw: Any, minimum: float) -> Any:
-    try:
-        value = kind(raw)
-    except ValueError:
-        raise CliError(f"{ENV_VARS[dest]}: expected a number, got {raw!r}", EXIT_USAGE) from None
-    if value < minimum:
-        flag = "--" + dest.replace("_", "-")
-        raise CliError(f"{flag} must be at least {minimum}, got {value}", EXIT_USAGE)
-    return value
-
-
-def _paths(raw: Any) -> tuple[Path, ...]:
-    items = raw if isinstance(raw, list) else str(raw).split(os.pathsep)
-    return tuple(Path(item).expanduser().resolve() for item in items if item)
 
 
 def is_loopback(host: str) -> bool:
@@ -174,52 +73,7 @@ def is_loopback(host: str) -> bool:
 def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
     """The `Config` for these flags and environment; raises `CliError` (exit 64) for bad
     values and for a non-loopback host without a token."""
-    from service.runtime.config import Config
-
-    defaults = Config()
-    values: dict[str, Any] = {}
-    if (raw := _setting(args, env, "data_dir")) is not None:
-        values["data_dir"] = Path(raw).expanduser()
-    if (raw := _setting(args, env, "host")) is not None:
-        values["host"] = str(raw)
-    for dest, kind, minimum in (
-        ("port", int, 0),
-        ("workers", int, 1),
-        ("queue_size", int, 1),
-        ("replay_size", int, 1),
-        ("shutdown_grace", float, 0),
-    ):
-        if (raw := _setting(args, env, dest)) is not None:
-            values[dest] = _number(kind, dest, raw, minimum)
-    if values.get("port", 0) > _MAX_PORT:
-        raise CliError(f"--port must be at most {_MAX_PORT}, got {values['port']}", EXIT_USAGE)
-    if (raw := _setting(args, env, "token")) is not None:
-        values["token"] = str(raw)
-    if (raw := _setting(args, env, "allowed_origins")) is not None:
-        values["allowed_origins"] = tuple(o.strip() for o in str(raw).split(",") if o.strip())
-    if (raw := _setting(args, env, "allowed_hosts")) is not None:
-        values["allowed_hosts"] = tuple(h.strip() for h in str(raw).split(",") if h.strip())
-    if (raw := _setting(args, env, "read_root")) is not None:
-        values["read_roots"] = _paths(raw)
-    if (raw := _setting(args, env, "write_root")) is not None:
-        values["write_roots"] = _paths(raw)
-    if (raw := _setting(args, env, "cache_memory")) is not None:
-        from service.runtime.memory import parse_byte_size
-
-        try:
-            values["cache_memory"] = parse_byte_size(str(raw))
-        except ValueError as exc:
-            raise CliError(f"--cache-memory: {exc}", EXIT_USAGE) from None
-    demo = _setting(args, env, "demo")
-    values["demo"] = demo is True or str(demo).lower() in ("1", "true", "yes", "on")
-    for flag in ("allow_packages", "allow_package_network"):  # pipeline packages
-        raw = _setting(args, env, flag)
-        values[flag] = raw is True or str(raw).lower() in ("1", "true", "yes", "on")
-    if (raw := _setting(args, env, "wheelhouse")) is not None:
-        values["wheelhouse"] = Path(raw).expanduser().resolve()
-    if (raw := _setting(args, env, "broker")) is not None:
-        values["broker"] = broker_url(str(raw))
-    config = Config(**{**defaults.__dict__, **values})
+    config = Config(**settings_from(args, env, SETTINGS))
     if not is_loopback(config.host) and not config.token:
         raise CliError(
             f"refusing to bind {config.host}: a non-loopback address needs a token "
@@ -232,36 +86,16 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
 def broker_url(raw: str) -> str:
     """A `--broker` value checked for shape (`redis://` or `rediss://`, optional `/DB`);
     `CliError` (exit 64) otherwise. Whether Redis answers is checked at start-up."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(raw.strip())
-    db = parts.path.lstrip("/")
     try:
-        _ = parts.port  # raises ValueError for a port that is not a number
-        port_ok = True
-    except ValueError:
-        port_ok = False
-    if (
-        parts.scheme not in ("redis", "rediss")
-        or not parts.hostname
-        or not port_ok
-        or (db and not db.isdigit())
-    ):
-        raise CliError(
-            f"--broker: expected redis://HOST:PORT/DB (or rediss://), got {raw!r}", EXIT_USAGE
-        )
-    return raw.strip()
+        return SETTINGS_BY_NAME["broker"].convert(raw)  # type: ignore[no-any-return]
+    except SettingError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
 
 
 def log_level(args: argparse.Namespace, env: Mapping[str, str]) -> str:
     """`--log-level`, else `RUNWIRE_LOG_LEVEL`, else `info`; `CliError` (exit 64) for a level
     the flag's choices would have refused."""
-    level = str(_setting(args, env, "log_level") or "info").lower()
-    if level not in LOG_LEVELS:
-        raise CliError(
-            f"{ENV_VARS['log_level']}: expected one of {', '.join(LOG_LEVELS)}, got {level!r}",
-            EXIT_USAGE,
-        )
+    level: str = settings_from(args, env, (LOG_LEVEL,)).get("log_level", LOG_LEVEL.default)
     return level
 
 

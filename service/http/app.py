@@ -3,8 +3,8 @@
 Lifespan order (closed in reverse): data directory, `SessionStore` (opened in a worker thread:
 SQLite never runs on the event loop), `Broker` (epoch and seq continued from the store, replay
 from the run directories), `RetainedRuns`, `Runtime` (started), the demo instrument when
-`config.demo`. `app.state` holds `config`, `store`, `broker`, `retained`, `runtime` and
-`metrics`.
+`config.demo`. They are held by the app's one typed `service.http.state.ServiceState`
+(`service_state(app)`), set once here.
 
 Shutdown is `drain(app)`: stop the demo, stop accepting runs and let running ones finish (or
 cancel them after `config.shutdown_grace`), then close the broker, which ends every SSE stream
@@ -47,6 +47,7 @@ from service.http.routes.curve import table as curve_table  # dashboard: I(q) of
 from service.http.routes.packages import table as packages_table  # steps, pipeline packages
 from service.http.routes.pipeline import table as pipeline_table  # dashboard: step tree, examples
 from service.http.routes.ui import routes as ui_routes  # dashboard: / and /ui/
+from service.http.state import ServiceState, install_state, service_state
 from service.runtime.config import Config
 from service.runtime.demo import run_demo
 from service.runtime.facade import Runtime
@@ -57,7 +58,7 @@ from service.storage.store import SessionStore
 from streaming.broker import Broker
 from streaming.security import HostPolicy
 
-__all__ = ["create_app", "drain"]
+__all__ = ["create_app", "drain", "service_state"]
 
 log = logging.getLogger("runwire.app")
 
@@ -94,21 +95,22 @@ def create_app(config: Config) -> Starlette:
         exception_handlers=exception_handlers(),
         lifespan=_lifespan,
     )
-    app.state.config = config
-    app.state.host_policy = host_policy
-    app.state.operations = _operations()
-    app.state.websocket_paths = [p for m, p in route_paths(routes) if m == "WS"]
-    app.state.draining = False
-    app.state.drained = None
+    install_state(
+        app,
+        ServiceState(
+            config,
+            host_policy=host_policy,
+            operations=_operations(),
+            websocket_paths=[p for m, p in route_paths(routes) if m == "WS"],
+        ),
+    )
     return app
-
-
 
 
 @asynccontextmanager
 async def _lifespan(app: Starlette) -> AsyncIterator[None]:
-    config: Config = app.state.config
-    state = app.state
+    state = service_state(app)
+    config = state.config
     state.draining = False
     state.drained = anyio.Event()
     async with AsyncExitStack() as stack:
@@ -150,18 +152,19 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
 async def _run_demo(app: Starlette, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
     # A scope of its own: cancelling the task group's scope would also cancel the lifespan's
     # host task, which waits inside it for the server's shutdown message.
+    state = service_state(app)
     with anyio.CancelScope() as scope:
-        app.state.demo_scope = scope
+        state.demo_scope = scope
         task_status.started()
         try:
-            await run_demo(app.state.runtime, app.state.config)
+            await run_demo(state.runtime, state.config)
         except Exception:
             # The demo is a convenience: its failure must not take the service down with it.
             log.exception("the demo instrument stopped")
 
 
 def _stop_demo(app: Starlette) -> None:
-    scope = getattr(app.state, "demo_scope", None)
+    scope = service_state(app).demo_scope
     if scope is not None:
         scope.cancel()
 
@@ -172,7 +175,7 @@ async def drain(app: Starlette) -> None:
     Safe to call from a signal-triggered task while requests are still being served; the
     second caller waits for the first to finish.
     """
-    state = app.state
+    state = service_state(app)
     if state.draining:
         if state.drained is not None:
             await state.drained.wait()
@@ -180,12 +183,10 @@ async def drain(app: Starlette) -> None:
     state.draining = True
     try:
         _stop_demo(app)  # the simulated instrument stops feeding samples first
-        runtime = getattr(state, "runtime", None)
-        if runtime is not None:
-            await runtime.shutdown(state.config.shutdown_grace)
-        broker = getattr(state, "broker", None)
-        if broker is not None:
-            await broker.aclose()  # WebSockets close with 1001, SSE streams end
+        if state.is_open("runtime"):
+            await state.runtime.shutdown(state.config.shutdown_grace)
+        if state.is_open("broker"):
+            await state.broker.aclose()  # WebSockets close with 1001, SSE streams end
     finally:
         if state.drained is not None:
             state.drained.set()

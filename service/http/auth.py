@@ -24,6 +24,7 @@ from starlette.websockets import WebSocket
 from service.contract.errors import ServiceError
 from service.http.browser import server_port
 from service.http.problems import problem_response
+from service.http.state import service_state
 from streaming.security import origin_allowed
 
 __all__ = [
@@ -100,11 +101,11 @@ class AuthMiddleware:
 
 
 def _origin_ok(scope: Scope, headers: Headers) -> bool:
-    config = scope["app"].state.config
+    state = service_state(scope["app"])
     return origin_allowed(
         headers,
-        config.allowed_origins,
-        policy=scope["app"].state.host_policy,
+        state.config.allowed_origins,
+        policy=state.host_policy,
         server_port=server_port(scope),
     )
 

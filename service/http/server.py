@@ -24,7 +24,9 @@ from starlette.applications import Starlette
 
 from service.http.access_log import AccessLog
 from service.http.app import create_app, drain
+from service.http.state import service_state
 from service.runtime.config import Config
+from service.runtime.tasks import TaskSupervisor
 
 __all__ = ["RunwireServer", "serve", "serve_in_thread", "uvicorn_config"]
 
@@ -85,12 +87,18 @@ class RunwireServer(uvicorn.Server):
         self.started_event = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._exit_requested = False
-        self._drain_task: asyncio.Task[None] | None = None
+        self._tasks = TaskSupervisor("server")  # the drain, started by the first signal
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         await super().startup(sockets)
         self.started_event.set()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # The drain ends by setting `should_exit`, so it is done or nearly: wait for it (it
+        # logs its own failure). A forced exit (second signal) does not wait.
+        await self._tasks.aclose(0.0 if self.force_exit else CLOSE_HANDSHAKE_WAIT_S, cancel=False)
+        await super().shutdown(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # Not calling super(): it would record the signal and re-raise it after shutdown,
@@ -111,7 +119,7 @@ class RunwireServer(uvicorn.Server):
         loop.call_soon_threadsafe(self._start_drain)
 
     def _start_drain(self) -> None:
-        self._drain_task = asyncio.get_running_loop().create_task(self._drain())
+        self._tasks.spawn(self._drain(), name="runwire-drain")
 
     async def _drain(self) -> None:
         try:
@@ -127,10 +135,9 @@ class RunwireServer(uvicorn.Server):
     def _announce_shutdown(self) -> None:
         """Say what the drain is about to wait for, so an operator knows why the exit takes
         time: `shutting down: waiting up to 10 s for 2 running runs`."""
-        state = self.app.state
-        runtime = getattr(state, "runtime", None)
+        state = service_state(self.app)
         grace = state.config.shutdown_grace
-        figures = runtime.readiness().get("metrics", {}) if runtime is not None else {}
+        figures = state.runtime.readiness().get("metrics", {}) if state.is_open("runtime") else {}
         running = int(figures.get("active_run_count") or 0)
         queued = int(figures.get("queued_run_count") or 0)
         kept = f"; {_runs(queued, 'queued run')} kept for the next start" if queued else ""

@@ -13,6 +13,7 @@ import anyio.to_thread
 from pipeline.planning import plan_run
 from service.contract.models import DryRunResult, LatestErrors, ProcessRequest
 from service.contract.records import RunStatus
+from service.runtime.conversions import dry_run_result
 from service.runtime.memory import CACHE_EVICTED
 from service.runtime.scheduler import Scheduler, SessionEntry
 from service.runtime.transitions import is_error
@@ -40,21 +41,8 @@ async def dry_run(entry: SessionEntry, req: ProcessRequest) -> DryRunResult:
             step: [CACHE_EVICTED if r == "cache_lost" else r for r in why]
             for step, why in plan.reasons.items()
         }
-    missing = list(plan.missing_required_sources)
-    missing += [
-        ref
-        for ref in entry.record.required_source_refs
-        if ref not in entry.record.sources and ref not in missing
-    ]
-    return DryRunResult(
-        effective_mode=plan.effective_mode,
-        dirty_steps=list(plan.dirty_steps),
-        skipped_steps=list(plan.skipped_steps),
-        reasons={k: list(v) for k, v in plan.reasons.items()},
-        missing_required_sources=missing,
-        warnings=list(plan.warnings),
-        can_process=not missing,
-    )
+    unset = [ref for ref in entry.record.required_source_refs if ref not in entry.record.sources]
+    return dry_run_result(plan, also_missing=unset)
 
 
 async def latest_errors(sched: Scheduler, entry: SessionEntry) -> LatestErrors:

@@ -29,18 +29,19 @@ from typing import Any, Protocol
 
 import anyio
 import anyio.to_thread
-import msgspec
 
 from pipeline.observer import RunInfo
 from pipeline.rundir import RunDirectory
 from service.contract.models import SubmitResult
 from service.contract.records import RunRecord, RunSource, RunStatus, SessionState
 from service.runtime.config import Config
+from service.runtime.conversions import apply_outcome, run_started_data, terminal_event_data
 from service.runtime.diskfull import STORAGE_FULL_RUN_ERROR, commit_outcome, retry_while_full
 from service.runtime.execution import RunJob, RunOutcome, StartGate, execute_run
 from service.runtime.live import LiveRun, SessionEntry
 from service.runtime.memory import CACHE_EVICTED
 from service.runtime.run_inputs import SOURCE_CHANGED, source_specs
+from service.runtime.tasks import TaskSupervisor
 from service.runtime.transitions import error_state, run_transition, running_state
 from service.storage.io_thread import PendingEvent, snapshot
 from service.storage.publisher import EventPublisher
@@ -68,6 +69,7 @@ class LifecycleHost(Protocol):
     loop: asyncio.AbstractEventLoop | None
     stopping: bool
     durations: collections.deque[float]
+    tasks: TaskSupervisor  # owns every task the lifecycle starts
 
     async def emit(
         self, type: str, session_id: str, data: dict[str, Any], run_id: str | None = None
@@ -191,7 +193,13 @@ class RunLifecycle:
     def _schedule_start(
         self, entry: SessionEntry, live: LiveRun, args: tuple[str, list[str], list[str]]
     ) -> None:
-        live.start_task = asyncio.create_task(self.announce_start(entry, live, *args))
+        if self._host.tasks.closed:
+            return  # shut down meanwhile: `finish` announces the start itself
+        live.start_task = self._host.tasks.spawn(
+            self.announce_start(entry, live, *args),
+            name=f"run-start-{live.record.run_id}",
+            handled=True,  # awaited by `finish`, which logs a failure
+        )
 
 
     async def announce_start(
@@ -219,16 +227,7 @@ class RunLifecycle:
             old = entry.record.state
             if not entry.deleted:
                 await self._host.set_state(entry, running_state(effective_mode))
-            data: dict[str, Any] = {
-                "mode": record.mode,
-                "effective_mode": effective_mode,
-                "dirty_steps": dirty,
-                "skipped_steps": skipped,
-            }
-            if record.fallback_reason is not None:
-                data["fallback_reason"] = record.fallback_reason
-            if record.sample is not None:
-                data["sample"] = msgspec.to_builtins(record.sample)
+            data = run_started_data(record)
             events = [(ev.RUN_STARTED, record.session_id, data, record.run_id)]
             # One I/O-thread hop: the commit, then `run.started` and the session's new state.
             await self._host.commit(
@@ -259,16 +258,8 @@ class RunLifecycle:
         # The final record is built on a copy and swapped in only once committed, so a client
         # reading the run never sees a final status the store does not have yet.
         record = snapshot(live.record)
-        effective = outcome.effective_mode or record.effective_mode or "full"
-        record.effective_mode = effective
-        record.finished_utc = utc_now()
-        record.elapsed_s = outcome.elapsed_s
-        record.dirty_steps = outcome.dirty_steps
-        record.skipped_steps = outcome.skipped_steps
-        record.step_durations_s = outcome.step_durations_s
-        record.step_states = outcome.step_states
-        record.artifacts = outcome.artifacts
-        record.error = outcome.error
+        apply_outcome(record, outcome, finished_utc=utc_now())
+        effective = record.effective_mode or "full"
         if outcome.status is not RunStatus.CANCELLED:
             self._host.durations.append(outcome.elapsed_s)
         fallback = (
@@ -358,15 +349,5 @@ class RunLifecycle:
 
 def terminal_event(record: RunRecord) -> PendingEvent:
     """The run's one terminal event: `run.cancelled` or `run.finished`, with its data."""
-    data: dict[str, Any] = {"status": record.status.value, "elapsed_s": record.elapsed_s}
-    if record.status is RunStatus.CANCELLED:
-        return (ev.RUN_CANCELLED, record.session_id, data, record.run_id)
-    data["dirty_steps"] = record.dirty_steps
-    data["skipped_steps"] = record.skipped_steps
-    if record.fallback_reason is not None:
-        data["fallback_reason"] = record.fallback_reason
-    if record.error is not None:
-        data["error"] = msgspec.to_builtins(record.error)
-    if record.sample is not None:
-        data["sample"] = msgspec.to_builtins(record.sample)
-    return (ev.RUN_FINISHED, record.session_id, data, record.run_id)
+    type, data = terminal_event_data(record)
+    return (type, record.session_id, data, record.run_id)

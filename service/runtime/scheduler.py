@@ -49,6 +49,7 @@ from service.runtime.live import LiveRun, SessionEntry, changed_sources_of
 from service.runtime.memory import choose_evictions, default_cache_memory, release_memory
 from service.runtime.run_inputs import sample_of
 from service.runtime.run_queue import QueueFull, RunQueue
+from service.runtime.tasks import TaskSupervisor
 from service.runtime.transitions import run_transition, session_transition
 from service.storage.io_thread import DurableIO, PendingEvent, snapshot
 from service.storage.publisher import EventSink
@@ -63,6 +64,9 @@ log = logging.getLogger("service.runtime.scheduler")
 # After the shutdown grace, cancelled runs get this long to reach a step boundary; a step that
 # ignores its cancel token is left behind (its run is `interrupted` at the next start).
 CANCEL_WAIT_S = 5.0
+# Then what is left (the dispatcher, a run task stuck behind such a step) is cancelled and
+# waited for this long.
+TASKS_CLOSE_WAIT_S = 1.0
 
 
 class Scheduler:
@@ -83,6 +87,8 @@ class Scheduler:
         self.limiter: anyio.CapacityLimiter | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
+        # Every background task (dispatcher, runs, run directories, run starts) is owned here.
+        self.tasks = TaskSupervisor("scheduler")
         self._dispatcher: asyncio.Task[None] | None = None
         self._active: dict[str, asyncio.Task[None]] = {}  # run_id -> its task
         # Runs handed out and not yet back from their worker thread: at most `workers`. A run
@@ -107,7 +113,7 @@ class Scheduler:
         self.limiter = anyio.CapacityLimiter(self.config.workers)
         self.loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
-        self._dispatcher = asyncio.create_task(self._dispatch(), name="runwire-dispatcher")
+        self._dispatcher = self.tasks.spawn(self._dispatch(), name="runwire-dispatcher")
         self.accepting = True
         self.wake()
 
@@ -134,9 +140,7 @@ class Scheduler:
                 await asyncio.wait(pending, timeout=CANCEL_WAIT_S)
         # Queued runs stay queued; their directories must be complete before the loop goes.
         await asyncio.gather(*(live.dir_ready() for live in list(self.live.values())))
-        if self._dispatcher is not None:
-            self._dispatcher.cancel()
-            await asyncio.gather(self._dispatcher, return_exceptions=True)
+        await self.tasks.aclose(TASKS_CLOSE_WAIT_S)  # the dispatcher, and anything left behind
         await self.durable.close()
 
     # -- submitting ----------------------------------------------------------------------------
@@ -216,10 +220,12 @@ class Scheduler:
         # The run directory (with its request file: three fsyncs) is written in the background:
         # the store commit is what makes the 202 true, and everything that later needs the
         # directory (the run's start, a cancel's summary) waits for `dir_task` first.
-        live.dir_task = asyncio.create_task(
+        live.dir_task = self.tasks.spawn(
             anyio.to_thread.run_sync(
                 self.durable.write_new_run_dir, live.run_dir, snapshot(record), body, sources
-            )
+            ),
+            name=f"run-dir-{run_id}",
+            handled=True,  # awaited by `LiveRun.dir_ready`, which logs a failure
         )
         data: dict[str, Any] = {"mode": mode, "position": self.position(run_id)}
         for key in ("run_name", "retry_of", "fallback_reason", "recovered_from_run_id"):
@@ -433,7 +439,11 @@ class Scheduler:
                 item = self.queue.next_runnable()
                 if item is None:
                     break
-                task = asyncio.create_task(self.lifecycle.run_one(item.run_id, item.session_id))
+                task = self.tasks.spawn(
+                    self.lifecycle.run_one(item.run_id, item.session_id),
+                    name=f"run-{item.run_id}",
+                    handled=True,  # `_run_done` logs a failure
+                )
                 self._active[item.run_id] = task
                 self._computing.add(item.run_id)
                 task.add_done_callback(partial(self._run_done, item.run_id, item.session_id))

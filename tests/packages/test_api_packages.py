@@ -22,6 +22,7 @@ from starlette.applications import Starlette
 
 from pipeline.packages.activation import active_packages
 from pipeline.step import REGISTRY
+from service.http.state import service_state
 from service.runtime.config import Config
 
 pytestmark = pytest.mark.anyio
@@ -34,7 +35,7 @@ def _config(tmp_path: Path, **overrides: Any) -> Config:
 
 async def _finished(app: Starlette, client: httpx.AsyncClient, run_id: str) -> dict[str, Any]:
     with anyio.fail_after(60):
-        subscription = await app.state.broker.subscribe(run_id=run_id)
+        subscription = await service_state(app).broker.subscribe(run_id=run_id)
         try:
             while await subscription.get_batch():
                 pass

@@ -13,6 +13,7 @@ import pytest
 from package_builders import running_api
 
 from pipeline.demodata import SPHERE_RADIUS_NM, write_demo_data
+from service.http.state import service_state
 from service.runtime.config import Config
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "packages" / "guinier"
@@ -34,7 +35,7 @@ async def test_guinier_package_fits_the_demo_sphere(tmp_path: Path) -> None:
         assert r.status_code == 202, r.text
         run_id = r.json()["run_id"]
         with anyio.fail_after(120):
-            subscription = await app.state.broker.subscribe(run_id=run_id)
+            subscription = await service_state(app).broker.subscribe(run_id=run_id)
             try:
                 while await subscription.get_batch():
                     pass

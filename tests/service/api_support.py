@@ -15,6 +15,7 @@ import yaml
 from starlette.applications import Starlette
 
 from service.http.server import RunwireServer
+from service.http.state import service_state
 from service.runtime.config import Config
 
 
@@ -85,7 +86,7 @@ async def run_events(app: Starlette, run_id: str, *, timeout: float = 20.0) -> l
 
     events: list[dict[str, Any]] = []
     with anyio.fail_after(timeout):
-        subscription = await app.state.broker.subscribe(run_id=run_id)
+        subscription = await service_state(app).broker.subscribe(run_id=run_id)
         try:
             while batch := await subscription.get_batch():
                 events.extend(msgspec.json.decode(item.raw) for item in batch)

@@ -17,6 +17,8 @@ from starlette.routing import Mount
 from service.contract.records import RunRecord, RunStatus
 from service.http.problems import exception_handlers
 from service.http.routes.retained import routes
+from service.http.state import ServiceState, install_state
+from service.runtime.config import Config
 from service.storage.retained import RetainedRuns
 from streaming.envelope import Event
 
@@ -87,5 +89,7 @@ def event_line(seq: int, session_id: str, run_id: str | None = None, **data: Any
 def retained_app(runs_dir: Path) -> Starlette:
     """The retained-run routes mounted as the service mounts them, without the runtime."""
     app = Starlette(routes=[Mount("/v1", routes=routes)], exception_handlers=exception_handlers())
-    app.state.retained = RetainedRuns(runs_dir)
+    # The runs directory's parent as data directory: the routes' own fallback finds the same runs.
+    state = install_state(app, ServiceState(Config(data_dir=runs_dir.parent)))
+    state.retained = RetainedRuns(runs_dir)
     return app

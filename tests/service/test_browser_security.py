@@ -19,6 +19,8 @@ from api_support import Api, LiveServer, assert_problem, finished_run, session_b
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from service.http.state import service_state
+
 pytestmark = pytest.mark.anyio
 MakeApi = Callable[..., AbstractAsyncContextManager[Api]]
 MakeLive = Callable[..., AbstractContextManager[LiveServer]]
@@ -128,7 +130,7 @@ async def test_stream_origin_is_judged_by_allowed_and_own_origins_not_by_host(
 
 async def started(api: Api, run_id: str) -> None:
     """Wait (on the broker, from the run's first event) until `run_id` has started."""
-    subscription = await api.app.state.broker.subscribe(run_id=run_id, since="0")
+    subscription = await service_state(api.app).broker.subscribe(run_id=run_id, since="0")
     try:
         with anyio.fail_after(20):
             while batch := await subscription.get_batch():

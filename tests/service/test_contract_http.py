@@ -22,6 +22,7 @@ from api_support import NEEDS_SAMPLE, Api, LiveServer, assert_problem, session_b
 from service.cli import build_parser, main
 from service.cli.errors import CliError
 from service.cli.serve import build_config
+from service.http.state import service_state
 
 pytestmark = pytest.mark.anyio
 
@@ -271,7 +272,7 @@ async def test_readiness_is_503_unavailable_when_the_store_cannot_be_written(api
     assert ready.status_code == 200 and ready.json()["ready"] is True
     # A store that can no longer be written (closed here; a failed disk or a read-only file
     # behaves the same for the probe): load balancers must stop sending work.
-    api.app.state.store.close()
+    service_state(api.app).store.close()
     response = await api.client.get("/v1/readiness")
     assert response.status_code == 503
     body = response.json()

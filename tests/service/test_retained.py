@@ -16,6 +16,7 @@ import pytest
 from sstore_rundirs import retained_app, write_run
 
 from service.contract.records import RunStatus
+from service.http.state import service_state
 from service.runtime.config import Config
 from service.storage.retained import RetainedRuns, media_type_for
 
@@ -224,8 +225,9 @@ def test_unfinished_lists_run_directories_without_summary(runs_dir: Path) -> Non
 
 async def test_routes_build_retained_runs_from_the_config_when_missing(runs_dir: Path) -> None:
     app = retained_app(runs_dir)
-    del app.state.retained
-    app.state.config = Config(data_dir=runs_dir.parent)
+    state = service_state(app)
+    state.retained = None
+    state.config = Config(data_dir=runs_dir.parent)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://runwire.test") as c:
         assert ids((await c.get("/v1/retained-runs?session_id=a")).json()) == ["run-02", "run-01"]

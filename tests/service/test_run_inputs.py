@@ -28,6 +28,7 @@ from pipeline.examples import example_text
 from pipeline.loader import load_pipeline_text
 from pipeline.runner import ProcessingRunner
 from pipeline.step import SourceSpec
+from service.http.state import service_state
 from service.runtime.config import Config
 
 SHAPE = (64, 64)
@@ -100,7 +101,7 @@ async def busy_worker(api: Api, *, cancel_on_exit: bool = True) -> AsyncIterator
     response = await api.client.post("/v1/sessions/busy/process", json={})
     assert response.status_code == 202, response.text
     run_id = response.json()["run_id"]
-    subscription = await api.app.state.broker.subscribe(run_id=run_id)
+    subscription = await service_state(api.app).broker.subscribe(run_id=run_id)
     try:
         with anyio.fail_after(30):
             while not any(
@@ -131,7 +132,7 @@ async def test_a_burst_of_50_samples_gives_the_50_reductions_in_order(
 ) -> None:
     *samples, background, dark = frames
     await make_saxs_session(api, "burst", background, dark)
-    subscription = await api.app.state.broker.subscribe(sessions=["burst"], queue_size=100_000)
+    subscription = await service_state(api.app).broker.subscribe(sessions=["burst"], queue_size=100_000)
     try:
         accepted = [await submit_sample(api, "burst", path) for path in samples]
         run_ids = [a["run_id"] for a in accepted]

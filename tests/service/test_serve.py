@@ -273,3 +273,88 @@ def test_broker_url_from_flag_or_environment_and_a_bad_one_is_a_usage_error() ->
         with pytest.raises(CliError) as info:
             build_config(parse("--broker", bad), {})
         assert info.value.exit_code == 64 and "--broker" in str(info.value)
+
+
+# --- settings declared once (service.runtime.config) -------------------------------------------
+
+
+def test_every_config_field_has_exactly_one_setting_whose_default_is_the_fields() -> None:
+    import dataclasses
+
+    from service.runtime.config import SETTINGS, Config
+
+    fields = dataclasses.fields(Config)
+    assert [s.name for s in SETTINGS] == [f.name for f in fields]
+    assert all(s.default == f.default for s, f in zip(SETTINGS, fields, strict=True))
+    flags = [s.flag for s in SETTINGS if s.flag is not None]
+    envs = [s.env for s in SETTINGS if s.env is not None]
+    assert len(set(flags)) == len(flags) and len(set(envs)) == len(envs)
+    # Contract section 1: every flag has an environment variable, and a default built from
+    # nothing is the table's defaults.
+    assert all(s.env is not None for s in SETTINGS if s.flag is not None)
+    assert build_config(parse(), {}) == Config()
+
+
+def test_serve_help_lists_every_flag_with_its_environment_variable() -> None:
+    from service.cli.serve import SERVE_SETTINGS
+
+    done = subprocess.run(
+        [sys.executable, "-m", "service.cli", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    text = " ".join(done.stdout.split())  # argparse wraps help lines
+    flagged = [s for s in SERVE_SETTINGS if s.flag is not None]
+    assert len(flagged) >= 19  # every flag serve had when the table was made
+    for item in flagged:
+        assert item.env is not None
+        assert re.search(rf"{item.flag}\b.*?\b{item.env}\b", text), (item.flag, item.env)
+
+
+def test_a_bad_environment_value_names_its_variable_and_a_bad_flag_value_its_flag() -> None:
+    with pytest.raises(CliError) as info:
+        build_config(parse(), {"RUNWIRE_SHUTDOWN_GRACE": "soon"})
+    assert info.value.exit_code == 64
+    assert str(info.value) == "RUNWIRE_SHUTDOWN_GRACE: expected a number, got 'soon'"
+    with pytest.raises(CliError) as info:
+        build_config(parse("--workers", "0"), {})
+    assert str(info.value) == "--workers must be at least 1, got 0"
+    with pytest.raises(CliError) as info:
+        build_config(parse(), {"RUNWIRE_CACHE_MEMORY": "lots"})
+    assert info.value.exit_code == 64 and str(info.value).startswith("--cache-memory: ")
+    # Empty variables count as unset; switches read 1/true/yes/on.
+    env = {"RUNWIRE_PORT": "", "RUNWIRE_ALLOW_PACKAGES": "yes", "RUNWIRE_DEMO": "0"}
+    config = build_config(parse(), env)
+    assert (config.port, config.allow_packages, config.demo) == (8000, True, False)
+
+
+def test_a_command_builds_its_parser_from_a_subset_of_the_table_plus_its_own() -> None:
+    """How `runwire worker` (or any new command) declares its flags: shared settings by name,
+    its own as `Setting`s, one parser and one resolution for both."""
+    from service.cli.settings import add_setting_flags, settings_from
+    from service.runtime.config import SETTINGS_BY_NAME, Setting
+
+    threads = Setting("threads", 2, flag="--threads", env="RUNWIRE_THREADS", help="threads",
+                      number=int, minimum=1)  # fmt: skip
+    table = (SETTINGS_BY_NAME["broker"], SETTINGS_BY_NAME["data_dir"], threads)
+    parser = argparse.ArgumentParser()
+    add_setting_flags(parser, table)
+    args = parser.parse_args(["--threads", "3"])
+    values = settings_from(args, {"RUNWIRE_BROKER": "redis://r:6379/0"}, table)
+    assert values == {"broker": "redis://r:6379/0", "threads": 3}
+    assert "--port" not in parser.format_help()
+    with pytest.raises(CliError) as info:
+        settings_from(parser.parse_args([]), {"RUNWIRE_THREADS": "0"}, table)
+    assert str(info.value) == "--threads must be at least 1, got 0"
+
+
+def test_the_settings_table_in_the_docs_names_every_flag_with_its_variable() -> None:
+    from service.cli.serve import SERVE_SETTINGS
+
+    docs = Path(__file__).resolve().parents[2] / "docs" / "http-api.md"
+    rows = [line for line in docs.read_text().splitlines() if line.startswith("| `--")]
+    for item in SERVE_SETTINGS:
+        if item.flag is not None:
+            assert any(f"`{item.flag}" in row and f"`{item.env}" in row for row in rows), item.flag

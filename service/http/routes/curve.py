@@ -23,6 +23,7 @@ from starlette.responses import Response
 from service.contract.errors import ServiceError
 from service.http.codec import json_response
 from service.http.openapi import OperationTable
+from service.http.state import service_state
 from service.storage.retained import RetainedRuns
 
 __all__ = ["MAX_CANDIDATES", "MAX_CURVE_POINTS", "Curve", "read_curve", "table"]
@@ -125,10 +126,10 @@ def read_curve(retained: RetainedRuns, run_id: str) -> Curve:
 
 
 def _retained(request: Request) -> RetainedRuns:
-    retained: RetainedRuns | None = getattr(request.app.state, "retained", None)
+    state = service_state(request.app)
+    retained = state.retained
     if retained is None:
-        retained = RetainedRuns(request.app.state.config.runs_dir)
-        request.app.state.retained = retained
+        retained = state.retained = RetainedRuns(state.config.runs_dir)
     return retained
 
 

@@ -27,6 +27,7 @@ from service.contract.models import ProcessRequest, SampleRequest
 from service.http.auth import check_sse_origin, reject_websocket, websocket_origin_ok
 from service.http.openapi import OperationTable, Param
 from service.http.problems import problem_response
+from service.http.state import service_state
 from streaming.channels.sse import sse_response
 from streaming.channels.ws import serve_websocket
 from streaming.errors import ControlError, InvalidEventId
@@ -59,7 +60,7 @@ _RESUME = (
 async def _sse(request: Request, sessions: list[str] | None, run_id: str | None = None) -> Response:
     check_sse_origin(request)
     try:
-        return sse_response(request, request.app.state.broker, sessions=sessions, run_id=run_id)
+        return sse_response(request, service_state(request.app).broker, sessions=sessions, run_id=run_id)
     except InvalidEventId as exc:
         raise ServiceError(
             "INVALID_REQUEST",
@@ -78,7 +79,7 @@ async def _sse(request: Request, sessions: list[str] | None, run_id: str | None 
 )
 async def session_events(request: Request) -> Response:
     """The session's events as Server-Sent Events (also a WebSocket on the same path)."""
-    runtime: Runtime = request.app.state.runtime
+    runtime: Runtime = service_state(request.app).runtime
     record = await runtime.get_session(request.path_params["sid"])
     return await _sse(request, [record.session_id])
 
@@ -112,7 +113,7 @@ async def events(request: Request) -> Response:
 )
 async def run_events(request: Request) -> Response:
     """One run's events as Server-Sent Events; the stream ends after its terminal event."""
-    runtime: Runtime = request.app.state.runtime
+    runtime: Runtime = service_state(request.app).runtime
     run = await runtime.get_run(request.path_params["run_id"])
     return await _sse(request, [run.session_id], run.run_id)
 
@@ -193,7 +194,7 @@ class RuntimeControl:
 
 
 async def _serve(websocket: WebSocket, sessions: list[str] | None, since: str | None) -> None:
-    state = websocket.app.state
+    state = service_state(websocket.app)
     await serve_websocket(
         websocket, state.broker, RuntimeControl(state.runtime), sessions=sessions, since=since
     )
@@ -209,7 +210,7 @@ async def ws_multiplexed(websocket: WebSocket) -> None:
 
 async def ws_session(websocket: WebSocket) -> None:
     """`/v1/sessions/{sid}/events` over WebSocket: subscribed to the session from the start."""
-    state = websocket.app.state
+    state = service_state(websocket.app)
     if not websocket_origin_ok(websocket):
         await reject_websocket(websocket, "origin not allowed")
         return

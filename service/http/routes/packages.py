@@ -26,6 +26,7 @@ from starlette.responses import Response
 from service.contract.models import Location
 from service.http.codec import decode_body, json_response
 from service.http.openapi import OperationTable
+from service.http.state import service_state
 from service.runtime.packages import PackageRuntime
 from service.runtime.validation import confine
 
@@ -79,7 +80,7 @@ table = OperationTable("packages")
 
 
 def _packages(request: Request) -> PackageRuntime:
-    runtime: PackageRuntime = request.app.state.packages
+    runtime: PackageRuntime = service_state(request.app).packages
     return runtime
 
 
@@ -120,7 +121,7 @@ async def install_package(request: Request) -> Response:
     runtime.check_allowed()  # before looking at any path: 403 says why, whatever the body
     body = await decode_body(request, InstallPackageRequest)
     if body.path is not None:
-        path: Path = confine(body.path, request.app.state.config.read_roots, what="package path")
+        path: Path = confine(body.path, service_state(request.app).config.read_roots, what="package path")
         record = await runtime.install(path=path)
     else:
         record = await runtime.install(zip_base64=body.zip_base64)

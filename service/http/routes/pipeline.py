@@ -22,6 +22,7 @@ from pipeline.group import StepGroup
 from pipeline.step import PipelineStep, Step
 from service.http.codec import json_response
 from service.http.openapi import OperationTable
+from service.http.state import service_state
 from service.runtime.sources import session_entry
 
 __all__ = ["Example", "ExampleList", "PipelineView", "StepNode", "step_tree", "table"]
@@ -96,7 +97,7 @@ table = OperationTable("pipelines")
 )
 async def session_pipeline(request: Request) -> Response:
     """The session's pipeline file and its step tree (nested pipelines and groups)."""
-    entry = session_entry(request.app.state.runtime.scheduler, request.path_params["sid"])
+    entry = session_entry(service_state(request.app).runtime.scheduler, request.path_params["sid"])
     spec = entry.spec
     return json_response(
         PipelineView(

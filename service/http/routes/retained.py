@@ -1,7 +1,7 @@
 """Retained-run routes (contract section 4): the run history rebuilt from run directories.
 
 Handlers are thin: they validate query parameters, cross to a worker thread for the file work
-in `service.storage.retained.RetainedRuns` (`request.app.state.retained`), and answer. Errors are
+in `service.storage.retained.RetainedRuns` (`ServiceState.retained`), and answer. Errors are
 `ServiceError`s rendered by the app's problem handler; containment failures of artifact
 downloads are all plain 404 `NOT_FOUND`.
 """
@@ -23,6 +23,7 @@ from service.contract.errors import ServiceError
 from service.contract.records import RunRecord, RunStatus
 from service.http.codec import json_response
 from service.http.openapi import OperationTable, Param, query_limit
+from service.http.state import service_state
 from service.storage.retained import MAX_LIMIT, RetainedRuns
 
 __all__ = [
@@ -93,10 +94,10 @@ _SESSION_PARAM = Param("session_id", "query", {"type": "string"}, "only this ses
 
 
 def _retained(request: Request) -> RetainedRuns:
-    retained: RetainedRuns | None = getattr(request.app.state, "retained", None)
+    state = service_state(request.app)
+    retained = state.retained
     if retained is None:  # an app that did not set it: build it from the config once
-        retained = RetainedRuns(request.app.state.config.runs_dir)
-        request.app.state.retained = retained
+        retained = state.retained = RetainedRuns(state.config.runs_dir)
     return retained
 
 

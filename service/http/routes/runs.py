@@ -16,6 +16,7 @@ from service.contract.records import RunRecord
 from service.http.codec import json_response
 from service.http.openapi import OperationTable, Param, query_limit
 from service.http.routes.sessions import submitted
+from service.http.state import service_state
 
 if TYPE_CHECKING:
     from service.runtime.facade import Runtime
@@ -27,7 +28,7 @@ _RUN = {"run_id": "run id"}
 
 
 def _runtime(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
+    runtime: Runtime = service_state(request.app).runtime
     return runtime
 
 

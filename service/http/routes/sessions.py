@@ -31,6 +31,7 @@ from service.contract.models import (
 from service.contract.records import SessionRecord
 from service.http.codec import decode_body, json_response
 from service.http.openapi import API_PREFIX, OperationTable, Param
+from service.http.state import service_state
 
 if TYPE_CHECKING:
     from service.runtime.facade import Runtime
@@ -53,7 +54,7 @@ _IDEMPOTENCY = Param(
 
 
 def _runtime(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
+    runtime: Runtime = service_state(request.app).runtime
     return runtime
 
 

@@ -18,6 +18,7 @@ from service.contract.models import Readiness
 from service.http.codec import json_response
 from service.http.metrics import CONTENT_TYPE
 from service.http.openapi import OperationTable, openapi_document
+from service.http.state import service_state
 from streaming.asyncapi import asyncapi_document
 
 __all__ = ["HealthStatus", "table"]
@@ -40,9 +41,9 @@ async def health(request: Request) -> Response:
 @table.route("GET", "/readiness", response=Readiness, errors=("SERVICE_UNAVAILABLE",))
 async def readiness(request: Request) -> Response:
     """Readiness with queue and session figures; 503 when not ready."""
-    state = request.app.state
+    state = service_state(request.app)
     report: dict[str, Any] = dict(await state.runtime.refresh_readiness())
-    if getattr(state, "draining", False):
+    if state.draining:
         # Shutting down: the runtime may not have noticed yet (signal handling runs first).
         report["ready"] = False
         report["status"] = "unavailable"
@@ -53,7 +54,7 @@ async def readiness(request: Request) -> Response:
 @table.route("GET", "/metrics", media_type=CONTENT_TYPE)
 async def metrics(request: Request) -> Response:
     """Prometheus text exposition (sessions, runs by status, queue, subscribers, durations)."""
-    state = request.app.state
+    state = service_state(request.app)
     figures = dict(state.runtime.readiness().get("metrics", {}))
     published = max(0, state.broker.top_seq - state.start_seq + 1)
     # Rendering reads the store, which is synchronous: off the event loop.
@@ -64,8 +65,8 @@ async def metrics(request: Request) -> Response:
 @table.route("GET", "/openapi.json")
 async def openapi(request: Request) -> Response:
     """This API's OpenAPI 3.1 document."""
-    state = request.app.state
-    document = getattr(state, "openapi", None)
+    state = service_state(request.app)
+    document = state.openapi
     if document is None:
         document = state.openapi = openapi_document(
             state.operations, websocket_paths=state.websocket_paths
