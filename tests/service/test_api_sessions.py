@@ -246,7 +246,7 @@ async def test_dry_run_reports_plan_without_running(api: Api) -> None:
     assert plan["dirty_steps"] == ["nap"]
     assert plan["reasons"]["nap"] == ["never_run"]
     assert plan["can_process"] is True
-    assert (await api.client.get("/v1/sessions/s/runs")).json() == {"runs": []}
+    assert (await api.client.get("/v1/sessions/s/runs")).json()["runs"] == []
 
 
 async def test_failed_run_shows_in_errors_latest_and_reset_clears_state(api: Api) -> None:
@@ -294,7 +294,7 @@ async def test_unreadable_source_is_422_before_anything_is_queued(api: Api, tmp_
         "/v1/sessions/s/sample", json={"location": str(tmp_path / "missing.h5"), "process": True}
     )
     assert_problem(r, 422, "INVALID_REQUEST")
-    assert (await api.client.get("/v1/sessions/s/runs")).json() == {"runs": []}
+    assert (await api.client.get("/v1/sessions/s/runs")).json()["runs"] == []
 
 
 async def test_locations_outside_the_roots_are_403(make_api: Any, tmp_path: Path) -> None:
