@@ -69,7 +69,11 @@ class RunError(msgspec.Struct, kw_only=True):
     exception_type: str | None = None
 
 
-class StepStateRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
+class StepStateRecord(msgspec.Struct, kw_only=True):
+    """`{status, duration_s, error}` (contract: `{status, duration_s, error?}`): every key is
+    always present, `error` null unless the step failed, as the Run object's own `error`.
+    (Defaults were once omitted, which dropped `duration_s` of a step skipped in 0.0 s.)"""
+
     status: str  # succeeded | skipped | failed | cancelled | pending
     duration_s: float = 0.0
     error: str | None = None

@@ -113,3 +113,14 @@ async def test_retry_of_succeeded_run_is_409(api: Api) -> None:
     assert_problem(
         await api.client.post(f"/v1/runs/{run_id}/retry", json={}), 409, "RUN_NOT_RETRYABLE"
     )
+
+
+async def test_every_step_state_has_status_and_duration(api: Api) -> None:
+    assert (await api.client.post("/v1/sessions", json=session_body("d"))).status_code == 201
+    first = await finished_run(api, await submit(api, "d"))
+    again = await finished_run(api, await submit(api, "d"))  # nothing changed: nap is skipped
+    for run in (first, again):
+        for state in run["step_states"].values():
+            assert isinstance(state["duration_s"], float) and "status" in state
+    assert again["step_states"]["nap"]["status"] == "skipped"
+    assert again["step_states"]["nap"]["error"] is None
