@@ -11,8 +11,11 @@ with their chunks decompressed in parallel (`pipeline.chunkread`).
 from __future__ import annotations
 
 import os
+import threading
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from contextvars import ContextVar
 from pathlib import Path
@@ -82,6 +85,8 @@ def open_hdf5(path: str | os.PathLike[str]) -> Iterator[h5py.File]:
         yield handle
 
 
+Identity = tuple[str, int, int, int, int]  # absolute path, size, mtime_ns, ctime_ns, inode
+
 # Files opened within the current run (`run_scope`): identity -> (handle, what closes it).
 _RUN_FILES: ContextVar[dict[tuple[str, int, int, int, int], tuple[h5py.File, ExitStack]] | None] = (
     ContextVar("runwire_hdf5_run_files", default=None)
@@ -137,15 +142,19 @@ def _open_checked(path: str | os.PathLike[str]) -> Iterator[h5py.File]:
             raise SourceError(f"{p}: not a readable HDF5 file ({_short(exc)})") from exc
         key = handle.id.id
         _DISPLAY_NAMES[key] = str(p)
+        _OPENED_AS[key] = _fd_identity(p, handle)
         try:
             with handle:
                 yield handle
         finally:
             _DISPLAY_NAMES.pop(key, None)
+            _OPENED_AS.pop(key, None)
 
 
 # The path the user named, per open file id (h5py's own `filename` is the /proc/self/fd alias).
 _DISPLAY_NAMES: dict[int, str] = {}
+# The identity of the file each open handle reads (taken on its descriptor when it was opened).
+_OPENED_AS: dict[int, Identity | None] = {}
 
 
 def display_name(handle: h5py.File) -> str:
@@ -178,6 +187,16 @@ def read_array(
     numeric: bool = True,
 ) -> np.ndarray:
     """Read a whole dataset; a 3-D stack is summed over its first axis when `sum_frames`."""
+    if _AHEAD:
+        ahead = _take_ahead(handle, _name(dataset), sum_frames)
+        if ahead is not None:
+            return ahead
+    return _read_now(handle, dataset, sum_frames=sum_frames, numeric=numeric)
+
+
+def _read_now(
+    handle: h5py.File, dataset: str | h5py.Dataset, *, sum_frames: bool, numeric: bool
+) -> np.ndarray:
     ds = get_dataset(handle, dataset)
     dataset = _name(dataset)
     if numeric and not _is_numeric(ds.dtype):
@@ -323,6 +342,133 @@ def _name(dataset: str | h5py.Dataset) -> str:
 
 def _short(exc: BaseException) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+# -------------------------------------------------------------------------------- read-ahead
+#
+# A session's runs execute one after another, each on the files it was submitted with; while one
+# computes, the next queued run's frames can already be read (and decompressed). `read_ahead`
+# reads the named datasets in one background thread and files each array under the identity of
+# the file it was read from (path, size, mtime, ctime, inode, taken on the open descriptor before
+# the read and checked again after it: a file rewritten meanwhile gets no entry). `read_array`
+# hands an entry over (once) only to a handle opened on a file with that very identity, and only
+# for the same dataset and `sum_frames`: what a run gets is exactly what its own read would have
+# given. Bounded: `_AHEAD_MAX_BYTES` of arrays and `_AHEAD_MAX_ENTRIES` entries at most, oldest
+# evicted first; `drop_read_ahead(owner)` releases an owner's entries (a cancelled run's).
+# `RUNWIRE_READ_AHEAD=0` in the environment turns it off (for A/B measurements).
+
+_AHEAD_MAX_BYTES = 512 << 20
+_AHEAD_MAX_ENTRIES = 8
+AheadKey = tuple[Identity, str, bool]  # file identity, dataset path, sum_frames
+_ahead_lock = threading.Lock()
+_AHEAD: OrderedDict[AheadKey, tuple[str, Future[np.ndarray | None], int]] = OrderedDict()
+_ahead_jobs: dict[str, Future[None]] = {}  # owner -> its read-ahead job while it runs
+_ahead_pool: ThreadPoolExecutor | None = None
+
+
+def read_ahead(
+    owner: str, items: Sequence[tuple[str, str, bool]], *, keep: Collection[str] = ()
+) -> bool:
+    """Read `(path, dataset, sum_frames)` items in the background for a later `read_array`.
+
+    `owner`'s entries for files neither in `items` nor in `keep` (the files of the run now
+    computing) are dropped first: an owner holds at most two runs' arrays, and the arrays of a
+    run that never came to read them (cancelled while queued) go at the owner's next read-ahead.
+    Returns False (and reads nothing) while `owner`'s previous read-ahead is still running.
+    """
+    global _ahead_pool
+    if not items or os.environ.get("RUNWIRE_READ_AHEAD", "1") == "0":  # "0": off (A/B benches)
+        return False
+    wanted = {os.path.abspath(path) for path, _, _ in items}
+    wanted |= {os.path.abspath(path) for path in keep}
+    with _ahead_lock:
+        for key in [k for k, v in _AHEAD.items() if v[0] == owner and k[0][0] not in wanted]:
+            del _AHEAD[key]
+        running = _ahead_jobs.get(owner)
+        if running is not None and not running.done():
+            return False
+        if _ahead_pool is None:
+            _ahead_pool = ThreadPoolExecutor(1, thread_name_prefix="runwire-readahead")
+        _ahead_jobs[owner] = _ahead_pool.submit(_read_ahead_job, owner, list(items))
+    return True
+
+
+def wait_read_ahead(owner: str, timeout: float) -> bool:
+    """Wait until `owner`'s read-ahead job (if any) has finished; False on timeout."""
+    with _ahead_lock:
+        running = _ahead_jobs.get(owner)
+    if running is None:
+        return True
+    try:
+        running.result(timeout=timeout)
+    except TimeoutError:
+        return False
+    return True
+
+
+def drop_read_ahead(owner: str, locations: Collection[str] | None = None) -> None:
+    """Forget `owner`'s read-ahead entries (of the files at `locations`, or all): their memory
+    is released."""
+    paths = None if locations is None else {os.path.abspath(p) for p in locations}
+    with _ahead_lock:
+        for key in [
+            k for k, v in _AHEAD.items() if v[0] == owner and (paths is None or k[0][0] in paths)
+        ]:
+            del _AHEAD[key]
+        job = _ahead_jobs.get(owner)
+        if job is not None and job.done():
+            del _ahead_jobs[owner]
+
+
+def read_ahead_bytes(owner: str | None = None) -> int:
+    """Bytes of arrays held (or being read) by the read-ahead, for `owner` or everyone."""
+    with _ahead_lock:
+        return sum(v[2] for v in _AHEAD.values() if owner is None or v[0] == owner)
+
+
+def _read_ahead_job(owner: str, items: list[tuple[str, str, bool]]) -> None:
+    for path, dataset, sum_frames in items:
+        try:
+            with _open_checked(path) as handle:
+                before = _fd_identity(path, handle)
+                ds = handle.get(dataset)
+                if before is None or not isinstance(ds, h5py.Dataset):
+                    continue
+                estimate = int(ds.size) * max(int(ds.dtype.itemsize), 8 if sum_frames else 0)
+                key = (before, dataset, sum_frames)
+                done: Future[np.ndarray | None] = Future()
+                with _ahead_lock:
+                    if key in _AHEAD or estimate > _AHEAD_MAX_BYTES:
+                        continue
+                    while _AHEAD and (
+                        len(_AHEAD) >= _AHEAD_MAX_ENTRIES
+                        or sum(v[2] for v in _AHEAD.values()) + estimate > _AHEAD_MAX_BYTES
+                    ):
+                        _AHEAD.popitem(last=False)
+                    _AHEAD[key] = (owner, done, estimate)
+                try:
+                    array: np.ndarray | None = _read_now(handle, ds, sum_frames=sum_frames, numeric=True)
+                    if _fd_identity(path, handle) != before:
+                        array = None  # rewritten while read: not the file the key names
+                except Exception:  # the run's own read reports the problem
+                    array = None
+                done.set_result(array)
+                if array is None:
+                    with _ahead_lock:
+                        _AHEAD.pop(key, None)
+        except SourceError:
+            continue
+
+
+def _take_ahead(handle: h5py.File, dataset: str, sum_frames: bool) -> np.ndarray | None:
+    identity = _OPENED_AS.get(handle.id.id)
+    if identity is None:
+        return None
+    with _ahead_lock:
+        entry = _AHEAD.pop((identity, dataset, sum_frames), None)
+    if entry is None:
+        return None
+    return entry[1].result()  # being read right now: waiting costs less than reading again
 
 
 # ----------------------------------------------------------------------------------- writing

@@ -44,6 +44,7 @@ from .rundir import ARTIFACTS, artifact_paths
 from .runstate import RunContext, RunErrorInfo, RunResult
 from .signatures import ABSENT
 from .step import CompletedState, PipelineStep, RunLabel, SourceSpec, StepContext, StepResult
+from .steps.sources import HDF5_TYPES
 
 log = logging.getLogger("pipeline")
 
@@ -127,6 +128,33 @@ class ProcessingRunner:
                 plan = by_id[full_id]
                 out.append(_Leaf(plan, tuple(r for r in plan.source_refs if r in optional)))
         return out
+
+    def read_ahead(
+        self,
+        sources: Mapping[str, Any],
+        *,
+        owner: str,
+        refs: Collection[str] | None = None,
+        keep: Collection[str] = (),
+    ) -> bool:
+        """Start reading, in the background, the HDF5 datasets a later run on `sources` reads
+        whole (`Step.read_ahead_items`: frames, masks), for the sources named in `refs` (default:
+        all). That run's reads then take the arrays already read, when they come from the very
+        same files (`pipeline.hdf5io.read_ahead`); results are the same either way. Returns
+        whether a read-ahead was started (at most one runs per `owner`). `keep`: the files of the
+        run computing now, whose arrays read ahead earlier it still needs."""
+        items: list[tuple[str, str, bool]] = []
+        for leaf in self.leaves:
+            for ref, dataset, sum_frames in leaf.step.read_ahead_items():
+                spec = sources.get(ref)
+                if spec is None or (refs is not None and ref not in refs):
+                    continue
+                spec = _to_source_spec(spec)
+                if spec.type in HDF5_TYPES:
+                    item = (spec.location, dataset, sum_frames)
+                    if item not in items:
+                        items.append(item)
+        return hdf5io.read_ahead(owner, items, keep=keep)
 
     # -- lifecycle ---------------------------------------------------------------------------
 

@@ -270,6 +270,11 @@ class Step(PipelineStep):
         ref = getattr(self.params, "source", None)
         return (ref,) if isinstance(ref, str) else ()
 
+    def read_ahead_items(self) -> tuple[tuple[str, str, bool], ...]:
+        """HDF5 datasets this step reads whole, as `(source ref, dataset, sum_frames)`: what
+        `ProcessingRunner.read_ahead` may read for a queued run before it starts."""
+        return ()
+
     def compute(self, inputs: dict[str, Any], ctx: StepContext) -> Mapping[str, Any] | StepResult:
         """Return outputs by output name (or a `StepResult`). Must not mutate `inputs` values."""
         raise NotImplementedError

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from typing import Any, Protocol
 
@@ -41,6 +41,7 @@ from service.runtime.execution import RunJob, RunOutcome, StartGate, execute_run
 from service.runtime.live import LiveRun, SessionEntry
 from service.runtime.memory import CACHE_EVICTED
 from service.runtime.run_inputs import SOURCE_CHANGED, source_specs
+from service.runtime.run_queue import RunQueue
 from service.runtime.transitions import error_state, run_transition, running_state
 from service.storage.io_thread import PendingEvent, snapshot
 from service.storage.publisher import EventPublisher
@@ -68,6 +69,7 @@ class LifecycleHost(Protocol):
     loop: asyncio.AbstractEventLoop | None
     stopping: bool
     durations: collections.deque[float]
+    queue: RunQueue
 
     async def emit(
         self, type: str, session_id: str, data: dict[str, Any], run_id: str | None = None
@@ -171,11 +173,20 @@ class RunLifecycle:
             sinks=dict(entry.record.sinks),
             write_roots=tuple(self._host.config.write_roots),
             gate=live.gate,
+            upcoming=self._upcoming(sid),
         )
         outcome = await anyio.to_thread.run_sync(execute_run, job, limiter=self._host.limiter)
         self._host.computed(run_id)
         await self.finish(entry, live, outcome)
 
+
+    def _upcoming(self, sid: str) -> Mapping[str, RunSource] | None:
+        """The sources of the session's next queued run (its frames are read ahead)."""
+        for run_id in self._host.queue.waiting_for(sid):
+            live = self._host.live.get(run_id)
+            if live is not None and not live.cancel.cancelled:
+                return live.sources
+        return None
 
     def _started_from_thread(
         self, entry: SessionEntry, live: LiveRun, info: RunInfo
