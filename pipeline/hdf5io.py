@@ -415,7 +415,7 @@ def read_ahead(
     Returns False (and reads nothing) while `owner`'s previous read-ahead is still running.
     """
     global _ahead_pool
-    if not items or os.environ.get("RUNWIRE_READ_AHEAD", "1") == "0":  # "0": off (A/B benches)
+    if not items or not read_ahead_enabled():
         return False
     wanted = {os.path.abspath(path) for path, _, _ in items}
     wanted |= {os.path.abspath(path) for path in keep}
@@ -429,6 +429,11 @@ def read_ahead(
             _ahead_pool = ThreadPoolExecutor(1, thread_name_prefix="runwire-readahead")
         _ahead_jobs[owner] = _ahead_pool.submit(_read_ahead_job, owner, list(items))
     return True
+
+
+def read_ahead_enabled() -> bool:
+    """False when `RUNWIRE_READ_AHEAD=0` is set (for A/B measurements)."""
+    return os.environ.get("RUNWIRE_READ_AHEAD", "1") != "0"
 
 
 def wait_read_ahead(owner: str, timeout: float) -> bool:

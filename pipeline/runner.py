@@ -140,10 +140,20 @@ class ProcessingRunner:
         """Start reading, in the background, the HDF5 datasets a later run on `sources` reads
         whole (`Step.read_ahead_items`: frames, masks), for the sources named in `refs` (default:
         all). That run's reads then take the arrays already read, when they come from the very
-        same files (`pipeline.hdf5io.read_ahead`); results are the same either way. Returns
+        same files (`pipeline.hdf5io.read_ahead`); results are the same either way. The sha256
+        of those files for the NXcanSAS provenance is started too (`pipeline.provenance`). Returns
         whether a read-ahead was started (at most one runs per `owner`). `keep`: the files of the
         run computing now, whose arrays read ahead earlier it still needs."""
+        if not hdf5io.read_ahead_enabled():
+            return False
         items: list[tuple[str, str, bool]] = []
+        if any(getattr(type(leaf.step), "prefetch_source_hashes", False) for leaf in self.leaves):
+            # The provenance's sha256 of the new files too (bounded queue, cached by identity).
+            provenance.prefetch(
+                _to_source_spec(spec).location
+                for ref, spec in sources.items()
+                if refs is None or ref in refs
+            )
         for leaf in self.leaves:
             for ref, dataset, sum_frames in leaf.step.read_ahead_items():
                 spec = sources.get(ref)
