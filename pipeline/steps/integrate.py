@@ -27,6 +27,7 @@ bin sums of the last `_MEMO_SIZE` terms.
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import weakref
@@ -109,7 +110,7 @@ _POOL_LOCK = threading.Lock()
 
 
 def _pool() -> ThreadPoolExecutor:
-    """A thread summing half of the chunks while the caller's thread sums the other half."""
+    """A thread summing chunks alongside the caller's thread."""
     global _POOL
     with _POOL_LOCK:
         if _POOL is None:
@@ -126,18 +127,33 @@ def _alive(ref: Any, array: np.ndarray | None) -> bool:
     return (ref is None and array is None) or (ref is not None and ref() is array)
 
 
+class _ChunkWork:
+    """Chunks handed out one at a time to the threads summing them (whoever is free takes the
+    next), each chunk's sums stored at its index: the totals do not depend on who did what."""
+
+    def __init__(self, chunks: Sequence[_Chunk]) -> None:
+        self.chunks = chunks
+        self.parts: list[list[np.ndarray] | None] = [None] * len(chunks)
+        self._next = itertools.count()  # next() on a count is atomic under the GIL
+
+    def take(self) -> int | None:
+        c = next(self._next)
+        return c if c < len(self.chunks) else None
+
+
 def _sum_chunks(
-    chunks: Sequence[_Chunk],
+    work: _ChunkWork,
     arrays: Sequence[np.ndarray],
     jobs: Sequence[tuple[int, int, Sequence[np.ndarray] | None]],
-) -> list[list[np.ndarray]]:
-    """Per chunk, per job (array number, reciprocal number, sorted reciprocals or None): the
-    sums of each bin's run in the chunk. numpy releases the GIL in all of these calls."""
-    longest = max(c.pixels.size for c in chunks)
+) -> None:
+    """Take chunks until none is left; per chunk, per job (array number, request number, sorted
+    reciprocals per chunk or None): the sums of each bin's run in the chunk. numpy releases the
+    GIL in all of these calls."""
+    longest = max(c.pixels.size for c in work.chunks)
     gathered = [np.empty(longest, dtype=a.dtype) for a in arrays]
     weights = np.empty(longest, dtype=np.float64)
-    out = []
-    for c, chunk in enumerate(chunks):
+    while (c := work.take()) is not None:
+        chunk = work.chunks[c]
         n = chunk.pixels.size
         for a, array in enumerate(arrays):
             np.take(array, chunk.pixels, out=gathered[a][:n])
@@ -149,8 +165,7 @@ def _sum_chunks(
             else:
                 np.multiply(values, recips[c], out=weights[:n])
                 parts.append(np.add.reduceat(weights[:n], chunk.starts))
-        out.append(parts)
-    return out
+        work.parts[c] = parts
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -188,8 +203,9 @@ class Binning:
         The binned pixels are visited in bin order (`_Order`), `_CHUNK` at a time: each array is
         gathered once per chunk, multiplied by the divisor's reciprocal (kept in the same order)
         and summed run by run with `np.add.reduceat`, while the chunk is in the cache. Every call
-        releases the GIL, so a worker thread takes the second half of the chunks. Sums are
-        deterministic: a bin's total adds its chunks' partial sums in chunk order.
+        releases the GIL, so a worker thread takes chunks too (whichever thread is free takes
+        the next: on a busy machine the caller alone does them all). Sums are deterministic: a
+        bin's total adds its chunks' partial sums in chunk order.
         """
         memo = self.memo
         size = self.n_bins + 1
@@ -219,19 +235,19 @@ class Binning:
                 jobs.append((a, k, recips))
             totals = [np.zeros(size, dtype=np.float64) for _ in todo]
             if chunks:
-                half = (len(chunks) + 1) // 2
-                first_recips = [(a, k, None if r is None else r[:half]) for a, k, r in jobs]
-                later_recips = [(a, k, None if r is None else r[half:]) for a, k, r in jobs]
-                later = (
-                    _pool().submit(_sum_chunks, chunks[half:], arrays, later_recips)
-                    if half < len(chunks) else None
-                )  # fmt: skip
+                work = _ChunkWork(chunks)
+                helper = (
+                    _pool().submit(_sum_chunks, work, arrays, jobs) if len(chunks) > 1 else None
+                )
                 try:
-                    parts = _sum_chunks(chunks[:half], arrays, first_recips)
+                    _sum_chunks(work, arrays, jobs)
                 finally:
-                    if later is not None:  # never leave a worker reading our arrays
-                        parts += later.result()
-                for chunk, chunk_parts in zip(chunks, parts, strict=True):
+                    # A helper that never got a core is not waited for; one that did is (it
+                    # writes into `work` and reads our arrays).
+                    if helper is not None and not helper.cancel():
+                        helper.result()
+                for chunk, chunk_parts in zip(chunks, work.parts, strict=True):
+                    assert chunk_parts is not None
                     for total, part in zip(totals, chunk_parts, strict=True):
                         total[chunk.bins] += part
             for k, sums in zip(todo, totals, strict=True):
