@@ -37,5 +37,5 @@ def test_a_truncated_file_is_a_clear_error(tmp_path: Path) -> None:
     size = path.stat().st_size
     with open(path, "r+b") as f:
         f.truncate(size - 100_000)
-    with pytest.raises(hdf5io.SourceError, match="f.h5"), hdf5io.open_hdf5(path) as handle:
+    with pytest.raises(hdf5io.SourceError, match=r"f\.h5"), hdf5io.open_hdf5(path) as handle:
         hdf5io.read_array(handle, "frame")
