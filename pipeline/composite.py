@@ -120,7 +120,9 @@ class PipelineSpec:
     text: str = ""
 
     @classmethod
-    def from_pipeline(cls, pipeline: Pipeline, sources: dict[str, bool] | None = None) -> PipelineSpec:
+    def from_pipeline(
+        cls, pipeline: Pipeline, sources: dict[str, bool] | None = None
+    ) -> PipelineSpec:
         """Wrap a pipeline built in code. Without `sources`, every ref a step reads is required."""
         if sources is None:
             sources = dict.fromkeys(pipeline.source_refs(), True)

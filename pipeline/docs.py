@@ -97,7 +97,9 @@ def describe_step(cls: type[Step]) -> StepDoc:
     params: list[ParamDoc] = []
     if isinstance(info, mi.StructType):
         for f in info.fields:
-            params.append(ParamDoc(f.encode_name, type_name(f.type), _default(f), _description(f.type)))
+            params.append(
+                ParamDoc(f.encode_name, type_name(f.type), _default(f), _description(f.type))
+            )
     return StepDoc(
         name=cls.name,
         summary=" ".join(summary.split()),

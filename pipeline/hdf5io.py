@@ -11,8 +11,11 @@ with their chunks decompressed in parallel (`pipeline.chunkread`).
 from __future__ import annotations
 
 import os
+import threading
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from contextvars import ContextVar
 from pathlib import Path
@@ -20,7 +23,7 @@ from typing import Any
 
 import h5py
 import numpy as np
-from h5py import h5a, h5d, h5s
+from h5py import h5a, h5d, h5s, h5t
 
 from .chunkread import read_chunked
 from .errors import SourceError
@@ -82,6 +85,8 @@ def open_hdf5(path: str | os.PathLike[str]) -> Iterator[h5py.File]:
         yield handle
 
 
+Identity = tuple[str, int, int, int, int]  # absolute path, size, mtime_ns, ctime_ns, inode
+
 # Files opened within the current run (`run_scope`): identity -> (handle, what closes it).
 _RUN_FILES: ContextVar[dict[tuple[str, int, int, int, int], tuple[h5py.File, ExitStack]] | None] = (
     ContextVar("runwire_hdf5_run_files", default=None)
@@ -137,15 +142,19 @@ def _open_checked(path: str | os.PathLike[str]) -> Iterator[h5py.File]:
             raise SourceError(f"{p}: not a readable HDF5 file ({_short(exc)})") from exc
         key = handle.id.id
         _DISPLAY_NAMES[key] = str(p)
+        _OPENED_AS[key] = _fd_identity(p, handle)
         try:
             with handle:
                 yield handle
         finally:
             _DISPLAY_NAMES.pop(key, None)
+            _OPENED_AS.pop(key, None)
 
 
 # The path the user named, per open file id (h5py's own `filename` is the /proc/self/fd alias).
 _DISPLAY_NAMES: dict[int, str] = {}
+# The identity of the file each open handle reads (taken on its descriptor when it was opened).
+_OPENED_AS: dict[int, Identity | None] = {}
 
 
 def display_name(handle: h5py.File) -> str:
@@ -178,6 +187,16 @@ def read_array(
     numeric: bool = True,
 ) -> np.ndarray:
     """Read a whole dataset; a 3-D stack is summed over its first axis when `sum_frames`."""
+    if _AHEAD:
+        ahead = _take_ahead(handle, _name(dataset), sum_frames)
+        if ahead is not None:
+            return ahead
+    return _read_now(handle, dataset, sum_frames=sum_frames, numeric=numeric)
+
+
+def _read_now(
+    handle: h5py.File, dataset: str | h5py.Dataset, *, sum_frames: bool, numeric: bool
+) -> np.ndarray:
     ds = get_dataset(handle, dataset)
     dataset = _name(dataset)
     if numeric and not _is_numeric(ds.dtype):
@@ -185,8 +204,8 @@ def read_array(
             f"{display_name(handle)}: dataset {dataset} is not numeric (dtype {ds.dtype})"
         )
     try:
-        chunked = read_chunked(ds) if ds.chunks else None
-        array = np.asarray(ds[()]) if chunked is None else chunked
+        found = read_chunked(ds) if ds.chunks else _read_contiguous(handle, ds)
+        array = np.asarray(ds[()]) if found is None else found
     except (OSError, ValueError, TypeError, zlib.error) as exc:
         raise SourceError(f"{display_name(handle)}: cannot read {dataset} ({_short(exc)})") from exc
     if sum_frames and array.ndim == 3 and array.shape[0] == 1:
@@ -199,6 +218,44 @@ def read_array(
         # Sum in a wide type: frames of uint16 counts overflow quickly.
         wide = np.int64 if array.dtype.kind in "iub" else np.float64
         array = array.sum(axis=0, dtype=wide)
+    return array
+
+
+_CONTIGUOUS_MIN = 1 << 16  # bytes: smaller datasets are read through h5py
+
+
+def _read_contiguous(handle: h5py.File, ds: h5py.Dataset) -> np.ndarray | None:
+    """A large uncompressed (contiguous, allocated, not external) numeric dataset read straight
+    from the file with `os.preadv` into a fresh array: the same bytes h5py would copy, without
+    holding the GIL (so a read-ahead overlaps the run computing) and ~30% quicker. None when the
+    dataset is stored any other way (the caller reads it with h5py)."""
+    dtype = ds.dtype
+    if (
+        dtype.kind not in "biuf"
+        or dtype.fields is not None
+        or ds.size * dtype.itemsize < _CONTIGUOUS_MIN
+    ):
+        return None
+    plist = ds.id.get_create_plist()
+    if plist.get_layout() != h5d.CONTIGUOUS or plist.get_external_count():
+        return None
+    offset = ds.id.get_offset()
+    if offset is None:
+        return None  # never written: h5py gives the fill value
+    try:
+        fd = handle.id.get_vfd_handle()
+    except (ValueError, TypeError, OSError):
+        return None  # a driver without a file descriptor
+    if not isinstance(fd, int) or handle.driver != "sec2":
+        return None
+    array = np.empty(ds.shape, dtype=dtype)
+    view = array.reshape(-1).view(np.uint8).data
+    done = 0
+    while done < len(view):
+        got = os.preadv(fd, [view[done:]], offset + done)
+        if got <= 0:
+            return None  # a short file: let h5py say what is wrong
+        done += got
     return array
 
 
@@ -325,7 +382,163 @@ def _short(exc: BaseException) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
+# -------------------------------------------------------------------------------- read-ahead
+#
+# A session's runs execute one after another, each on the files it was submitted with; while one
+# computes, the next queued run's frames can already be read (and decompressed). `read_ahead`
+# reads the named datasets in one background thread and files each array under the identity of
+# the file it was read from (path, size, mtime, ctime, inode, taken on the open descriptor before
+# the read and checked again after it: a file rewritten meanwhile gets no entry). `read_array`
+# hands an entry over (once) only to a handle opened on a file with that very identity, and only
+# for the same dataset and `sum_frames`: what a run gets is exactly what its own read would have
+# given. Bounded: `_AHEAD_MAX_BYTES` of arrays and `_AHEAD_MAX_ENTRIES` entries at most, oldest
+# evicted first; `drop_read_ahead(owner)` releases an owner's entries (a cancelled run's).
+# `RUNWIRE_READ_AHEAD=0` in the environment turns it off (for A/B measurements).
+
+_AHEAD_MAX_BYTES = 512 << 20
+_AHEAD_MAX_ENTRIES = 8
+AheadKey = tuple[Identity, str, bool]  # file identity, dataset path, sum_frames
+_ahead_lock = threading.Lock()
+_AHEAD: OrderedDict[AheadKey, tuple[str, Future[np.ndarray | None], int]] = OrderedDict()
+_ahead_jobs: dict[str, Future[None]] = {}  # owner -> its read-ahead job while it runs
+_ahead_pool: ThreadPoolExecutor | None = None
+
+
+def read_ahead(
+    owner: str, items: Sequence[tuple[str, str, bool]], *, keep: Collection[str] = ()
+) -> bool:
+    """Read `(path, dataset, sum_frames)` items in the background for a later `read_array`.
+
+    `owner`'s entries for files neither in `items` nor in `keep` (the files of the run now
+    computing) are dropped first: an owner holds at most two runs' arrays, and the arrays of a
+    run that never came to read them (cancelled while queued) go at the owner's next read-ahead.
+    Returns False (and reads nothing) while `owner`'s previous read-ahead is still running.
+    """
+    global _ahead_pool
+    if not items or not read_ahead_enabled():
+        return False
+    wanted = {os.path.abspath(path) for path, _, _ in items}
+    wanted |= {os.path.abspath(path) for path in keep}
+    with _ahead_lock:
+        for key in [k for k, v in _AHEAD.items() if v[0] == owner and k[0][0] not in wanted]:
+            del _AHEAD[key]
+        running = _ahead_jobs.get(owner)
+        if running is not None and not running.done():
+            return False
+        if _ahead_pool is None:
+            _ahead_pool = ThreadPoolExecutor(1, thread_name_prefix="runwire-readahead")
+        _ahead_jobs[owner] = _ahead_pool.submit(_read_ahead_job, owner, list(items))
+    return True
+
+
+def read_ahead_enabled() -> bool:
+    """False when `RUNWIRE_READ_AHEAD=0` is set (for A/B measurements)."""
+    return os.environ.get("RUNWIRE_READ_AHEAD", "1") != "0"
+
+
+def wait_read_ahead(owner: str, timeout: float) -> bool:
+    """Wait until `owner`'s read-ahead job (if any) has finished; False on timeout."""
+    with _ahead_lock:
+        running = _ahead_jobs.get(owner)
+    if running is None:
+        return True
+    try:
+        running.result(timeout=timeout)
+    except TimeoutError:
+        return False
+    return True
+
+
+def drop_read_ahead(owner: str, locations: Collection[str] | None = None) -> None:
+    """Forget `owner`'s read-ahead entries (of the files at `locations`, or all): their memory
+    is released."""
+    paths = None if locations is None else {os.path.abspath(p) for p in locations}
+    with _ahead_lock:
+        for key in [
+            k for k, v in _AHEAD.items() if v[0] == owner and (paths is None or k[0][0] in paths)
+        ]:
+            del _AHEAD[key]
+        job = _ahead_jobs.get(owner)
+        if job is not None and job.done():
+            del _ahead_jobs[owner]
+
+
+def read_ahead_bytes(owner: str | None = None) -> int:
+    """Bytes of arrays held (or being read) by the read-ahead, for `owner` or everyone."""
+    with _ahead_lock:
+        return sum(v[2] for v in _AHEAD.values() if owner is None or v[0] == owner)
+
+
+def _read_ahead_job(owner: str, items: list[tuple[str, str, bool]]) -> None:
+    for path, dataset, sum_frames in items:
+        try:
+            with _open_checked(path) as handle:
+                before = _fd_identity(path, handle)
+                ds = handle.get(dataset)
+                if before is None or not isinstance(ds, h5py.Dataset):
+                    continue
+                estimate = int(ds.size) * max(int(ds.dtype.itemsize), 8 if sum_frames else 0)
+                key = (before, dataset, sum_frames)
+                done: Future[np.ndarray | None] = Future()
+                with _ahead_lock:
+                    if key in _AHEAD or estimate > _AHEAD_MAX_BYTES:
+                        continue
+                    while _AHEAD and (
+                        len(_AHEAD) >= _AHEAD_MAX_ENTRIES
+                        or sum(v[2] for v in _AHEAD.values()) + estimate > _AHEAD_MAX_BYTES
+                    ):
+                        _AHEAD.popitem(last=False)
+                    _AHEAD[key] = (owner, done, estimate)
+                try:
+                    array: np.ndarray | None = _read_now(
+                        handle, ds, sum_frames=sum_frames, numeric=True
+                    )
+                    if _fd_identity(path, handle) != before:
+                        array = None  # rewritten while read: not the file the key names
+                except Exception:  # the run's own read reports the problem
+                    array = None
+                done.set_result(array)
+                if array is None:
+                    with _ahead_lock:
+                        _AHEAD.pop(key, None)
+        except SourceError:
+            continue
+
+
+def _take_ahead(handle: h5py.File, dataset: str, sum_frames: bool) -> np.ndarray | None:
+    identity = _OPENED_AS.get(handle.id.id)
+    if identity is None:
+        return None
+    with _ahead_lock:
+        entry = _AHEAD.pop((identity, dataset, sum_frames), None)
+    if entry is None:
+        return None
+    return entry[1].result()  # being read right now: waiting costs less than reading again
+
+
 # ----------------------------------------------------------------------------------- writing
+
+
+_STR_DTYPE = h5py.string_dtype()  # variable-length UTF-8, what h5py writes for a str
+
+
+def put_attr(obj: h5py.HLObject, name: str, value: str | np.generic) -> None:
+    """Set a scalar attribute (str as variable-length UTF-8, or a numpy scalar): what
+    `obj.attrs[name] = value` stores, through h5py's low-level calls (a third of the cost)."""
+    array = np.array(value, dtype=_STR_DTYPE if isinstance(value, str) else None)
+    attr = h5a.create(obj.id, name.encode(), h5t.py_create(array.dtype, logical=True),
+                      h5s.create(h5s.SCALAR))  # fmt: skip
+    attr.write(array)
+
+
+def put_dataset(group: h5py.Group, name: str, value: str | np.ndarray) -> h5py.Dataset:
+    """Create a contiguous dataset holding `value` (a str as a variable-length UTF-8 scalar):
+    what `group.create_dataset(name, data=value)` stores, through the low-level calls."""
+    array = np.array(value, dtype=_STR_DTYPE) if isinstance(value, str) else np.asarray(value)
+    space = h5s.create(h5s.SCALAR) if array.ndim == 0 else h5s.create_simple(array.shape)
+    dset = h5d.create(group.id, name.encode(), h5t.py_create(array.dtype, logical=True), space)
+    dset.write(h5s.ALL, h5s.ALL, np.ascontiguousarray(array))
+    return h5py.Dataset(dset)
 
 
 def write_nxcansas(
@@ -343,32 +556,32 @@ def write_nxcansas(
 
     Q is in 1/nm. `extra(file)` adds more to the file before it is closed (one open of the
     new file: creating it is the dearest part). The file is written in full before the caller
-    renames it into place.
+    renames it into place. Attributes and datasets go through `put_attr`/`put_dataset`.
     """
     with h5py.File(path, "w") as f:
-        f.attrs["default"] = "sasentry01"
-        f.attrs["creator"] = "runwire"
-        f.attrs["NX_class"] = "NXroot"
+        put_attr(f, "default", "sasentry01")
+        put_attr(f, "creator", "runwire")
+        put_attr(f, "NX_class", "NXroot")
         entry = f.create_group("sasentry01")
-        entry.attrs["NX_class"] = "NXentry"
-        entry.attrs["canSAS_class"] = "SASentry"
-        entry.attrs["version"] = "1.1"
-        entry.attrs["default"] = "sasdata01"
-        entry.create_dataset("definition", data="NXcanSAS")
-        entry.create_dataset("title", data=title)
-        entry.create_dataset("run", data=run)
+        put_attr(entry, "NX_class", "NXentry")
+        put_attr(entry, "canSAS_class", "SASentry")
+        put_attr(entry, "version", "1.1")
+        put_attr(entry, "default", "sasdata01")
+        put_dataset(entry, "definition", "NXcanSAS")
+        put_dataset(entry, "title", title)
+        put_dataset(entry, "run", run)
         data = entry.create_group("sasdata01")
-        data.attrs["NX_class"] = "NXdata"
-        data.attrs["canSAS_class"] = "SASdata"
-        data.attrs["signal"] = "I"
-        data.attrs["I_axes"] = "Q"
-        data.attrs["Q_indices"] = np.int32(0)
-        dq = data.create_dataset("Q", data=np.asarray(q, dtype=np.float64))
-        dq.attrs["units"] = "1/nm"
-        di = data.create_dataset("I", data=np.asarray(i, dtype=np.float64))
-        di.attrs["units"] = i_units
-        di.attrs["uncertainties"] = "Idev"
-        de = data.create_dataset("Idev", data=np.asarray(idev, dtype=np.float64))
-        de.attrs["units"] = i_units
+        put_attr(data, "NX_class", "NXdata")
+        put_attr(data, "canSAS_class", "SASdata")
+        put_attr(data, "signal", "I")
+        put_attr(data, "I_axes", "Q")
+        put_attr(data, "Q_indices", np.int32(0))
+        dq = put_dataset(data, "Q", np.asarray(q, dtype=np.float64))
+        put_attr(dq, "units", "1/nm")
+        di = put_dataset(data, "I", np.asarray(i, dtype=np.float64))
+        put_attr(di, "units", i_units)
+        put_attr(di, "uncertainties", "Idev")
+        de = put_dataset(data, "Idev", np.asarray(idev, dtype=np.float64))
+        put_attr(de, "units", i_units)
         if extra is not None:
             extra(f)

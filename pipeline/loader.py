@@ -74,9 +74,13 @@ def load_pipeline_text(text: str, *, filename: str = "<pipeline>") -> PipelineSp
     doc = _parse(text, filename)
     problems: list[Problem] = []
     if not isinstance(doc, dict):
-        raise PipelineFileError([Problem("", "a pipeline file must be a mapping with name and steps")])
+        raise PipelineFileError(
+            [Problem("", "a pipeline file must be a mapping with name and steps")]
+        )
     for key in sorted(set(doc) - _TOP_KEYS, key=str):
-        problems.append(Problem(str(key), f"unknown key (expected one of {', '.join(sorted(_TOP_KEYS))})"))
+        problems.append(
+            Problem(str(key), f"unknown key (expected one of {', '.join(sorted(_TOP_KEYS))})")
+        )
     name = doc.get("name")
     if not isinstance(name, str) or not name.strip():
         problems.append(Problem("name", "required: a non-empty string"))
@@ -119,7 +123,7 @@ def _version(value: Any, path: str, problems: list[Problem]) -> str | None:
         return value
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
-    problems.append(Problem(path, f"must be a string, got {value!r} (quote it: \"1.0\")"))
+    problems.append(Problem(path, f'must be a string, got {value!r} (quote it: "1.0")'))
     return None
 
 
@@ -151,7 +155,9 @@ def _sources(value: Any, problems: list[Problem]) -> dict[str, bool]:
     return out
 
 
-def _items(steps: list[Any], where: str, sources: dict[str, bool], problems: list[Problem]) -> list[_Item]:
+def _items(
+    steps: list[Any], where: str, sources: dict[str, bool], problems: list[Problem]
+) -> list[_Item]:
     items: list[_Item] = []
     seen: dict[str, str] = {}
     for index, raw in enumerate(steps):
@@ -161,20 +167,30 @@ def _items(steps: list[Any], where: str, sources: dict[str, bool], problems: lis
             continue
         step_id = raw.get("id")
         if not isinstance(step_id, str) or not _ID.match(step_id):
-            problems.append(Problem(f"{path}.id", f"required: letters, digits, '_' or '-' (got {step_id!r})"))
+            problems.append(
+                Problem(f"{path}.id", f"required: letters, digits, '_' or '-' (got {step_id!r})")
+            )
             step_id = f"#{index}"
         elif step_id in seen:
-            problems.append(Problem(f"{path}.id", f"duplicate step id {step_id!r} (also {seen[step_id]})"))
+            problems.append(
+                Problem(f"{path}.id", f"duplicate step id {step_id!r} (also {seen[step_id]})")
+            )
         else:
             seen[step_id] = path
         if "use" in raw and "steps" in raw:
-            problems.append(Problem(path, "a step has either use (a step) or steps (a nested pipeline), not both"))
+            problems.append(
+                Problem(
+                    path, "a step has either use (a step) or steps (a nested pipeline), not both"
+                )
+            )
         elif "use" in raw:
             items.append(_leaf(raw, path, step_id, sources, problems))
         elif "steps" in raw:
             items.append(_nested(raw, path, step_id, sources, problems))
         else:
-            problems.append(Problem(path, "a step needs use (a registered step) or steps (a nested pipeline)"))
+            problems.append(
+                Problem(path, "a step needs use (a registered step) or steps (a nested pipeline)")
+            )
     return items
 
 
@@ -197,7 +213,11 @@ def _leaf(
     raw: dict[str, Any], path: str, step_id: str, sources: dict[str, bool], problems: list[Problem]
 ) -> _Item:
     for key in sorted(set(raw) - _LEAF_KEYS, key=str):
-        problems.append(Problem(f"{path}.{key}", f"unknown key (expected one of {', '.join(sorted(_LEAF_KEYS))})"))
+        problems.append(
+            Problem(
+                f"{path}.{key}", f"unknown key (expected one of {', '.join(sorted(_LEAF_KEYS))})"
+            )
+        )
     options = _common(raw, path, problems)
     use = raw.get("use")
     cls = REGISTRY.get(use) if isinstance(use, str) else None
@@ -211,19 +231,27 @@ def _leaf(
         if raw.get("params") is not None and not isinstance(raw.get("params"), dict):
             problems.append(Problem(f"{path}.params", "must be a mapping of parameters"))
         inputs = _mapping(raw.get("inputs"), f"{path}.inputs", None, "input", str(use), problems)
-        outputs = _mapping(raw.get("outputs"), f"{path}.outputs", None, "output", str(use), problems)
+        outputs = _mapping(
+            raw.get("outputs"), f"{path}.outputs", None, "output", str(use), problems
+        )
         # Whether its inputs are optional is unknown: only misordering is reported for them.
         return _Item(path, step_id, "unknown", inputs=inputs, optional=frozenset(inputs),
                      outputs=outputs, options=options)  # fmt: skip
     known_inputs = (*cls.input_names, *cls.optional_inputs)
-    inputs = _mapping(raw.get("inputs"), f"{path}.inputs", known_inputs, "input", cls.name, problems)
+    inputs = _mapping(
+        raw.get("inputs"), f"{path}.inputs", known_inputs, "input", cls.name, problems
+    )
     raw_inputs = raw.get("inputs") or {}
     for name in cls.input_names:
         # An input mapped to a bad key was reported above; only a truly absent one is "missing".
         if isinstance(raw_inputs, dict) and name not in raw_inputs:
             # One problem per input, each at its own path: `steps[3].inputs.a`, `.inputs.b`.
-            problems.append(Problem(f"{path}.inputs.{name}", f"missing input {name!r} of step {cls.name!r}"))
-    outputs = _mapping(raw.get("outputs"), f"{path}.outputs", cls.output_names, "output", cls.name, problems)
+            problems.append(
+                Problem(f"{path}.inputs.{name}", f"missing input {name!r} of step {cls.name!r}")
+            )
+    outputs = _mapping(
+        raw.get("outputs"), f"{path}.outputs", cls.output_names, "output", cls.name, problems
+    )
     params = _params(cls, raw.get("params"), f"{path}.params", sources, problems)
     item = _Item(path, step_id, "leaf", inputs=inputs, optional=frozenset(cls.optional_inputs),
                  outputs=outputs, options=options)  # fmt: skip
@@ -236,7 +264,11 @@ def _leaf(
 
 
 def _mapping(
-    value: Any, path: str, known: tuple[str, ...] | None, what: str, step_name: str,
+    value: Any,
+    path: str,
+    known: tuple[str, ...] | None,
+    what: str,
+    step_name: str,
     problems: list[Problem],
 ) -> dict[str, str]:
     """`value` as name -> context key; `known` None accepts any name (an unknown step's)."""
@@ -249,7 +281,12 @@ def _mapping(
     for name, key in value.items():
         if known is not None and name not in known:
             listed = ", ".join(known) or "none"
-            problems.append(Problem(f"{path}.{name}", f"unknown {what} {name!r} of step {step_name!r} ({what}s: {listed})"))
+            problems.append(
+                Problem(
+                    f"{path}.{name}",
+                    f"unknown {what} {name!r} of step {step_name!r} ({what}s: {listed})",
+                )
+            )
         elif not isinstance(key, str) or not key:
             problems.append(Problem(f"{path}.{name}", "must be a context key (a non-empty string)"))
         else:
@@ -269,17 +306,32 @@ def _params(
     unknown = [k for k in value if k not in fields]
     for key in unknown:
         listed = ", ".join(sorted(fields)) or "none"
-        problems.append(Problem(f"{path}.{key}", f"unknown parameter of step {cls.name!r} (parameters: {listed})"))
-    if "source" in fields and isinstance(value.get("source"), str) and value["source"] not in sources:
+        problems.append(
+            Problem(
+                f"{path}.{key}", f"unknown parameter of step {cls.name!r} (parameters: {listed})"
+            )
+        )
+    if (
+        "source" in fields
+        and isinstance(value.get("source"), str)
+        and value["source"] not in sources
+    ):
         declared = ", ".join(sorted(sources)) or "none"
-        problems.append(Problem(f"{path}.source", f"source {value['source']!r} is not declared under sources: (declared: {declared})"))
+        problems.append(
+            Problem(
+                f"{path}.source",
+                f"source {value['source']!r} is not declared under sources: (declared: {declared})",
+            )
+        )
     # Each parameter is checked on its own first: converting the whole Struct stops at the
     # first bad field, and that would hide the others.
     bad = False
     for f in msgspec.structs.fields(cls.Params):
         if f.encode_name not in value:
             if f.required:
-                problems.append(Problem(f"{path}.{f.encode_name}", f"required parameter of step {cls.name!r}"))
+                problems.append(
+                    Problem(f"{path}.{f.encode_name}", f"required parameter of step {cls.name!r}")
+                )
                 bad = True
             continue
         try:
@@ -296,9 +348,7 @@ def _params(
         return None
 
 
-def _validation_problem(
-    exc: msgspec.ValidationError, path: str, problems: list[Problem]
-) -> None:
+def _validation_problem(exc: msgspec.ValidationError, path: str, problems: list[Problem]) -> None:
     """A msgspec error as a Problem; its `$...` location is appended to `path`."""
     match = _MSGSPEC_PATH.match(str(exc))
     if match:
@@ -311,7 +361,12 @@ def _nested(
     raw: dict[str, Any], path: str, step_id: str, sources: dict[str, bool], problems: list[Problem]
 ) -> _Item:
     for key in sorted(set(raw) - _NESTED_KEYS, key=str):
-        problems.append(Problem(f"{path}.{key}", f"unknown key for a nested pipeline (expected one of {', '.join(sorted(_NESTED_KEYS))})"))
+        problems.append(
+            Problem(
+                f"{path}.{key}",
+                f"unknown key for a nested pipeline (expected one of {', '.join(sorted(_NESTED_KEYS))})",
+            )
+        )
     options = _common(raw, path, problems)
     parallel = raw.get("parallel", False)
     if not isinstance(parallel, bool):
@@ -364,16 +419,31 @@ def _flow(
                     continue
                 where = f"{item.path}.inputs.{name}"
                 if key in group_siblings:
-                    problems.append(Problem(where, f"key {key!r} is provided by {group_siblings[key]}, which runs concurrently in the same parallel group"))
+                    problems.append(
+                        Problem(
+                            where,
+                            f"key {key!r} is provided by {group_siblings[key]}, which runs concurrently in the same parallel group",
+                        )
+                    )
                 elif key in everywhere:
-                    problems.append(Problem(where, f"key {key!r} is used before it is provided (by {everywhere[key]}): a cycle or a misordering"))
+                    problems.append(
+                        Problem(
+                            where,
+                            f"key {key!r} is used before it is provided (by {everywhere[key]}): a cycle or a misordering",
+                        )
+                    )
                 elif name in item.optional or key.split(".", 1)[0] in optional_refs:
                     continue
                 else:
                     problems.append(Problem(where, f"key {key!r} is required but never provided"))
             for name, key in item.outputs.items():
                 if key in available:
-                    problems.append(Problem(f"{item.path}.outputs.{name}", f"key {key!r} is already provided by {available[key]}"))
+                    problems.append(
+                        Problem(
+                            f"{item.path}.outputs.{name}",
+                            f"key {key!r} is already provided by {available[key]}",
+                        )
+                    )
                 else:
                     available[key] = f"{item.path}.outputs.{name}"
         elif item.kind == "group" and item.options.get("parallel"):
@@ -386,12 +456,24 @@ def _flow(
                 _all_provides([child], own)
                 others = {k: v for k, v in sibling_keys.items() if k not in own}
                 scope = dict(before)
-                _flow([child], scope, everywhere, optional_refs, problems, {**group_siblings, **others})
+                _flow(
+                    [child],
+                    scope,
+                    everywhere,
+                    optional_refs,
+                    problems,
+                    {**group_siblings, **others},
+                )
                 for key, where in scope.items():
                     if key in before:
                         continue
                     if key in merged:
-                        problems.append(Problem(child.path, f"key {key!r} is also provided by {merged[key]} in the same parallel group (overlapping provides)"))
+                        problems.append(
+                            Problem(
+                                child.path,
+                                f"key {key!r} is also provided by {merged[key]} in the same parallel group (overlapping provides)",
+                            )
+                        )
                     else:
                         merged[key] = where
             available.update(merged)

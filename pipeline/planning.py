@@ -89,7 +89,9 @@ def compile_leaves(root: PipelineStep, root_version: str = "0.0.0") -> list[Leaf
     return out
 
 
-def _compile(node: PipelineStep, prefix: str, versions: tuple[str, ...], out: list[LeafPlan]) -> None:
+def _compile(
+    node: PipelineStep, prefix: str, versions: tuple[str, ...], out: list[LeafPlan]
+) -> None:
     for child in children(node):
         full_id = prefix + child.id
         if children(child):
@@ -166,13 +168,17 @@ def plan_run(
     if leaves is None:
         leaves = compile_leaves(spec.pipeline, spec.version)
     warnings: list[str] = []
-    missing = sorted(ref for ref, required in spec.sources.items() if required and ref not in sources)
+    missing = sorted(
+        ref for ref, required in spec.sources.items() if required and ref not in sources
+    )
     unknown = sorted(ref for ref in sources if ref not in spec.sources)
     if unknown:
         warnings.append(f"sources not declared by the pipeline are ignored: {', '.join(unknown)}")
     unknown_changed = sorted(set(changed_sources) - set(spec.sources))
     if unknown_changed:
-        warnings.append(f"changed_sources not declared by the pipeline: {', '.join(unknown_changed)}")
+        warnings.append(
+            f"changed_sources not declared by the pipeline: {', '.join(unknown_changed)}"
+        )
     source_sigs = current_source_signatures(leaves, sources)
 
     cached = cache is not None and cache.usable_for(pipeline_key(spec))
@@ -195,7 +201,9 @@ def plan_run(
         assert cache is not None
         producer: dict[str, str] = {}
         for leaf in leaves:
-            why = _reasons(leaf, cache.get(leaf.full_id), source_sigs, changed_sources, producer, reasons)
+            why = _reasons(
+                leaf, cache.get(leaf.full_id), source_sigs, changed_sources, producer, reasons
+            )
             if why:
                 reasons[leaf.full_id] = why
             for _, key in leaf.outputs:

@@ -65,9 +65,15 @@ def _step_classes(obj: Any, entry: str) -> list[type[Step]]:
         ]  # fmt: skip
     if inspect.isclass(obj) and issubclass(obj, Step):
         return [obj]
-    if isinstance(obj, list | tuple) and obj and all(inspect.isclass(o) and issubclass(o, Step) for o in obj):
+    if (
+        isinstance(obj, list | tuple)
+        and obj
+        and all(inspect.isclass(o) and issubclass(o, Step) for o in obj)
+    ):
         return list(obj)
-    raise TypeError(f"entry point {entry!r} names {obj!r}, not a step class, a list of them or a module")
+    raise TypeError(
+        f"entry point {entry!r} names {obj!r}, not a step class, a list of them or a module"
+    )
 
 
 def _load_one(ep: EntryPoint) -> PluginInfo:
@@ -82,7 +88,9 @@ def _load_one(ep: EntryPoint) -> PluginInfo:
         unregister([n for n in REGISTRY if n not in before])
         for cls in classes:
             if cls.name in before and before[cls.name] is not cls:
-                raise ValueError(f"step name {cls.name!r} is already registered by {before[cls.name].__module__}")
+                raise ValueError(
+                    f"step name {cls.name!r} is already registered by {before[cls.name].__module__}"
+                )
         register_all(classes)
     except Exception:
         unregister([n for n in REGISTRY if n not in before])
@@ -107,7 +115,9 @@ def load_plugins(*, reload: bool = False) -> list[PluginInfo]:
         for ep in sorted(entry_points(group=GROUP), key=lambda e: e.name):
             if ep.name in loaded:  # two distributions with one entry-point name
                 dist = ep.dist.metadata["Name"] if ep.dist is not None else "?"
-                _errors.append(PluginError(ep.name, dist, f"entry point name {ep.name!r} is used twice"))
+                _errors.append(
+                    PluginError(ep.name, dist, f"entry point name {ep.name!r} is used twice")
+                )
                 continue
             try:
                 loaded[ep.name] = _load_one(ep)

@@ -16,8 +16,13 @@ file's digest. What is recorded is the sha256 of the file as it is when the curv
 (the same as before this module existed); a source rewritten in place between the reading step
 and the writer is the user's race, and its new digest at least says that the file changed.
 
+`prefetch` itself only queues a job: the `stat` of each source (the identity) happens in a
+hashing thread too, so that a run's first step never waits on the file system (or on the GIL
+a `stat` gives up) for provenance.
+
 Bounded: at most `_WORKERS` hashing threads (created on first use, idle otherwise), at most
-`_MAX_PENDING` files queued (beyond that `prefetch` leaves the work to the writer), and at most
+`_MAX_PENDING` files queued and as many prefetch jobs (beyond that `prefetch` leaves the work to
+the writer), and at most
 `_CACHE_SIZE` digests kept (least recently used goes). A cancelled run leaves at most its own
 files' hashing to finish; nobody waits for it. Pure standard library; usable from any thread.
 """
@@ -48,6 +53,7 @@ _lock = threading.Lock()
 _digests: OrderedDict[Identity, str] = OrderedDict()
 _pending: dict[Identity, Future[str]] = {}
 _executor: ThreadPoolExecutor | None = None
+_queued = 0  # prefetch jobs submitted and not finished
 
 
 def _identity(path: str, st: os.stat_result) -> Identity:
@@ -116,15 +122,32 @@ def _job(identity: Identity) -> str:
 
 
 def prefetch(locations: Iterable[str]) -> None:
-    """Start hashing the files at `locations` that have no digest yet (returns at once)."""
-    for location in locations:
-        identity = _current_identity(location)
-        if isinstance(identity, str):
-            continue  # nothing to hash: the writer records why
+    """Start hashing the files at `locations` that have no digest yet (returns at once: even
+    the `stat` of each file happens in a hashing thread, off the caller's critical path)."""
+    paths = list(locations)
+    with _lock:
+        global _queued
+        if not paths or _queued >= _MAX_PENDING:
+            return  # beyond the bound the writer hashes what it needs itself
+        _queued += 1
+    _pool().submit(_prefetch_job, paths)
+
+
+def _prefetch_job(locations: list[str]) -> None:
+    """Queue the hashing of each file that has no digest and is not being hashed."""
+    global _queued
+    try:
+        for location in locations:
+            identity = _current_identity(location)
+            if isinstance(identity, str):
+                continue  # nothing to hash: the writer records why
+            with _lock:
+                if identity in _digests or identity in _pending or len(_pending) >= _MAX_PENDING:
+                    continue
+                _pending[identity] = _pool().submit(_job, identity)
+    finally:
         with _lock:
-            if identity in _digests or identity in _pending or len(_pending) >= _MAX_PENDING:
-                continue
-            _pending[identity] = _pool().submit(_job, identity)
+            _queued -= 1
 
 
 def source_sha256(location: str, raise_if_cancelled: Callable[[], None] | None = None) -> str:

@@ -44,6 +44,7 @@ from .rundir import ARTIFACTS, artifact_paths
 from .runstate import RunContext, RunErrorInfo, RunResult
 from .signatures import ABSENT
 from .step import CompletedState, PipelineStep, RunLabel, SourceSpec, StepContext, StepResult
+from .steps.sources import HDF5_TYPES
 
 log = logging.getLogger("pipeline")
 
@@ -107,7 +108,11 @@ class ProcessingRunner:
         self.cache = cache
         self.artifacts_dir = Path(artifacts_dir) if artifacts_dir is not None else None
         self._artifacts_key = str(self.artifacts_dir) if self.artifacts_dir is not None else None
-        if run_id is None and self.artifacts_dir is not None and self.artifacts_dir.name == ARTIFACTS:
+        if (
+            run_id is None
+            and self.artifacts_dir is not None
+            and self.artifacts_dir.name == ARTIFACTS
+        ):
             run_id = self.artifacts_dir.parent.name  # a run directory is named by its run id
         self.label = RunLabel(run_id, spec.name, spec.version)
         self.leaves = compile_leaves(spec.pipeline, spec.version)
@@ -122,11 +127,50 @@ class ProcessingRunner:
         for child in children(node):
             full_id = prefix + child.id
             if children(child):
-                out.append(_Composite(full_id, child, self._build(child, full_id + ".", by_id, optional)))
+                out.append(
+                    _Composite(full_id, child, self._build(child, full_id + ".", by_id, optional))
+                )
             else:
                 plan = by_id[full_id]
                 out.append(_Leaf(plan, tuple(r for r in plan.source_refs if r in optional)))
         return out
+
+    def read_ahead(
+        self,
+        sources: Mapping[str, Any],
+        *,
+        owner: str,
+        refs: Collection[str] | None = None,
+        keep: Collection[str] = (),
+    ) -> bool:
+        """Start reading, in the background, the HDF5 datasets a later run on `sources` reads
+        whole (`Step.read_ahead_items`: frames, masks), for the sources named in `refs` (default:
+        all). That run's reads then take the arrays already read, when they come from the very
+        same files (`pipeline.hdf5io.read_ahead`); results are the same either way. The sha256
+        of those files for the NXcanSAS provenance is started too (`pipeline.provenance`). Returns
+        whether a read-ahead was started (at most one runs per `owner`). `keep`: the files of the
+        run computing now, whose arrays read ahead earlier it still needs."""
+        if not hdf5io.read_ahead_enabled():
+            return False
+        items: list[tuple[str, str, bool]] = []
+        if any(getattr(type(leaf.step), "prefetch_source_hashes", False) for leaf in self.leaves):
+            # The provenance's sha256 of the new files too (bounded queue, cached by identity).
+            provenance.prefetch(
+                _to_source_spec(spec).location
+                for ref, spec in sources.items()
+                if refs is None or ref in refs
+            )
+        for leaf in self.leaves:
+            for ref, dataset, sum_frames in leaf.step.read_ahead_items():
+                spec = sources.get(ref)
+                if spec is None or (refs is not None and ref not in refs):
+                    continue
+                spec = _to_source_spec(spec)
+                if spec.type in HDF5_TYPES:
+                    item = (spec.location, dataset, sum_frames)
+                    if item not in items:
+                        items.append(item)
+        return hdf5io.read_ahead(owner, items, keep=keep)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -360,7 +404,9 @@ class ProcessingRunner:
                 stop.set()
             return result
 
-        with ThreadPoolExecutor(node.max_workers, thread_name_prefix=f"group-{node.full_id}") as pool:
+        with ThreadPoolExecutor(
+            node.max_workers, thread_name_prefix=f"group-{node.full_id}"
+        ) as pool:
             try:
                 results = list(pool.map(one, node.nodes))
             except KeyboardInterrupt:
@@ -389,7 +435,9 @@ class ProcessingRunner:
         values = run.values
         cache = self.cache
         # A reader of an optional source that was not given: skipped, outputs None.
-        if node.optional_source_refs and any(r not in run.sources for r in node.optional_source_refs):
+        if node.optional_source_refs and any(
+            r not in run.sources for r in node.optional_source_refs
+        ):
             produced = {key: None for _, key in leaf.outputs}
             values.update(produced)
             run.signatures.update(dict.fromkeys(produced, ABSENT))
@@ -399,7 +447,12 @@ class ProcessingRunner:
             inputs = {name: values[key] for name, key in leaf.inputs}
         except KeyError as exc:
             return self._fail(
-                node, run, t0, "MISSING_REQUIREMENT", f"required key {exc.args[0]!r} has no value", None
+                node,
+                run,
+                t0,
+                "MISSING_REQUIREMENT",
+                f"required key {exc.args[0]!r} has no value",
+                None,
             )
         if node.has_optional:
             for name, key in leaf.optional:
@@ -453,11 +506,15 @@ class ProcessingRunner:
             return self._fail(node, run, t0, "STEP_EXCEPTION", str(exc), type(exc).__name__)
         except Exception as exc:
             log.error("step %s raised", step_id, exc_info=exc)
-            return self._fail(node, run, t0, "STEP_EXCEPTION", f"{type(exc).__name__}: {exc}", type(exc).__name__)
+            return self._fail(
+                node, run, t0, "STEP_EXCEPTION", f"{type(exc).__name__}: {exc}", type(exc).__name__
+            )
         if type(out) is not dict:  # the common case (a plain dict) skips the checks below
             if isinstance(out, StepResult):
                 if not out.success:
-                    return self._fail(node, run, t0, "STEP_FAILED", out.message or "step reported failure", None)
+                    return self._fail(
+                        node, run, t0, "STEP_FAILED", out.message or "step reported failure", None
+                    )
                 out = out.outputs
             if not isinstance(out, Mapping):
                 return self._fail(
@@ -467,11 +524,15 @@ class ProcessingRunner:
         try:
             produced = {key: out[name] for name, key in leaf.outputs}
         except KeyError as exc:
-            return self._fail(node, run, t0, "INVALID_RETURN", f"did not return output {exc.args[0]!r}", None)
+            return self._fail(
+                node, run, t0, "INVALID_RETURN", f"did not return output {exc.args[0]!r}", None
+            )
         if len(out) > len(produced):
             extra = sorted(str(n) for n in out if n not in node.output_names)
             if extra:
-                return self._fail(node, run, t0, "INVALID_RETURN", f"returned undeclared outputs {extra}", None)
+                return self._fail(
+                    node, run, t0, "INVALID_RETURN", f"returned undeclared outputs {extra}", None
+                )
         values.update(produced)
         if signature is not None:
             assert cache is not None and run.plan is not None

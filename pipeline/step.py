@@ -270,6 +270,11 @@ class Step(PipelineStep):
         ref = getattr(self.params, "source", None)
         return (ref,) if isinstance(ref, str) else ()
 
+    def read_ahead_items(self) -> tuple[tuple[str, str, bool], ...]:
+        """HDF5 datasets this step reads whole, as `(source ref, dataset, sum_frames)`: what
+        `ProcessingRunner.read_ahead` may read for a queued run before it starts."""
+        return ()
+
     def compute(self, inputs: dict[str, Any], ctx: StepContext) -> Mapping[str, Any] | StepResult:
         """Return outputs by output name (or a `StepResult`). Must not mutate `inputs` values."""
         raise NotImplementedError
@@ -297,7 +302,9 @@ def register_all(classes: list[type[Step]]) -> None:
     for cls in classes:
         other = seen.get(cls.name) or REGISTRY.get(cls.name)
         if other is not None and other is not cls:
-            raise ValueError(f"step name {cls.name!r} registered twice ({_where(other)} and {_where(cls)})")
+            raise ValueError(
+                f"step name {cls.name!r} registered twice ({_where(other)} and {_where(cls)})"
+            )
         seen[cls.name] = cls
     REGISTRY.update(seen)
 
@@ -357,14 +364,18 @@ def step(
                 )
         missing = [i for i in (*inputs, *optional_inputs) if i not in input_params]
         if missing:
-            raise TypeError(f"step {name!r}: {fn.__qualname__} has no parameter for input(s) {missing}")
+            raise TypeError(
+                f"step {name!r}: {fn.__qualname__} has no parameter for input(s) {missing}"
+            )
         params_cls = msgspec.defstruct(
             f"{fn.__name__}_Params", fields, forbid_unknown_fields=True, kw_only=True,
             module=fn.__module__,
         )  # fmt: skip
         output_tuple = tuple(outputs)
 
-        def compute(self: Step, values: dict[str, Any], ctx: StepContext) -> Mapping[str, Any] | StepResult:
+        def compute(
+            self: Step, values: dict[str, Any], ctx: StepContext
+        ) -> Mapping[str, Any] | StepResult:
             kwargs = {k: values.get(k) for k in input_params}
             kwargs.update(msgspec.structs.asdict(self.params))
             if wants_ctx:

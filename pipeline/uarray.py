@@ -20,8 +20,8 @@ result keeps a `LinearForm`, ``value = (Σ c_i · v_i) / d`` with ``variance = (
 d²``, whose terms point at the arrays they were built from (the raw counts, the dark frame...).
 `value` and `variance` are computed on first use (and kept); `pipeline.steps.integrate` never
 needs them: it sums each term into the q bins directly, reusing the sums of terms it has seen
-before (the dark frame's, in every partial run). A frame thus costs one read and two weighted
-`np.bincount`s, instead of a fresh pair of arrays per normalisation step. Results are computed
+before (the dark frame's, in every partial run). A frame thus costs one read and one pass over
+its pixels, instead of a fresh pair of arrays per normalisation step. Results are computed
 in float64 and stored as float32 when every operand is float32 (or counts below 2**24), as the
 eager arithmetic did.
 """

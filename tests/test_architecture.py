@@ -216,7 +216,9 @@ def wing_of(module: str) -> str | None:
 
 
 def test_every_service_module_lives_in_a_wing() -> None:
-    strays = sorted(name for name in service_modules() if name != "service" and wing_of(name) is None)
+    strays = sorted(
+        name for name in service_modules() if name != "service" and wing_of(name) is None
+    )
     assert strays == []
 
 
@@ -226,7 +228,8 @@ def test_service_wings_import_one_way(wing: str) -> None:
     known = set(modules)
     offenders = {
         name: sorted(
-            target for target in service_imported_modules(path, known)
+            target
+            for target in service_imported_modules(path, known)
             if wing_of(target) in WING_FORBIDDEN[wing]
         )
         for name, path in modules.items()
@@ -246,7 +249,8 @@ def test_contract_imports_only_stdlib_and_msgspec() -> None:
         if wing_of(name) != "contract":
             continue
         bad = sorted(
-            target for target in service_imported_modules(path, known)
+            target
+            for target in service_imported_modules(path, known)
             if target.split(".")[0] not in allowed and wing_of(target) != "contract"
         )
         if bad:
@@ -298,7 +302,8 @@ def test_service_has_no_import_cycles() -> None:
     known = set(modules)
     graph = {
         name: {
-            target for target in service_imported_modules(path, known)
+            target
+            for target in service_imported_modules(path, known)
             # a package's __init__ re-exporting its own modules is not a cycle of the design
             if target in known and target != name and not name.startswith(target + ".")
         }

@@ -48,7 +48,10 @@ def test_examples_list_and_show(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_demo_data_writes_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo-data", str(tmp_path / "d"), "--count", "2", "--shape", "32x48", "--seed", "3"]) == 0
+    assert (
+        main(["demo-data", str(tmp_path / "d"), "--count", "2", "--shape", "32x48", "--seed", "3"])
+        == 0
+    )
     names = sorted(p.name for p in (tmp_path / "d").iterdir())
     assert names == ["background.h5", "dark.h5", "sample_0001.h5", "sample_0002.h5"]
     assert len(capsys.readouterr().out.splitlines()) == 4
@@ -56,8 +59,12 @@ def test_demo_data_writes_files(tmp_path: Path, capsys: pytest.CaptureFixture[st
         assert f["/entry/data/data"].shape[-2:] == (32, 48)
 
 
-@pytest.mark.parametrize(("args", "fragment"), [(["--shape", "big"], "HxW"), (["--count", "0"], "--count")])
-def test_demo_data_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], fragment: str) -> None:
+@pytest.mark.parametrize(
+    ("args", "fragment"), [(["--shape", "big"], "HxW"), (["--count", "0"], "--count")]
+)
+def test_demo_data_usage_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], fragment: str
+) -> None:
     assert main(["demo-data", str(tmp_path), *args]) == 64
     assert fragment in capsys.readouterr().err
 
@@ -70,5 +77,7 @@ def test_cli_modules_import_only_the_standard_library() -> None:
         "import sys, service.cli.run, service.cli.local; "
         "print(sorted(m for m in ('numpy', 'h5py', 'msgspec', 'yaml', 'pipeline') if m in sys.modules))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     assert out.strip() == "[]"

@@ -45,7 +45,9 @@ def write_pipeline(tmp_path: Path, steps: str, sources: str = "") -> Path:
     return path
 
 
-def test_saxs_example_writes_the_run_directory(demo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_saxs_example_writes_the_run_directory(
+    demo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     events_file = tmp_path / "events.ndjson"
     assert main(saxs_args(demo, tmp_path / "runs", "--events", str(events_file))) == 0
     err = capsys.readouterr().err
@@ -75,12 +77,17 @@ def test_saxs_example_writes_the_run_directory(demo: Path, tmp_path: Path, capsy
     assert {e.type for e in events} <= set(EVENT_TYPES)
     assert events[0].type == "run.started" and events[-1].type == "run.finished"
     assert events[-1].data["status"] == "succeeded"
-    assert all(e.sessionid == "local" and e.runid == run_dir.name and e.id == f"local-{e.seq}" for e in events)
+    assert all(
+        e.sessionid == "local" and e.runid == run_dir.name and e.id == f"local-{e.seq}"
+        for e in events
+    )
     finished = [e.data for e in events if e.type == "step.finished"]
     assert {"step": "geometry", "status": "succeeded"}.items() <= finished[1].items()
 
 
-def test_param_override_and_dry_run(demo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_param_override_and_dry_run(
+    demo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(saxs_args(demo, tmp_path / "runs", "--param", "bins.n_bins=50")) == 0
     with h5py.File(only_run_dir(tmp_path / "runs") / "artifacts" / "reduced.h5") as f:
         assert 0 < f["/sasentry01/sasdata01/Q"].shape[0] <= 50
@@ -101,13 +108,17 @@ def test_param_override_and_dry_run(demo: Path, tmp_path: Path, capsys: pytest.C
         (["--source", "flux=x.h5"], "declares no source 'flux'"),
     ],
 )
-def test_usage_errors(demo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], fragment: str) -> None:
+def test_usage_errors(
+    demo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], fragment: str
+) -> None:
     assert main(saxs_args(demo, tmp_path / "runs", *args)) == 64
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and fragment in err
 
 
-def test_missing_source_file_and_unknown_pipeline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_source_file_and_unknown_pipeline(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["run", "saxs", "--source", f"sample={tmp_path / 'nope.h5'}"]) == 64
     assert "no such file" in capsys.readouterr().err
     assert main(["run", "no-such-pipeline"]) == 64
@@ -116,7 +127,9 @@ def test_missing_source_file_and_unknown_pipeline(tmp_path: Path, capsys: pytest
     assert "missing required source(s): sample" in capsys.readouterr().err
 
 
-def test_invalid_pipeline_file_is_one_line_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_invalid_pipeline_file_is_one_line_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = write_pipeline(tmp_path, "  - {id: a, use: diag.nope}\n  - {id: a, use: diag.noop}\n")
     assert main(["run", str(path)]) == 64
     err = capsys.readouterr().err.strip()
@@ -125,8 +138,12 @@ def test_invalid_pipeline_file_is_one_line_usage_error(tmp_path: Path, capsys: p
 
 
 @pytest.mark.parametrize(("mode", "status"), [("raise", 2), ("return", 4)])
-def test_failing_step_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str], mode: str, status: int) -> None:
-    path = write_pipeline(tmp_path, f"  - {{id: boom, use: diag.fail, params: {{message: kaput, mode: {mode}}}}}\n")
+def test_failing_step_exit_codes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], mode: str, status: int
+) -> None:
+    path = write_pipeline(
+        tmp_path, f"  - {{id: boom, use: diag.fail, params: {{message: kaput, mode: {mode}}}}}\n"
+    )
     assert main(["run", str(path), "--out", str(tmp_path / "runs")]) == status
     err = capsys.readouterr().err
     assert "error: step boom: kaput" in err and "Traceback" not in err
@@ -142,21 +159,43 @@ def h5_pipeline(tmp_path: Path, dataset: str) -> Path:
     )
 
 
-def test_wrong_dataset_path_and_non_numeric_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_wrong_dataset_path_and_non_numeric_dataset(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     data = tmp_path / "s.h5"
     with h5py.File(data, "w") as f:
         f["/entry/data/data"] = np.ones((4, 4))
         f["/entry/data/text"] = np.array([b"a", b"b"])
-    status = main(["run", str(h5_pipeline(tmp_path, "/entry/data/missing")), "--source", f"sample={data}", "--out", str(tmp_path / "r1")])
+    status = main(
+        [
+            "run",
+            str(h5_pipeline(tmp_path, "/entry/data/missing")),
+            "--source",
+            f"sample={data}",
+            "--out",
+            str(tmp_path / "r1"),
+        ]
+    )
     err = capsys.readouterr().err
     assert status == 2 and "/entry/data/missing" in err and "Traceback" not in err
-    status = main(["run", str(h5_pipeline(tmp_path, "/entry/data/text")), "--source", f"sample={data}", "--out", str(tmp_path / "r2")])
+    status = main(
+        [
+            "run",
+            str(h5_pipeline(tmp_path, "/entry/data/text")),
+            "--source",
+            f"sample={data}",
+            "--out",
+            str(tmp_path / "r2"),
+        ]
+    )
     err = capsys.readouterr().err
     assert status != 0 and "/entry/data/text" in err and "Traceback" not in err
 
 
 def test_ctrl_c_cancels_with_exit_5_and_summary_says_so(tmp_path: Path) -> None:
-    path = write_pipeline(tmp_path, "  - {id: nap, use: diag.sleep, params: {seconds: 60, ticks: 600}}\n")
+    path = write_pipeline(
+        tmp_path, "  - {id: nap, use: diag.sleep, params: {seconds: 60, ticks: 600}}\n"
+    )
     proc = subprocess.Popen(
         [sys.executable, "-c", "import sys; from service.cli import main; sys.exit(main())",
          "run", str(path), "--out", str(tmp_path / "runs"), "--events", "-"],
@@ -197,9 +236,15 @@ def test_progress_bar_on_a_terminal() -> None:
     assert "b: failed: kaput" in text and text.endswith("\n")
 
 
-def test_events_to_stdout_and_progress_events(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    path = write_pipeline(tmp_path, "  - {id: tick, use: diag.sleep, params: {seconds: 0, ticks: 2}}\n")
-    assert main(["run", str(path), "--out", str(tmp_path / "runs"), "--events", "-", "--verbose"]) == 0
+def test_events_to_stdout_and_progress_events(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_pipeline(
+        tmp_path, "  - {id: tick, use: diag.sleep, params: {seconds: 0, ticks: 2}}\n"
+    )
+    assert (
+        main(["run", str(path), "--out", str(tmp_path / "runs"), "--events", "-", "--verbose"]) == 0
+    )
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [e["type"] for e in events] == [
         "run.started", "step.started", "step.progress", "step.progress", "step.finished", "run.finished",
@@ -208,20 +253,32 @@ def test_events_to_stdout_and_progress_events(tmp_path: Path, capsys: pytest.Cap
     assert events[-1]["data"]["dirty_steps"] == ["tick"]
 
 
-def test_unwritable_events_file_and_out_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_unwritable_events_file_and_out_dir(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = write_pipeline(tmp_path, "  - {id: a, use: diag.noop}\n")
-    assert main(["run", str(path), "--out", str(tmp_path / "r"), "--events", str(tmp_path / "no" / "e")]) == 64
+    assert (
+        main(
+            ["run", str(path), "--out", str(tmp_path / "r"), "--events", str(tmp_path / "no" / "e")]
+        )
+        == 64
+    )
     assert "--events" in capsys.readouterr().err
     (tmp_path / "file").write_text("")
     assert main(["run", str(path), "--out", str(tmp_path / "file")]) == 64
     assert "cannot create the run directory" in capsys.readouterr().err
 
 
-def test_json_pipeline_file_and_nested_param(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_json_pipeline_file_and_nested_param(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = tmp_path / "p.json"
     path.write_text(json.dumps({"name": "j", "steps": [{"id": "outer", "steps": [
         {"id": "nap", "use": "diag.sleep", "params": {"seconds": 5}}]}]}))  # fmt: skip
-    assert main(["run", str(path), "--out", str(tmp_path / "runs"), "--param", "outer.nap.seconds=0"]) == 0
+    assert (
+        main(["run", str(path), "--out", str(tmp_path / "runs"), "--param", "outer.nap.seconds=0"])
+        == 0
+    )
     summary = json.loads((only_run_dir(tmp_path / "runs") / "summary.json").read_text())
     assert summary["status"] == "succeeded" and "outer.nap" in summary["step_states"]
     assert main(["run", str(path), "--param", "outer.seconds=0"]) == 64  # `outer` is not a step

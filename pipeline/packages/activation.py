@@ -31,7 +31,14 @@ from ..step import REGISTRY
 from .errors import ActivationError
 from .install import read_install_record
 
-__all__ = ["ActivePackage", "PackageContext", "activate", "active_packages", "after_run", "deactivate"]
+__all__ = [
+    "ActivePackage",
+    "PackageContext",
+    "activate",
+    "active_packages",
+    "after_run",
+    "deactivate",
+]
 
 log = logging.getLogger("pipeline.packages")
 
@@ -59,7 +66,9 @@ class ActivePackage:
 
     @property
     def context(self) -> PackageContext:
-        return PackageContext(self.name, self.version, self.path, logging.getLogger(f"package.{self.name}"))
+        return PackageContext(
+            self.name, self.version, self.path, logging.getLogger(f"package.{self.name}")
+        )
 
     def describe(self) -> dict[str, Any]:
         """`{name, version, vendored: {dist: version}}` for a run's manifest."""
@@ -99,12 +108,17 @@ def _check_conflicts(path: Path, record: dict[str, Any]) -> None:
     name, version = str(record["name"]), str(record["version"])
     same = _active.get(name)
     if same is not None and same.version != version:
-        raise ActivationError(f"package {name} {same.version} is active; {version} cannot be active at the same time")
+        raise ActivationError(
+            f"package {name} {same.version} is active; {version} cannot be active at the same time"
+        )
     inside = (path.resolve(),)
     for dist in record.get("vendored", []):
         for other in _active.values():
             for theirs in other.record.get("vendored", []):
-                if _norm(theirs["name"]) == _norm(dist["name"]) and theirs["version"] != dist["version"]:
+                if (
+                    _norm(theirs["name"]) == _norm(dist["name"])
+                    and theirs["version"] != dist["version"]
+                ):
                     raise ActivationError(
                         f"version conflict: package {name} needs {dist['name']} {dist['version']} but "
                         f"active package {other.name} uses {dist['name']} {theirs['version']}"
@@ -121,7 +135,9 @@ def _check_conflicts(path: Path, record: dict[str, Any]) -> None:
     for module in record.get("modules", []):
         where = _loaded_from_elsewhere(module.split(".", 1)[0], inside)
         if where is not None:
-            raise ActivationError(f"package {name}: module {module!r} is already loaded from {where}")
+            raise ActivationError(
+                f"package {name}: module {module!r} is already loaded from {where}"
+            )
 
 
 def _own_modules(names: set[str], path: Path) -> tuple[str, ...]:
@@ -162,7 +178,9 @@ def activate(path: Path, user: str | None = None) -> ActivePackage:
                 try:
                     importlib.import_module(module)
                 except Exception as exc:
-                    raise ActivationError(f"package {name}: importing {module!r} failed: {type(exc).__name__}: {exc}") from exc
+                    raise ActivationError(
+                        f"package {name}: importing {module!r} failed: {type(exc).__name__}: {exc}"
+                    ) from exc
             hooks = record.get("hooks") or {}
             after = _resolve(hooks["on_after_run"]) if hooks.get("on_after_run") else None
             active = ActivePackage(
@@ -176,7 +194,9 @@ def activate(path: Path, user: str | None = None) -> ActivePackage:
                 try:
                     hook(active.context)
                 except Exception as exc:
-                    raise ActivationError(f"package {name}: on_activate raised {type(exc).__name__}: {exc}") from exc
+                    raise ActivationError(
+                        f"package {name}: on_activate raised {type(exc).__name__}: {exc}"
+                    ) from exc
         except BaseException as exc:
             sys.path[:] = saved_path
             for module in _own_modules(set(sys.modules) - saved_modules, path):
@@ -190,7 +210,12 @@ def activate(path: Path, user: str | None = None) -> ActivePackage:
         if user is not None:
             active.users.add(user)
         _active[name] = active
-        log.info("package %s %s active (steps: %s)", name, active.version, ", ".join(active.steps) or "none")
+        log.info(
+            "package %s %s active (steps: %s)",
+            name,
+            active.version,
+            ", ".join(active.steps) or "none",
+        )
         return active
 
 

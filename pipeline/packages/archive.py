@@ -26,7 +26,9 @@ _CHUNK = 1 << 16
 
 def _member_path(name: str) -> PurePosixPath:
     if "\\" in name or "\x00" in name:
-        raise UnsafeArchiveError(f"zip member {name!r}: backslashes and NUL are not allowed in names")
+        raise UnsafeArchiveError(
+            f"zip member {name!r}: backslashes and NUL are not allowed in names"
+        )
     p = PurePosixPath(name)
     if p.is_absolute() or name.startswith("/") or (p.parts and ":" in p.parts[0]):
         raise UnsafeArchiveError(f"zip member {name!r} has an absolute path")
@@ -40,7 +42,9 @@ def check_zip(zf: zipfile.ZipFile, *, max_files: int = MAX_FILES,
     """The members to unpack, after every check that needs no writing."""
     infos = zf.infolist()
     if len(infos) > max_files:
-        raise UnsafeArchiveError(f"zip has {len(infos)} members, more than the limit of {max_files}")
+        raise UnsafeArchiveError(
+            f"zip has {len(infos)} members, more than the limit of {max_files}"
+        )
     total = 0
     for info in infos:
         _member_path(info.filename)

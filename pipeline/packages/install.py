@@ -35,7 +35,13 @@ from .archive import MAX_FILES, MAX_UNPACKED_BYTES, extract_zip
 from .errors import PackageError, UnsafeArchiveError
 from .manifest import PackageManifest, read_manifest
 
-__all__ = ["InstallOptions", "install_package", "list_installed", "read_install_record", "requirement_lines"]
+__all__ = [
+    "InstallOptions",
+    "install_package",
+    "list_installed",
+    "read_install_record",
+    "requirement_lines",
+]
 
 INSTALL_JSON = "install.json"
 PIP_TIMEOUT_S = 300.0
@@ -82,7 +88,9 @@ def _copy_folder(src: Path, dest: Path, opts: InstallOptions) -> None:
         for name in (*dirs, *files):
             p = Path(root) / name
             if p.is_symlink():
-                raise UnsafeArchiveError(f"{rel / name} is a symlink (packages may not contain links)")
+                raise UnsafeArchiveError(
+                    f"{rel / name} is a symlink (packages may not contain links)"
+                )
         dirs[:] = [d for d in dirs if d not in ("__pycache__", "vendor", ".git")]
         (dest / rel).mkdir(parents=True, exist_ok=True)
         for name in files:
@@ -90,7 +98,9 @@ def _copy_folder(src: Path, dest: Path, opts: InstallOptions) -> None:
             count += 1
             total += p.stat().st_size
             if count > opts.max_files or total > opts.max_bytes:
-                raise UnsafeArchiveError(f"package folder {src} exceeds {opts.max_files} files or {opts.max_bytes} bytes")
+                raise UnsafeArchiveError(
+                    f"package folder {src} exceeds {opts.max_files} files or {opts.max_bytes} bytes"
+                )
             shutil.copyfile(p, dest / rel / name)
 
 
@@ -104,12 +114,19 @@ def _vendored(vendor: Path) -> list[dict[str, Any]]:
             continue
         top: list[str] = []
         if (info / "top_level.txt").is_file():
-            top = [t.strip() for t in (info / "top_level.txt").read_text().splitlines() if t.strip()]
+            top = [
+                t.strip() for t in (info / "top_level.txt").read_text().splitlines() if t.strip()
+            ]
         elif (info / "RECORD").is_file():
             for line in (info / "RECORD").read_text().splitlines():
                 first = line.split(",", 1)[0].split("/", 1)[0]
                 mod = first.removesuffix(".py")
-                if mod and not mod.endswith((".dist-info", ".data")) and mod != "__pycache__" and mod not in top:
+                if (
+                    mod
+                    and not mod.endswith((".dist-info", ".data"))
+                    and mod != "__pycache__"
+                    and mod not in top
+                ):
                     top.append(mod)
         out.append({"name": meta["Name"], "version": meta["Version"], "top_level": sorted(top)})
     return out
@@ -145,7 +162,9 @@ def _pip(requirements: Path, vendor: Path, manifest: PackageManifest,
         if missing:
             msg = f"requirement {', '.join(repr(m) for m in missing)} not found in {where}"
         else:
-            last = [ln for ln in log.splitlines() if ln.startswith("ERROR")] or log.splitlines()[-1:]
+            last = [ln for ln in log.splitlines() if ln.startswith("ERROR")] or log.splitlines()[
+                -1:
+            ]
             msg = f"pip failed installing {', '.join(specs)}: {' '.join(last)[:500]}"
         raise _PipFailed(msg, log)
     return log
@@ -176,7 +195,9 @@ def install_package(source: Path, packages_dir: Path, opts: InstallOptions = Ins
     staging = staging_root / secrets.token_hex(8)
     try:
         if source.is_file():
-            folder = extract_zip(source, staging / "unpacked", max_files=opts.max_files, max_bytes=opts.max_bytes)
+            folder = extract_zip(
+                source, staging / "unpacked", max_files=opts.max_files, max_bytes=opts.max_bytes
+            )
         elif source.is_dir():
             folder = staging / "unpacked"
             _copy_folder(source, folder, opts)
@@ -190,14 +211,22 @@ def install_package(source: Path, packages_dir: Path, opts: InstallOptions = Ins
         progress("installing", {"name": manifest.name, "version": manifest.version})
         record: dict[str, Any]
         try:
-            specs = requirement_lines(folder / manifest.requirements) if manifest.requirements else []
+            specs = (
+                requirement_lines(folder / manifest.requirements) if manifest.requirements else []
+            )
             log = ""
             vendored: list[dict[str, Any]] = []
             if specs:
                 assert manifest.requirements is not None
                 log = _pip(folder / manifest.requirements, folder / "vendor", manifest, opts, specs)
                 vendored = _vendored(folder / "vendor")
-            record = _record(manifest, "installed", requirements=specs, vendored=vendored, pip_log=log[-_LOG_LIMIT:])
+            record = _record(
+                manifest,
+                "installed",
+                requirements=specs,
+                vendored=vendored,
+                pip_log=log[-_LOG_LIMIT:],
+            )
             write_json_atomic(folder / INSTALL_JSON, record)
             target = folder
         except PackageError as exc:
@@ -239,7 +268,9 @@ def list_installed(packages_dir: Path) -> list[dict[str, Any]]:
     return out
 
 
-def find_installed(packages_dir: Path, name: str, version: str | None = None) -> tuple[Path, dict[str, Any]]:
+def find_installed(
+    packages_dir: Path, name: str, version: str | None = None
+) -> tuple[Path, dict[str, Any]]:
     """The folder and record of an installed package (the newest installed version when
     `version` is None); `PackageError` when there is none."""
     candidates = [r for r in list_installed(packages_dir)

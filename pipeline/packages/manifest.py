@@ -1,15 +1,15 @@
 """`runwire-package.yaml`: what a package is made of.
 
-    name: guinier                 # letters, digits, '_' or '-'
-    version: "0.1.0"
-    description: Guinier fit      # optional
-    pipelines: [guinier.yaml]     # pipeline files, relative to the package folder
-    modules: [guinier_steps]      # Python modules (files next to the manifest) defining steps
-    requirements: requirements.txt   # optional: vendored into vendor/ with pip
-    hooks:                        # optional, each "module:function"
-      on_activate: guinier_steps:on_activate
-      on_after_run: guinier_steps:on_after_run
-    network: false                # optional: true allows pip to use the index (see install)
+name: guinier                 # letters, digits, '_' or '-'
+version: "0.1.0"
+description: Guinier fit      # optional
+pipelines: [guinier.yaml]     # pipeline files, relative to the package folder
+modules: [guinier_steps]      # Python modules (files next to the manifest) defining steps
+requirements: requirements.txt   # optional: vendored into vendor/ with pip
+hooks:                        # optional, each "module:function"
+  on_activate: guinier_steps:on_activate
+  on_after_run: guinier_steps:on_after_run
+network: false                # optional: true allows pip to use the index (see install)
 """
 
 from __future__ import annotations
@@ -77,7 +77,9 @@ def read_manifest(folder: Path) -> PackageManifest:
     except msgspec.ValidationError as exc:
         raise PackageError(f"{MANIFEST_NAME}: {exc}") from None
     if not _NAME.match(manifest.name):
-        raise PackageError(f"{MANIFEST_NAME}: name {manifest.name!r} must be letters, digits, '_' or '-'")
+        raise PackageError(
+            f"{MANIFEST_NAME}: name {manifest.name!r} must be letters, digits, '_' or '-'"
+        )
     if not _VERSION.match(manifest.version):
         raise PackageError(f"{MANIFEST_NAME}: version {manifest.version!r} is not a version")
     if not manifest.pipelines:

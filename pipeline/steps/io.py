@@ -50,6 +50,11 @@ class Hdf5Read(Step):
             bool, msgspec.Meta(description="A missing dataset gives None instead of an error.")
         ] = False
 
+    def read_ahead_items(self) -> tuple[tuple[str, str, bool], ...]:
+        p = self.params
+        assert isinstance(p, Hdf5Read.Params)
+        return ((p.source, p.dataset, p.sum_frames),)
+
     def compute(self, inputs: dict[str, Any], ctx: StepContext) -> Mapping[str, Any]:
         p = self.params
         assert isinstance(p, Hdf5Read.Params)

@@ -110,6 +110,11 @@ class MaskRead(Step):
             "/entry/instrument/detector/pixel_mask"
         )
 
+    def read_ahead_items(self) -> tuple[tuple[str, str, bool], ...]:
+        p = self.params
+        assert isinstance(p, MaskRead.Params)
+        return ((p.source, p.dataset, False),)
+
     def compute(self, inputs: dict[str, Any], ctx: StepContext) -> Mapping[str, Any]:
         p = self.params
         assert isinstance(p, MaskRead.Params)

@@ -63,33 +63,33 @@ def _add_provenance(
 ) -> None:
     """Add `Mask`/`@mask` and `sasprocess01` to a file being written by
     `hdf5io.write_nxcansas` (its `extra` callback: the file is created and opened once)."""
-    string = h5py.string_dtype()
     entry = f["sasentry01"]
     data = entry["sasdata01"]
     # NXcanSAS: the mask has the shape of I; True = this point is not to be used.
     excluded = (np.asarray(curve.n_pixels) == 0) | ~np.isfinite(np.asarray(curve.i))
     # Stored as int8 0/1: pynxtools' validator reads the field as NX_NUMBER.
-    data.create_dataset("Mask", data=excluded.astype(np.int8))
-    data.attrs["mask"] = "Mask"
+    hdf5io.put_dataset(data, "Mask", excluded.astype(np.int8))
+    hdf5io.put_attr(data, "mask", "Mask")
     process = entry.create_group("sasprocess01")
-    process.attrs["NX_class"] = "NXprocess"
-    process.attrs["canSAS_class"] = "SASprocess"
-    process.create_dataset("name", data="runwire")
-    process.create_dataset("date", data=datetime.now(UTC).isoformat(timespec="seconds"))
+    hdf5io.put_attr(process, "NX_class", "NXprocess")
+    hdf5io.put_attr(process, "canSAS_class", "SASprocess")
+    hdf5io.put_dataset(process, "name", "runwire")
+    hdf5io.put_dataset(process, "date", datetime.now(UTC).isoformat(timespec="seconds"))
     label = ctx.run
-    process.create_dataset(
+    hdf5io.put_dataset(
+        process,
         "description",
-        data=f"runwire {runwire_version()}, pipeline {label.pipeline_name} "
+        f"runwire {runwire_version()}, pipeline {label.pipeline_name} "
         f"{label.pipeline_version}, run {label.run_id or '(none)'}",
     )
-    process.create_dataset("runwire_version", data=runwire_version())
-    process.create_dataset("pipeline", data=label.pipeline_name)
-    process.create_dataset("pipeline_version", data=label.pipeline_version)
+    hdf5io.put_dataset(process, "runwire_version", runwire_version())
+    hdf5io.put_dataset(process, "pipeline", label.pipeline_name)
+    hdf5io.put_dataset(process, "pipeline_version", label.pipeline_version)
     for ref in sorted(sources):
         location = os.path.abspath(sources[ref].location)
-        process.create_dataset(f"source_{ref}", data=location, dtype=string)
-        process.create_dataset(
-            f"source_{ref}_sha256", data=source_sha256(location, ctx.raise_if_cancelled)
+        hdf5io.put_dataset(process, f"source_{ref}", location)
+        hdf5io.put_dataset(
+            process, f"source_{ref}_sha256", source_sha256(location, ctx.raise_if_cancelled)
         )
 
 

@@ -27,7 +27,11 @@ Handler = Callable[[argparse.Namespace, "RunwireClient"], int]
 
 # Exit statuses of `events tail --run` and `--wait`, by the run's final status; a failed run
 # exits with its error code's `pipeline.exitcodes.ExitCode` value, as `runwire run` would.
-RUN_EXIT: dict[str, int] = {RunStatus.SUCCEEDED: 0, RunStatus.CANCELLED: 5, RunStatus.INTERRUPTED: EXIT_RUN_INTERRUPTED}
+RUN_EXIT: dict[str, int] = {
+    RunStatus.SUCCEEDED: 0,
+    RunStatus.CANCELLED: 5,
+    RunStatus.INTERRUPTED: EXIT_RUN_INTERRUPTED,
+}
 FAILED_DEFAULT_EXIT = 4  # ExitCode.STEP_FAILED, for a failed run without a known code
 FINAL_STATUSES = FINAL_RUN_STATUSES  # the contract's, not a copy
 TERMINAL_TYPES = ev.TERMINAL_RUN_TYPES

@@ -27,8 +27,6 @@ COMMAND_MODULES = (
 )
 
 
-
-
 def _silence_stdout() -> None:
     """After EPIPE: point stdout at /dev/null so the interpreter's final flush stays quiet."""
     try:

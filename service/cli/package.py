@@ -33,7 +33,9 @@ def add_parsers(sub: Any) -> None:
                        description="Pipeline packages in a data directory (docs/packages.md).")  # fmt: skip
     cmds = p.add_subparsers(dest="package_command", required=True)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--data-dir", help="data directory (RUNWIRE_DATA_DIR, default ./runwire-data)")
+    common.add_argument(
+        "--data-dir", help="data directory (RUNWIRE_DATA_DIR, default ./runwire-data)"
+    )
     common.add_argument("--json", action="store_true", help="print JSON")
     inst = cmds.add_parser("install", parents=[common], help="install a package folder or .zip")
     inst.add_argument("path", metavar="PATH")
@@ -66,16 +68,23 @@ def install_command(args: argparse.Namespace) -> int:
         with DataDirLock(data_dir).acquire():
             record = install_package(source.resolve(), data_dir / "packages", opts)
     except DataDirLocked as exc:
-        raise CliError(f"{exc}: install through that server (POST /v1/packages)", EXIT_DATA_DIR_IN_USE) from None
+        raise CliError(
+            f"{exc}: install through that server (POST /v1/packages)", EXIT_DATA_DIR_IN_USE
+        ) from None
     except PackageError as exc:
         raise CliError(f"package not installed: {exc}") from None
     if args.json:
         print(json.dumps({k: v for k, v in record.items() if k != "pip_log"}, indent=2))
     if record["status"] != "installed":
-        raise CliError(f"package {record['name']} {record['version']} not installed: {record.get('error')}")
+        raise CliError(
+            f"package {record['name']} {record['version']} not installed: {record.get('error')}"
+        )
     if not args.json:
         vendored = ", ".join(f"{d['name']} {d['version']}" for d in record.get("vendored", []))
-        print(f"installed {record['name']} {record['version']}" + (f" (vendored: {vendored})" if vendored else ""))
+        print(
+            f"installed {record['name']} {record['version']}"
+            + (f" (vendored: {vendored})" if vendored else "")
+        )
     return 0
 
 
@@ -84,7 +93,12 @@ def list_command(args: argparse.Namespace) -> int:
 
     records = list_installed(_data_dir(args) / "packages")
     if args.json:
-        print(json.dumps({"packages": [{k: v for k, v in r.items() if k != "pip_log"} for r in records]}, indent=2))
+        print(
+            json.dumps(
+                {"packages": [{k: v for k, v in r.items() if k != "pip_log"} for r in records]},
+                indent=2,
+            )
+        )
         return 0
     for r in records:
         print(f"{r.get('name')}\t{r.get('version')}\t{r.get('status')}\t{r.get('description', '')}")
@@ -96,7 +110,9 @@ def list_command(args: argparse.Namespace) -> int:
 def show_command(args: argparse.Namespace) -> int:
     from pipeline.packages.install import list_installed
 
-    records = [r for r in list_installed(_data_dir(args) / "packages") if r.get("name") == args.name]
+    records = [
+        r for r in list_installed(_data_dir(args) / "packages") if r.get("name") == args.name
+    ]
     if not records:
         raise CliError(f"package {args.name!r} is not installed in {_data_dir(args)}", EXIT_USAGE)
     record = records[-1]

@@ -70,7 +70,10 @@ def add_parsers(sub: Any) -> None:
         help="override a step parameter (STEP is the dotted step id; VALUE is YAML)",
     )
     p.add_argument(
-        "-v", "--verbose", action="store_true", help="log to stderr (with tracebacks of failing steps)"
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log to stderr (with tracebacks of failing steps)",
     )
     p.set_defaults(func=run_command)  # fmt: skip
 

@@ -237,7 +237,11 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     which.add_argument("--pipeline", metavar="FILE", help="pipeline file (YAML/JSON) read here")
     which.add_argument("--example", metavar="NAME", help="a bundled example pipeline (saxs)")
     which.add_argument("--server-path", metavar="PATH", help="pipeline file on the server host")
-    which.add_argument("--package", metavar="NAME", help="an installed pipeline package's pipeline (NAME[@VERSION])")
+    which.add_argument(
+        "--package",
+        metavar="NAME",
+        help="an installed pipeline package's pipeline (NAME[@VERSION])",
+    )
     p.add_argument("--name", help="display name")
     p.add_argument("--profile", help="source profile (see `session templates`)")
     p.add_argument(

@@ -89,8 +89,11 @@ def create_app(config: Config) -> Starlette:
             Middleware(HostCheckMiddleware, policy=host_policy),
             Middleware(AllowedOriginsCors, allowed_origins=config.allowed_origins),
             Middleware(AuthMiddleware, token=config.token),
-            Middleware(BodyLimitMiddleware, max_body_bytes=config.max_body_bytes,
-                       route_limits={f"{API_PREFIX}/packages": config.max_package_upload_bytes}),
+            Middleware(
+                BodyLimitMiddleware,
+                max_body_bytes=config.max_body_bytes,
+                route_limits={f"{API_PREFIX}/packages": config.max_package_upload_bytes},
+            ),
         ],
         exception_handlers=exception_handlers(),
         lifespan=_lifespan,

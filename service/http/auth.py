@@ -84,7 +84,8 @@ class AuthMiddleware:
             self.token is None
             or scope["type"] not in ("http", "websocket")
             or scope["path"] in PUBLIC_PATHS
-            or scope["path"] in ("/", "/ui") or scope["path"].startswith(PUBLIC_PREFIXES)
+            or scope["path"] in ("/", "/ui")
+            or scope["path"].startswith(PUBLIC_PREFIXES)
             or token_matches(self.token, _presented_token(scope))
         ):
             await self.app(scope, receive, send)

@@ -30,6 +30,7 @@ class Stoppable(Protocol):
 
     stopping: bool
 
+
 __all__ = ["STORAGE_FULL_RUN_ERROR", "RunOutcomeNotRecorded", "commit_outcome", "retry_while_full"]
 
 log = logging.getLogger("service.runtime.diskfull")

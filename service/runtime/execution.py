@@ -29,6 +29,7 @@ import msgspec
 
 from pipeline.cancel import CancelToken
 from pipeline.exitcodes import ExitCode
+from pipeline.hdf5io import drop_read_ahead
 from pipeline.incremental import IncrementalCache
 from pipeline.loader import PipelineSpec
 from pipeline.observer import RunInfo
@@ -38,7 +39,7 @@ from pipeline.runner import ProcessingRunner, RunResult
 from pipeline.step import SourceSpec
 from service.contract.records import RunError, RunSource, RunStatus, SourceRecord, StepStateRecord
 from service.runtime.packages import record_packages, run_after_hooks
-from service.runtime.run_inputs import SOURCE_CHANGED, changed_inputs
+from service.runtime.run_inputs import SOURCE_CHANGED, changed_inputs, source_specs
 from service.runtime.sinks import SinkError, write_sinks
 from service.runtime.step_events import StepEventObserver
 from service.storage.publisher import EventPublisher
@@ -106,6 +107,9 @@ class RunJob:
     # The sources with their file identities at acceptance (`service.runtime.run_inputs`).
     accepted: Mapping[str, RunSource] = field(default_factory=dict)
     gate: StartGate = field(default_factory=StartGate)  # step events wait for `run.started`
+    # The sources of the session's next queued run: its new frames are read while this run
+    # computes (`ProcessingRunner.read_ahead`; bounded, and used only for the very same files).
+    upcoming: Mapping[str, RunSource] | None = None
 
 
 @dataclass
@@ -175,6 +179,22 @@ def outcome_from_result(result: RunResult) -> RunOutcome:
     )
 
 
+def _read_ahead(runner: ProcessingRunner, job: RunJob) -> None:
+    """Start reading the next queued run's new files (those this run does not read)."""
+    upcoming = job.upcoming
+    if not upcoming:
+        return
+    refs = [
+        ref
+        for ref, source in upcoming.items()
+        if (now := job.accepted.get(ref)) is None
+        or (now.location, now.identity) != (source.location, source.identity)
+    ]
+    if refs:
+        keep = [spec.location for spec in job.sources.values()]
+        runner.read_ahead(source_specs(upcoming), owner=job.session_id, refs=refs, keep=keep)
+
+
 def execute_run(job: RunJob) -> RunOutcome:
     """Run `job` to completion in the calling (worker) thread. Never raises."""
     observer = PublishingObserver(job)
@@ -190,6 +210,7 @@ def execute_run(job: RunJob) -> RunOutcome:
             outcome.cache_bytes = job.cache.nbytes()
             job.run_dir.artifacts_dir.mkdir(parents=True, exist_ok=True)
             outcome.manifest = job.run_dir.manifest()
+            drop_read_ahead(job.session_id, [spec.location for spec in job.sources.values()])
             return outcome
         job.run_dir.artifacts_dir.mkdir(parents=True, exist_ok=True)
         runner = ProcessingRunner(
@@ -198,6 +219,7 @@ def execute_run(job: RunJob) -> RunOutcome:
             cache=job.cache,
             artifacts_dir=job.run_dir.artifacts_dir,
         )
+        _read_ahead(runner, job)
         result = runner.run(
             job.sources,
             mode=job.mode,
@@ -239,6 +261,9 @@ def execute_run(job: RunJob) -> RunOutcome:
                 code="INTERNAL", message="internal error", exception_type=type(exc).__name__
             ),
         )
+    # Whatever this run's files had read ahead and the run did not take (it was cancelled,
+    # failed first, or its steps were reused) is let go now.
+    drop_read_ahead(job.session_id, [spec.location for spec in job.sources.values()])
     outcome.elapsed_s = time.perf_counter() - t0
     outcome.cache_bytes = job.cache.nbytes()
     if used:  # each package's on_after_run(ctx, summary), with the run's status and error

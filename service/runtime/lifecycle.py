@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from typing import Any, Protocol
 
@@ -41,6 +41,7 @@ from service.runtime.execution import RunJob, RunOutcome, StartGate, execute_run
 from service.runtime.live import LiveRun, SessionEntry
 from service.runtime.memory import CACHE_EVICTED
 from service.runtime.run_inputs import SOURCE_CHANGED, source_specs
+from service.runtime.run_queue import RunQueue
 from service.runtime.tasks import TaskSupervisor
 from service.runtime.transitions import error_state, run_transition, running_state
 from service.storage.io_thread import PendingEvent, snapshot
@@ -70,6 +71,7 @@ class LifecycleHost(Protocol):
     stopping: bool
     durations: collections.deque[float]
     tasks: TaskSupervisor  # owns every task the lifecycle starts
+    queue: RunQueue
 
     async def emit(
         self, type: str, session_id: str, data: dict[str, Any], run_id: str | None = None
@@ -173,22 +175,27 @@ class RunLifecycle:
             sinks=dict(entry.record.sinks),
             write_roots=tuple(self._host.config.write_roots),
             gate=live.gate,
+            upcoming=self._upcoming(sid),
         )
         outcome = await anyio.to_thread.run_sync(execute_run, job, limiter=self._host.limiter)
         self._host.computed(run_id)
         await self.finish(entry, live, outcome)
 
+    def _upcoming(self, sid: str) -> Mapping[str, RunSource] | None:
+        """The sources of the session's next queued run (its frames are read ahead)."""
+        for run_id in self._host.queue.waiting_for(sid):
+            live = self._host.live.get(run_id)
+            if live is not None and not live.cancel.cancelled:
+                return live.sources
+        return None
 
-    def _started_from_thread(
-        self, entry: SessionEntry, live: LiveRun, info: RunInfo
-    ) -> None:
+    def _started_from_thread(self, entry: SessionEntry, live: LiveRun, info: RunInfo) -> None:
         # Called by the run's worker thread, which goes on computing: the start is committed and
         # announced on the loop meanwhile (its step events wait in the gate), and `finish` waits
         # for that before it records the end.
         assert self._host.loop is not None
         args = (info.effective_mode, list(info.dirty_steps), list(info.skipped_steps))
         self._host.loop.call_soon_threadsafe(self._schedule_start, entry, live, args)
-
 
     def _schedule_start(
         self, entry: SessionEntry, live: LiveRun, args: tuple[str, list[str], list[str]]
@@ -200,7 +207,6 @@ class RunLifecycle:
             name=f"run-start-{live.record.run_id}",
             handled=True,  # awaited by `finish`, which logs a failure
         )
-
 
     async def announce_start(
         self,
@@ -238,7 +244,6 @@ class RunLifecycle:
             )
             live.announced = True
 
-
     async def finish(self, entry: SessionEntry, live: LiveRun, outcome: RunOutcome) -> None:
         """Record the outcome (commit first), publish the terminal event, rest the session."""
         sid = live.record.session_id
@@ -250,11 +255,15 @@ class RunLifecycle:
         if not live.announced:
             # Planning failed before the first step (or the run crashed): announce the start
             # anyway so that every run's events read started -> terminal.
-            mode = outcome.effective_mode or ("full" if live.record.mode != "partial" else "partial")
+            mode = outcome.effective_mode or (
+                "full" if live.record.mode != "partial" else "partial"
+            )
             start = partial(
                 self.announce_start, entry, live, mode, outcome.dirty_steps, outcome.skipped_steps
             )
-            await retry_while_full(self._host, start)  # a full disk delays the start, never skips it
+            await retry_while_full(
+                self._host, start
+            )  # a full disk delays the start, never skips it
         # The final record is built on a copy and swapped in only once committed, so a client
         # reading the run never sees a final status the store does not have yet.
         record = snapshot(live.record)
@@ -312,7 +321,9 @@ class RunLifecycle:
                     on_done=partial(setattr, live, "record", record),
                 )
 
-            await commit_outcome(self._host, entry, record, commit_final)  # a full disk: ends failed
+            await commit_outcome(
+                self._host, entry, record, commit_final
+            )  # a full disk: ends failed
             self._host.live.pop(record.run_id, None)
             if fallback:
                 # Ahead of everything else in the queue, and before this run's slot is freed:
@@ -340,7 +351,6 @@ class RunLifecycle:
             record.status,
             record.elapsed_s,
         )
-
 
     async def emit_terminal(self, record: RunRecord) -> None:
         """Publish the run's one terminal event: `run.cancelled` or `run.finished`."""

@@ -158,7 +158,9 @@ class PackageRuntime:
         return InstallOptions(wheelhouse=self.config.wheelhouse,
                               allow_network=self.config.allow_package_network)  # fmt: skip
 
-    async def install(self, *, path: Path | None = None, zip_base64: str | None = None) -> dict[str, Any]:
+    async def install(
+        self, *, path: Path | None = None, zip_base64: str | None = None
+    ) -> dict[str, Any]:
         """Install from a server-side folder or zip (`path`, already confined to the read
         roots) or an uploaded zip; returns the `install.json` record."""
         _require_allowed(self.config)
@@ -169,16 +171,26 @@ class PackageRuntime:
                     try:
                         data = base64.b64decode(zip_base64, validate=True)
                     except (binascii.Error, ValueError):
-                        raise ServiceError("INVALID_REQUEST", "zip_base64 is not valid base64") from None
+                        raise ServiceError(
+                            "INVALID_REQUEST", "zip_base64 is not valid base64"
+                        ) from None
                     upload = self.config.packages_dir / ".uploads" / f"{secrets.token_hex(8)}.zip"
                     await anyio.to_thread.run_sync(_write_upload, upload, data)
                     path = upload
                 assert path is not None
-                await self._emit(PACKAGE_INSTALLING, PACKAGE_EVENTS_SESSION, {"source": str(path) if upload is None else "upload"})
+                await self._emit(
+                    PACKAGE_INSTALLING,
+                    PACKAGE_EVENTS_SESSION,
+                    {"source": str(path) if upload is None else "upload"},
+                )
                 try:
-                    record = await anyio.to_thread.run_sync(install_package, path, self.config.packages_dir, self.options)
+                    record = await anyio.to_thread.run_sync(
+                        install_package, path, self.config.packages_dir, self.options
+                    )
                 except PackageError as exc:
-                    await self._emit(PACKAGE_INSTALL_FAILED, PACKAGE_EVENTS_SESSION, {"error": str(exc)})
+                    await self._emit(
+                        PACKAGE_INSTALL_FAILED, PACKAGE_EVENTS_SESSION, {"error": str(exc)}
+                    )
                     raise ServiceError("PACKAGE_INSTALL_FAILED", str(exc)) from None
             finally:
                 if upload is not None:
@@ -192,7 +204,10 @@ class PackageRuntime:
         return record
 
     async def list_public(self) -> list[dict[str, Any]]:
-        return [_public(r) for r in await anyio.to_thread.run_sync(list_installed, self.config.packages_dir)]
+        return [
+            _public(r)
+            for r in await anyio.to_thread.run_sync(list_installed, self.config.packages_dir)
+        ]
 
     async def show(self, name: str) -> dict[str, Any]:
         records = [r for r in await self.list_full() if r.get("name") == name]
@@ -210,13 +225,18 @@ class PackageRuntime:
         _require_allowed(self.config)
         name, _, version = ref.partition("@")
         try:
-            path, record = await anyio.to_thread.run_sync(find_installed, self.config.packages_dir, name, version or None)
+            path, record = await anyio.to_thread.run_sync(
+                find_installed, self.config.packages_dir, name, version or None
+            )
         except PackageError as exc:
             raise ServiceError("NOT_FOUND", str(exc)) from None
         pipelines = list(record.get("pipelines", []))
         chosen = file or pipelines[0]
         if chosen not in pipelines:
-            raise ServiceError("INVALID_REQUEST", f"package {name} has no pipeline {chosen!r} (it has: {', '.join(pipelines)})")
+            raise ServiceError(
+                "INVALID_REQUEST",
+                f"package {name} has no pipeline {chosen!r} (it has: {', '.join(pipelines)})",
+            )
         try:
             # Synchronous by contract (the hook runs before the session exists), but off the loop.
             await anyio.to_thread.run_sync(activate, path)

@@ -63,7 +63,11 @@ def _resting_state(record: SessionRecord) -> SessionState:
 async def recover(scheduler: Scheduler) -> None:
     """Load sessions, interrupt runs that were active, re-queue waiting runs."""
     store = scheduler.store
-    cutoff = (datetime.now(UTC) - IDEMPOTENCY_KEY_TTL).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    cutoff = (
+        (datetime.now(UTC) - IDEMPOTENCY_KEY_TTL)
+        .isoformat(timespec="microseconds")
+        .replace("+00:00", "Z")
+    )
     await scheduler.io(store.prune_idempotency, cutoff)
     rows = await scheduler.io(store.load_sessions)
     for record, text in rows:

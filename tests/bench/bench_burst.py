@@ -55,7 +55,9 @@ SESSIONS = 20
 
 
 @contextmanager
-def runwire_serve(data_dir: Path, *extra: str) -> Iterator[tuple[str, int]]:
+def runwire_serve(
+    data_dir: Path, *extra: str, env_extra: dict[str, str] | None = None
+) -> Iterator[tuple[str, int]]:
     """`runwire serve` as a child process on a free port; yields (base URL, pid)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -63,6 +65,7 @@ def runwire_serve(data_dir: Path, *extra: str) -> Iterator[tuple[str, int]]:
     argv = [sys.executable, "-m", "service.cli", "serve", "--data-dir", str(data_dir)]
     argv += ["--port", str(port), "--log-level", "warning", *extra]
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNWIRE_")}
+    env.update(env_extra or {})
     proc = subprocess.Popen(argv, stderr=subprocess.PIPE, env=env)
     listening = threading.Event()
 
@@ -360,6 +363,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--skip", default="", help="comma-separated: burst,sessions,churn,pyfai")
     parser.add_argument("--only", choices=("overhead",), help="only the service-overhead burst")
+    parser.add_argument(
+        "--read-ahead", choices=("on", "off", "ab"), default="on",
+        help="burst with the next run's frames read ahead (on), without (off), or both "
+        "alternated off/on/off/on on fresh servers (ab)",
+    )  # fmt: skip
     args = parser.parse_args()
     skip = set(args.skip.split(","))
     shape = (args.frame, args.frame)
@@ -384,10 +392,15 @@ def main() -> None:
             pyfai_loop(samples, shape)
         extra = ["--queue-size", str(max(64, args.count + 8)), "--workers", str(args.workers)]
         phases = [p for p in ("burst", "sessions", "churn") if p not in skip]
+        settings = {"on": ["1"], "off": ["0"], "ab": ["0", "1", "0", "1"]}[args.read_ahead]
         for phase in phases:
-            # Each phase on a fresh server (churn's first figure is a fresh server's RSS).
-            with runwire_serve(root / f"data-{phase}", *extra) as (url, pid):
-                asyncio.run(one_phase(phase, url, pid, samples, args))
+            for n, ahead in enumerate(settings if phase == "burst" else ["1"]):
+                if phase == "burst":
+                    print(f"burst, read-ahead {'on' if ahead == '1' else 'off'}:")
+                # Each phase on a fresh server (churn's first figure is a fresh server's RSS).
+                env = {"RUNWIRE_READ_AHEAD": ahead}
+                with runwire_serve(root / f"data-{phase}{n}", *extra, env_extra=env) as (url, pid):
+                    asyncio.run(one_phase(phase, url, pid, samples, args))
 
 
 if __name__ == "__main__":

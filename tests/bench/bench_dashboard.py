@@ -64,7 +64,9 @@ def heap_mb(cdp: Any) -> float:
     return used / 1e6
 
 
-def feed(server: DashboardServer, stop: threading.Event, rate: int, frames: list[Path], every: float) -> dict[str, int]:
+def feed(
+    server: DashboardServer, stop: threading.Event, rate: int, frames: list[Path], every: float
+) -> dict[str, int]:
     """Submit burst runs at `rate` events/s and a saxs sample every `every` s until `stop`."""
     counts = {"burst_runs": 0, "samples": 0, "refused": 0}
     period = EVENTS_PER_RUN / rate
@@ -103,11 +105,16 @@ def main() -> None:
         try:
             with server.client() as api:
                 for sid, text in (("burst", BURST), ("saxs", example_text("saxs"))):
-                    r = api.post("/sessions", json={"session_id": sid, "pipeline": {"yaml_text": text}})
+                    r = api.post(
+                        "/sessions", json={"session_id": sid, "pipeline": {"yaml_text": text}}
+                    )
                     r.raise_for_status()
                 bg, dark = Path(tmp) / "frames" / "background.h5", Path(tmp) / "frames" / "dark.h5"
                 for ref, path in (("background", bg), ("dark", dark)):
-                    api.post("/sessions/saxs/sources/patch", json={"ref": ref, "type": "hdf5", "location": str(path)})
+                    api.post(
+                        "/sessions/saxs/sources/patch",
+                        json={"ref": ref, "type": "hdf5", "location": str(path)},
+                    )
             page = browser.new_page(viewport={"width": 1280, "height": 800})
             cdp = page.context.new_cdp_session(page)
             page.goto(server.url + "/ui/#/sessions/saxs")
@@ -120,7 +127,11 @@ def main() -> None:
 
             stop = threading.Event()
             result: dict[str, int] = {}
-            feeder = threading.Thread(target=lambda: result.update(feed(server, stop, args.rate, frames, args.sample_every)))
+            feeder = threading.Thread(
+                target=lambda: result.update(
+                    feed(server, stop, args.rate, frames, args.sample_every)
+                )
+            )
             t0 = time.perf_counter()
             feeder.start()
             while time.perf_counter() - t0 < args.seconds:
@@ -139,14 +150,24 @@ def main() -> None:
 
     received = m["total"] - total0
     timings = m["plot"]["timings"]
-    print(f"load: {result.get('burst_runs', 0)} burst runs, {result.get('samples', 0)} saxs samples, {result.get('refused', 0)} refused, {elapsed:.1f} s")
-    print(f"events received by the page: {received} ({received / elapsed:.0f}/s); kept in JS: {m['kept']}; DOM rows: {m['rows']}; duplicates dropped: {m['dup']}")
-    print(f"browser frames/s: {(m['bench']['frames'] - frames0[0]) / elapsed:.1f}; page renders/s: {(m['frames'] - frames0[1]) / elapsed:.1f}")
-    print(f"longest main-thread task: {m['bench']['longest']:.0f} ms ({m['bench']['longtasks']} tasks over 50 ms)")
+    print(
+        f"load: {result.get('burst_runs', 0)} burst runs, {result.get('samples', 0)} saxs samples, {result.get('refused', 0)} refused, {elapsed:.1f} s"
+    )
+    print(
+        f"events received by the page: {received} ({received / elapsed:.0f}/s); kept in JS: {m['kept']}; DOM rows: {m['rows']}; duplicates dropped: {m['dup']}"
+    )
+    print(
+        f"browser frames/s: {(m['bench']['frames'] - frames0[0]) / elapsed:.1f}; page renders/s: {(m['frames'] - frames0[1]) / elapsed:.1f}"
+    )
+    print(
+        f"longest main-thread task: {m['bench']['longest']:.0f} ms ({m['bench']['longtasks']} tasks over 50 ms)"
+    )
     print(f"JS heap used: {heap_start:.1f} MB at start, {heap_end:.1f} MB at the end")
     if timings:
         p95 = sorted(timings)[max(0, int(len(timings) * 0.95) - 1)]
-        print(f"run.finished -> plot drawn: median {statistics.median(timings):.1f} ms, p95 {p95:.1f} ms, max {max(timings):.1f} ms over {len(timings)} runs (goal <= 100 ms median)")
+        print(
+            f"run.finished -> plot drawn: median {statistics.median(timings):.1f} ms, p95 {p95:.1f} ms, max {max(timings):.1f} ms over {len(timings)} runs (goal <= 100 ms median)"
+        )
     else:
         print("run.finished -> plot drawn: no saxs run finished")
 

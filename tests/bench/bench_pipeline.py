@@ -43,7 +43,9 @@ class Collect(RunObserver):
     def on_step_started(self, step_id: str) -> None:
         self.events.append(("started", step_id))
 
-    def on_step_finished(self, step_id: str, status: str, duration_s: float, error: str | None) -> None:
+    def on_step_finished(
+        self, step_id: str, status: str, duration_s: float, error: str | None
+    ) -> None:
         self.events.append(("finished", step_id, status, duration_s, error))
 
     def on_run_finished(self, result: RunResult) -> None:
@@ -63,18 +65,24 @@ def median_us_per_step(run: Callable[[], Any], steps: int, repeats: int) -> floa
 def bench_overhead(n: int, repeats: int) -> None:
     pipeline = Pipeline("bench", [Noop(f"s{i}", outputs={"out": f"k{i}"}) for i in range(n)])
     plain = ProcessingRunner(pipeline)
-    print(f"no-op steps, plain:           {median_us_per_step(lambda: plain.run({}), n, repeats):6.2f} us/step  (goal <= 5)")
+    print(
+        f"no-op steps, plain:           {median_us_per_step(lambda: plain.run({}), n, repeats):6.2f} us/step  (goal <= 5)"
+    )
 
     def observed() -> None:
         ProcessingRunner(pipeline, observers=[Collect()]).run({})
 
     observer_runner = ProcessingRunner(pipeline, observers=[Collect()])
-    print(f"no-op steps, event observer:  {median_us_per_step(lambda: observer_runner.run({}), n, repeats):6.2f} us/step  (goal <= 8)")
+    print(
+        f"no-op steps, event observer:  {median_us_per_step(lambda: observer_runner.run({}), n, repeats):6.2f} us/step  (goal <= 8)"
+    )
     print(f"  incl. building the runner:  {median_us_per_step(observed, n, repeats):6.2f} us/step")
     cache = IncrementalCache()
     cached = ProcessingRunner(pipeline, cache=cache)
     cached.run({})
-    print(f"no-op steps, all reused:      {median_us_per_step(lambda: cached.run({}), n, repeats):6.2f} us/step  (partial run, cache hit)")
+    print(
+        f"no-op steps, all reused:      {median_us_per_step(lambda: cached.run({}), n, repeats):6.2f} us/step  (partial run, cache hit)"
+    )
 
 
 def bench_saxs(repeats: int, shape: tuple[int, int]) -> None:
@@ -109,13 +117,19 @@ def bench_saxs(repeats: int, shape: tuple[int, int]) -> None:
         skipped: list[str] = []
         for i in range(2, repeats + 2):
             t0 = time.perf_counter()
-            result = ProcessingRunner(spec, cache=cache, artifacts_dir=folder / f"inc{i}").run(sources(i))
+            result = ProcessingRunner(spec, cache=cache, artifacts_dir=folder / f"inc{i}").run(
+                sources(i)
+            )
             inc_ms.append((time.perf_counter() - t0) * 1000)
             assert result.status == "succeeded", result.error
             skipped = result.skipped_steps
         h, w = shape
-        print(f"saxs {h}x{w}, full run:        {statistics.median(full_ms):7.1f} ms median of {repeats}  (goal <= 300)")
-        print(f"saxs {h}x{w}, new sample file: {statistics.median(inc_ms):7.1f} ms median of {repeats}  (goal <= 60)")
+        print(
+            f"saxs {h}x{w}, full run:        {statistics.median(full_ms):7.1f} ms median of {repeats}  (goal <= 300)"
+        )
+        print(
+            f"saxs {h}x{w}, new sample file: {statistics.median(inc_ms):7.1f} ms median of {repeats}  (goal <= 60)"
+        )
         print(f"  reused steps: {', '.join(skipped)}")
 
 
@@ -123,7 +137,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer repeats, 256x256 frames")
     args = parser.parse_args()
-    print(f"python {platform.python_version()} on {platform.machine()}, {platform.processor() or platform.system()}")
+    print(
+        f"python {platform.python_version()} on {platform.machine()}, {platform.processor() or platform.system()}"
+    )
     bench_overhead(1000, 5 if args.quick else 15)
     bench_saxs(2 if args.quick else 5, (256, 256) if args.quick else (1024, 1024))
 

@@ -87,6 +87,7 @@ class FinishedWatcher:
     def __init__(self) -> None:
         self.arrived: dict[str, float] = {}
         self.status: dict[str, str] = {}
+        self.elapsed: dict[str, float] = {}  # the run's own time in its worker (elapsed_s)
         self.ready = asyncio.Event()
         self._changed = asyncio.Condition()
 
@@ -104,6 +105,7 @@ class FinishedWatcher:
                     async with self._changed:
                         self.arrived[event["runid"]] = now
                         self.status[event["runid"]] = event["data"]["status"]
+                        self.elapsed[event["runid"]] = event["data"].get("elapsed_s", 0.0)
                         self._changed.notify_all()
 
     async def wait(self, run_id: str, timeout: float = 60.0) -> float:

@@ -75,7 +75,14 @@ class DashboardServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 60.0) -> None:
-        argv = [*runwire_command(), "serve", "--data-dir", str(self.data_dir), "--port", str(self.port)]
+        argv = [
+            *runwire_command(),
+            "serve",
+            "--data-dir",
+            str(self.data_dir),
+            "--port",
+            str(self.port),
+        ]
         argv += ["--shutdown-grace", "2", *self.extra_args]
         if self.demo:
             argv.append("--demo")
@@ -83,8 +90,12 @@ class DashboardServer:
         if self.token is not None:
             env["RUNWIRE_TOKEN"] = self.token
         listening = threading.Event()
-        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-        self._drainer = threading.Thread(target=self._drain, args=(self.proc, listening), daemon=True)
+        self.proc = subprocess.Popen(
+            argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
+        )
+        self._drainer = threading.Thread(
+            target=self._drain, args=(self.proc, listening), daemon=True
+        )
         self._drainer.start()
         if not listening.wait(timeout) or self.proc.poll() is not None:
             self.kill()

@@ -33,8 +33,12 @@ def take(out: Path, runs: int) -> list[Path]:
             page = browser.new_page(viewport={"width": 1280, "height": 800})
             page.goto(server.url + "/")
             wait_until(page, "() => location.hash === '#/sessions/demo'")
-            wait_until(page, "(n) => window.__runwire.plot().runs.length >= n", runs, timeout_ms=180_000)
-            wait_until(page, "() => window.__runwire.run().status === 'succeeded'", timeout_ms=60_000)
+            wait_until(
+                page, "(n) => window.__runwire.plot().runs.length >= n", runs, timeout_ms=180_000
+            )
+            wait_until(
+                page, "() => window.__runwire.run().status === 'succeeded'", timeout_ms=60_000
+            )
 
             def shot(name: str, selector: str) -> None:
                 path = out / f"{name}.png"
@@ -61,14 +65,19 @@ def take(out: Path, runs: int) -> list[Path]:
             server.stop()
     for path in written:
         size = path.stat().st_size
-        print(f"{path} {size // 1024} KiB" + ("  (over the 150 KB budget)" if size > MAX_BYTES else ""))
+        print(
+            f"{path} {size // 1024} KiB"
+            + ("  (over the 150 KB budget)" if size > MAX_BYTES else "")
+        )
     return written
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("docs/ui"))
-    parser.add_argument("--runs", type=int, default=4, help="demo runs to wait for (overlaid curves)")
+    parser.add_argument(
+        "--runs", type=int, default=4, help="demo runs to wait for (overlaid curves)"
+    )
     args = parser.parse_args()
     take(args.out, args.runs)
 

@@ -36,7 +36,9 @@ def _run_settled(page: Any, run_id: str) -> dict[str, Any]:
     return snapshot
 
 
-def test_create_process_and_see_steps_and_curves(server: DashboardServer, context: Any, tmp_path: Path) -> None:
+def test_create_process_and_see_steps_and_curves(
+    server: DashboardServer, context: Any, tmp_path: Path
+) -> None:
     frames = write_demo_data(tmp_path / "frames", count=2, shape=(48, 48))
     page = context.new_page()
     errors = record_console(page)
@@ -71,7 +73,10 @@ def test_create_process_and_see_steps_and_curves(server: DashboardServer, contex
             assert snap["steps"][step_id]["status"] == state["status"], step_id
         rows = page.locator("#step-tree .step")
         assert rows.count() == len(snap["tree"])
-        wait_until(page, "() => !document.querySelector('#step-tree .step[data-status=\"pending\"], #step-tree .step[data-status=\"running\"]')")
+        wait_until(
+            page,
+            '() => !document.querySelector(\'#step-tree .step[data-status="pending"], #step-tree .step[data-status="running"]\')',
+        )
 
         # The I(q) plot holds as many points as the curve has.
         curve = api.get(f"/retained-runs/{first}/curve").json()
@@ -84,7 +89,11 @@ def test_create_process_and_see_steps_and_curves(server: DashboardServer, contex
         # A second sample: a new run, and now two curves, the newest first.
         page.get_by_label("Sample file path").fill(str(frames[1]))
         page.locator("#sample-form").get_by_role("button", name="Process").click()
-        wait_until(page, "(rid) => window.__runwire.plot().runs.length === 2 && window.__runwire.plot().runs[1] === rid", first)
+        wait_until(
+            page,
+            "(rid) => window.__runwire.plot().runs.length === 2 && window.__runwire.plot().runs[1] === rid",
+            first,
+        )
         plot = page.evaluate("() => window.__runwire.plot()")
         second = plot["runs"][0]
         _run_settled(page, second)
@@ -123,7 +132,9 @@ steps:
 """
 
 
-def test_failed_step_shows_its_error_and_the_tail_filters(server: DashboardServer, context: Any, tmp_path: Path) -> None:
+def test_failed_step_shows_its_error_and_the_tail_filters(
+    server: DashboardServer, context: Any, tmp_path: Path
+) -> None:
     with server.client() as api:
         r = api.post("/sessions", json={"session_id": "bad", "pipeline": {"yaml_text": FAILING}})
         assert r.status_code == 201, r.text
@@ -134,15 +145,25 @@ def test_failed_step_shows_its_error_and_the_tail_filters(server: DashboardServe
     page.locator("#process-form").get_by_role("button", name="Process", exact=True).click()
     wait_until(page, "() => window.__runwire.run().status === 'failed'")
     broken = page.locator('#step-tree .step[data-step="checks.broken"]')
-    wait_until(page, "() => document.querySelector('#step-tree .step[data-step=\"checks.broken\"]').dataset.status === 'failed'")
+    wait_until(
+        page,
+        "() => document.querySelector('#step-tree .step[data-step=\"checks.broken\"]').dataset.status === 'failed'",
+    )
     assert "detector offline" in broken.locator(".step-error").inner_text()
     # The run's error (code and message) comes with its record, fetched after run.finished.
-    wait_until(page, "() => document.querySelector('#run-error').textContent.includes('detector offline')")
-    assert page.locator('#step-tree .step[data-step="checks.ok"]').get_attribute("data-status") == "succeeded"
+    wait_until(
+        page, "() => document.querySelector('#run-error').textContent.includes('detector offline')"
+    )
+    assert (
+        page.locator('#step-tree .step[data-step="checks.ok"]').get_attribute("data-status")
+        == "succeeded"
+    )
     # The tail, filtered by type, shows only that type.
     page.get_by_label("Event type").select_option("step.finished")
     wait_until(page, "() => document.querySelectorAll('#event-list li').length > 0")
-    types = page.evaluate("() => [...document.querySelectorAll('#event-list li')].map(li => li.dataset.type)")
+    types = page.evaluate(
+        "() => [...document.querySelectorAll('#event-list li')].map(li => li.dataset.type)"
+    )
     assert types and set(types) == {"step.finished"}
     page.screenshot(path=str(tmp_path / "failed.png"), full_page=True)
 
@@ -167,7 +188,9 @@ def test_page_resumes_after_a_server_restart_mid_run(tmp_path: Path, context: An
     server.start()
     try:
         with server.client() as api:
-            r = api.post("/sessions", json={"session_id": "tick", "pipeline": {"yaml_text": PIPELINE}})
+            r = api.post(
+                "/sessions", json={"session_id": "tick", "pipeline": {"yaml_text": PIPELINE}}
+            )
             assert r.status_code == 201, r.text
         page = context.new_page()
         errors = record_console(page)

@@ -37,7 +37,8 @@ def offline_env() -> dict[str, str]:
 def build_wheel(workdir: Path, wheelhouse: Path, name: str, version: str) -> Path:
     src = workdir / f"{name}-{version}"
     src.mkdir(parents=True)
-    (src / "pyproject.toml").write_text(textwrap.dedent(f"""
+    (src / "pyproject.toml").write_text(
+        textwrap.dedent(f"""
         [build-system]
         requires = ["setuptools"]
         build-backend = "setuptools.build_meta"
@@ -46,7 +47,8 @@ def build_wheel(workdir: Path, wheelhouse: Path, name: str, version: str) -> Pat
         version = "{version}"
         [tool.setuptools]
         py-modules = ["{name}"]
-    """))
+    """)
+    )
     (src / f"{name}.py").write_text(f'VERSION = "{version}"\n')
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "--no-index",

@@ -56,32 +56,57 @@ async def _run(app: Starlette, client: httpx.AsyncClient, sid: str) -> dict[str,
     return await _finished(app, client, r.json()["run_id"])
 
 
-async def test_a_package_with_a_vendored_wheel_runs_through_the_api(wheelhouse: Path, tmp_path: Path) -> None:
+async def test_a_package_with_a_vendored_wheel_runs_through_the_api(
+    wheelhouse: Path, tmp_path: Path
+) -> None:
     pkg = write_package(tmp_path / "src", "tiny-pkg", requirements=["rwtiny==2.0"])
     config = _config(tmp_path, wheelhouse=wheelhouse)
     async with running_api(config) as (app, client):
         r = await client.post("/v1/packages", json={"path": str(pkg)})
         assert r.status_code == 201, r.text
-        assert r.json()["vendored"][0] | {"top_level": None} == {"name": "rwtiny", "version": "2.0", "top_level": None}
+        assert r.json()["vendored"][0] | {"top_level": None} == {
+            "name": "rwtiny",
+            "version": "2.0",
+            "top_level": None,
+        }
         assert [e["type"] for e in _journal(config)] == ["package.installing", "package.installed"]
         listed = (await client.get("/v1/packages")).json()["packages"]
-        assert [(p["name"], p["version"], p["status"]) for p in listed] == [("tiny-pkg", "1.0.0", "installed")]
+        assert [(p["name"], p["version"], p["status"]) for p in listed] == [
+            ("tiny-pkg", "1.0.0", "installed")
+        ]
         shown = (await client.get("/v1/packages/tiny-pkg")).json()
         assert "rwtiny" in shown["pip_log"] and shown["versions"] == ["1.0.0"]
 
-        r = await client.post("/v1/sessions", json={"session_id": "s1", "pipeline": {"package": "tiny-pkg"}})
+        r = await client.post(
+            "/v1/sessions", json={"session_id": "s1", "pipeline": {"package": "tiny-pkg"}}
+        )
         assert r.status_code == 201, r.text
         run = await _run(app, client, "s1")
         assert run["status"] == "succeeded", run
         assert sys.modules["rwtiny"].VERSION == "2.0"  # imported from the package's vendor/
-        manifest = json.loads((config.runs_dir / "s1" / run["run_id"] / "manifest.json").read_text())
-        assert manifest["packages"] == [{"name": "tiny-pkg", "version": "1.0.0", "vendored": {"rwtiny": "2.0"}}]
+        manifest = json.loads(
+            (config.runs_dir / "s1" / run["run_id"] / "manifest.json").read_text()
+        )
+        assert manifest["packages"] == [
+            {"name": "tiny-pkg", "version": "1.0.0", "vendored": {"rwtiny": "2.0"}}
+        ]
         steps = {s["name"]: s for s in (await client.get("/v1/steps")).json()["steps"]}
         assert "tiny-pkg.version" in steps
-        after = (config.packages_dir / "tiny-pkg" / "1.0.0" / "after_run.jsonl").read_text().splitlines()
-        assert json.loads(after[-1]) == {"session_id": "s1", "run_id": run["run_id"], "status": "succeeded", "error": None}
+        after = (
+            (config.packages_dir / "tiny-pkg" / "1.0.0" / "after_run.jsonl")
+            .read_text()
+            .splitlines()
+        )
+        assert json.loads(after[-1]) == {
+            "session_id": "s1",
+            "run_id": run["run_id"],
+            "status": "succeeded",
+            "error": None,
+        }
 
-        assert (await client.delete("/v1/sessions/s1", headers={"content-type": "application/json"})).status_code == 204
+        assert (
+            await client.delete("/v1/sessions/s1", headers={"content-type": "application/json"})
+        ).status_code == 204
         assert active_packages() == [] and "tiny-pkg.version" not in REGISTRY
 
 
@@ -90,7 +115,9 @@ async def test_on_after_run_receives_a_failed_runs_error(tmp_path: Path) -> None
     config = _config(tmp_path)
     async with running_api(config) as (app, client):
         assert (await client.post("/v1/packages", json={"path": str(pkg)})).status_code == 201
-        r = await client.post("/v1/sessions", json={"session_id": "f", "pipeline": {"package": "fails"}})
+        r = await client.post(
+            "/v1/sessions", json={"session_id": "f", "pipeline": {"package": "fails"}}
+        )
         assert r.status_code == 201, r.text
         run = await _run(app, client, "f")
         assert run["status"] == "failed"
@@ -98,15 +125,22 @@ async def test_on_after_run_receives_a_failed_runs_error(tmp_path: Path) -> None
     summary = json.loads(line)
     assert summary["status"] == "failed" and summary["run_id"] == run["run_id"]
     assert summary["error"]["code"] == "STEP_EXCEPTION"
-    assert "failing on purpose" in summary["error"]["message"] and summary["error"]["failed_step"] == "v"
+    assert (
+        "failing on purpose" in summary["error"]["message"]
+        and summary["error"]["failed_step"] == "v"
+    )
 
 
 async def test_an_on_activate_that_raises_is_409_and_creates_nothing(tmp_path: Path) -> None:
-    pkg = write_package(tmp_path / "src", "refuses", on_activate="raise RuntimeError('no detector here')")
+    pkg = write_package(
+        tmp_path / "src", "refuses", on_activate="raise RuntimeError('no detector here')"
+    )
     config = _config(tmp_path)
     async with running_api(config) as (_, client):
         assert (await client.post("/v1/packages", json={"path": str(pkg)})).status_code == 201
-        r = await client.post("/v1/sessions", json={"session_id": "x", "pipeline": {"package": "refuses"}})
+        r = await client.post(
+            "/v1/sessions", json={"session_id": "x", "pipeline": {"package": "refuses"}}
+        )
         assert r.status_code == 409 and r.json()["code"] == "PACKAGE_ACTIVATION_FAILED"
         assert "on_activate raised RuntimeError: no detector here" in r.json()["detail"]
         assert (await client.get("/v1/sessions/x")).status_code == 404
@@ -131,15 +165,21 @@ async def test_an_uploaded_hostile_zip_is_422_and_leaves_nothing(tmp_path: Path)
         zf.writestr("../../escape.py", "print('pwned')")
     config = _config(tmp_path)
     async with running_api(config) as (_, client):
-        r = await client.post("/v1/packages", json={"zip_base64": base64.b64encode(buf.getvalue()).decode()})
+        r = await client.post(
+            "/v1/packages", json={"zip_base64": base64.b64encode(buf.getvalue()).decode()}
+        )
         assert r.status_code == 422 and r.json()["code"] == "PACKAGE_INSTALL_FAILED"
         assert "escapes the package folder" in r.json()["detail"]
         assert _journal(config)[-1]["type"] == "package.install_failed"
-    leftovers = [p for p in config.packages_dir.rglob("*") if p.name not in (".staging", ".uploads")]
+    leftovers = [
+        p for p in config.packages_dir.rglob("*") if p.name not in (".staging", ".uploads")
+    ]
     assert leftovers == [] and not (tmp_path / "escape.py").exists()
 
 
-async def test_an_uploaded_zip_larger_than_1_mib_is_accepted_up_to_its_own_limit(tmp_path: Path) -> None:
+async def test_an_uploaded_zip_larger_than_1_mib_is_accepted_up_to_its_own_limit(
+    tmp_path: Path,
+) -> None:
     pkg = write_package(tmp_path / "src", "big")
     (pkg / "data.bin").write_bytes(bytes(range(256)) * 8192)  # 2 MiB, poorly compressible as stored
     buf = io.BytesIO()
@@ -160,7 +200,9 @@ async def test_a_session_on_a_package_is_reactivated_after_a_restart(tmp_path: P
     config = _config(tmp_path)
     async with running_api(config) as (_, client):
         assert (await client.post("/v1/packages", json={"path": str(pkg)})).status_code == 201
-        r = await client.post("/v1/sessions", json={"session_id": "r", "pipeline": {"package": "again"}})
+        r = await client.post(
+            "/v1/sessions", json={"session_id": "r", "pipeline": {"package": "again"}}
+        )
         assert r.status_code == 201, r.text
     # A new process starts with nothing active: drop what this one activated.
     for active in active_packages():
@@ -182,7 +224,9 @@ async def test_with_a_token_only_an_authenticated_client_may_install(tmp_path: P
         r = await client.post("/v1/packages", json={"path": str(pkg)})
         assert r.status_code == 401
         assert not (config.packages_dir / "guarded").exists()
-        r = await client.post("/v1/packages", json={"path": str(pkg)}, headers={"Authorization": "Bearer s3cret"})
+        r = await client.post(
+            "/v1/packages", json={"path": str(pkg)}, headers={"Authorization": "Bearer s3cret"}
+        )
         assert r.status_code == 201, r.text
 
 
@@ -192,7 +236,12 @@ async def test_an_unknown_package_or_pipeline_is_a_clear_error(tmp_path: Path) -
         r = await client.post("/v1/sessions", json={"pipeline": {"package": "unknown"}})
         assert r.status_code == 404 and r.json()["detail"] == "package unknown is not installed"
         assert (await client.post("/v1/packages", json={"path": str(pkg)})).status_code == 201
-        r = await client.post("/v1/sessions", json={"pipeline": {"package": "known", "file": "other.yaml"}})
-        assert r.status_code == 422 and "has no pipeline 'other.yaml' (it has: pipe.yaml)" in r.json()["detail"]
+        r = await client.post(
+            "/v1/sessions", json={"pipeline": {"package": "known", "file": "other.yaml"}}
+        )
+        assert (
+            r.status_code == 422
+            and "has no pipeline 'other.yaml' (it has: pipe.yaml)" in r.json()["detail"]
+        )
         assert (await client.get("/v1/packages/unknown")).status_code == 404
     assert active_packages() == []

@@ -27,7 +27,10 @@ def test_install_list_show(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert "modules: ['clipkg_steps']" in capsys.readouterr().out
     # Installing the same version again: one line, non-zero exit, nothing changed.
     assert main(["package", "install", str(pkg), "--data-dir", data]) == 1
-    assert capsys.readouterr().err == "error: package not installed: package clipkg 1.0.0 is already installed\n"
+    assert (
+        capsys.readouterr().err
+        == "error: package not installed: package clipkg 1.0.0 is already installed\n"
+    )
 
 
 def test_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

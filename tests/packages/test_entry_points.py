@@ -50,12 +50,14 @@ def _site(root: Path) -> Path:
     info = root / "rwplug-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: rwplug\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(textwrap.dedent("""
+    (info / "entry_points.txt").write_text(
+        textwrap.dedent("""
         [runwire.steps]
         good = rwplug_good
         duplicate = rwplug_dup
         broken = rwplug_not_there
-    """))
+    """)
+    )
     return root
 
 
@@ -83,13 +85,29 @@ def test_plugin_steps_validate_and_broken_plugins_are_named(plugin_site: Path) -
     assert REGISTRY["array.subtract"].__module__ == "pipeline.steps.arrays"  # untouched
     steps = [{"id": "d", "use": "rwplug.double", "params": {"offset": 1.0},
               "inputs": {"x": "a"}, "outputs": {"y": "b"}}]  # fmt: skip
-    spec = load_pipeline_text(yaml.safe_dump({"name": "p", "steps": [
-        {"id": "a", "use": "diag.emit", "params": {"count": 1}, "outputs": {"done": "a"}}, *steps]}))
+    spec = load_pipeline_text(
+        yaml.safe_dump(
+            {
+                "name": "p",
+                "steps": [
+                    {
+                        "id": "a",
+                        "use": "diag.emit",
+                        "params": {"count": 1},
+                        "outputs": {"done": "a"},
+                    },
+                    *steps,
+                ],
+            }
+        )
+    )
     assert [s.id for s in spec.pipeline.steps] == ["a", "d"]
 
 
 @pytest.mark.anyio
-async def test_get_steps_lists_plugin_steps_and_plugin_errors(plugin_site: Path, tmp_path: Path) -> None:
+async def test_get_steps_lists_plugin_steps_and_plugin_errors(
+    plugin_site: Path, tmp_path: Path
+) -> None:
     async with running_api(Config(data_dir=tmp_path / "data")) as (_, client):
         body = (await client.get("/v1/steps")).json()
     steps = {s["name"]: s for s in body["steps"]}
@@ -101,7 +119,10 @@ async def test_get_steps_lists_plugin_steps_and_plugin_errors(plugin_site: Path,
 
 def test_runwire_steps_shows_an_installed_plugin_with_no_configuration(tmp_path: Path) -> None:
     site = _site(tmp_path / "site")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+    }
     done = subprocess.run([sys.executable, "-m", "service.cli", "steps", "--json", "rwplug.double"],
                           capture_output=True, text=True, env=env, timeout=120, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr

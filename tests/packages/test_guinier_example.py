@@ -29,9 +29,13 @@ async def test_guinier_package_fits_the_demo_sphere(tmp_path: Path) -> None:
     async with running_api(config) as (app, client):
         r = await client.post("/v1/packages", json={"path": str(EXAMPLE)})
         assert r.status_code == 201, r.text
-        r = await client.post("/v1/sessions", json={"session_id": "g", "pipeline": {"package": "guinier"}})
+        r = await client.post(
+            "/v1/sessions", json={"session_id": "g", "pipeline": {"package": "guinier"}}
+        )
         assert r.status_code == 201, r.text
-        r = await client.post("/v1/sessions/g/sample", json={"location": str(sample), "process": True})
+        r = await client.post(
+            "/v1/sessions/g/sample", json={"location": str(sample), "process": True}
+        )
         assert r.status_code == 202, r.text
         run_id = r.json()["run_id"]
         with anyio.fail_after(120):

@@ -50,7 +50,9 @@ def test_a_well_formed_zip_installs(good: Path, tmp_path: Path) -> None:
         ("C:/evil.py", "has an absolute path"),
     ],
 )
-def test_paths_that_escape_are_refused(good: Path, tmp_path: Path, member: str, message: str) -> None:
+def test_paths_that_escape_are_refused(
+    good: Path, tmp_path: Path, member: str, message: str
+) -> None:
     archive = _zip_of(good, tmp_path / "bad.zip", [(member, b"print('pwned')")])
     with pytest.raises(UnsafeArchiveError, match=message):
         install_package(archive, tmp_path / "packages")
@@ -88,7 +90,9 @@ def test_a_zip_bomb_is_stopped_at_the_size_limit(good: Path, tmp_path: Path) -> 
     _assert_nothing_left(tmp_path / "packages", tmp_path / "evil.py")
 
 
-def test_a_bomb_that_lies_about_its_size_is_stopped_while_inflating(good: Path, tmp_path: Path) -> None:
+def test_a_bomb_that_lies_about_its_size_is_stopped_while_inflating(
+    good: Path, tmp_path: Path
+) -> None:
     archive = tmp_path / "liar.zip"
     with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("zipped/bomb.bin", bytes(4 << 20))

@@ -44,10 +44,15 @@ def test_activation_imports_the_vendored_module_and_registers_the_step(two_versi
     assert active.describe()["vendored"] == {"rwtiny": "1.0"}
 
 
-def test_two_packages_needing_different_versions_conflict_and_nothing_changes(two_versions: Path) -> None:
+def test_two_packages_needing_different_versions_conflict_and_nothing_changes(
+    two_versions: Path,
+) -> None:
     activate(two_versions / "uses-one" / "1.0.0")
     path_before, registry_before = list(sys.path), dict(REGISTRY)
-    with pytest.raises(ActivationError, match=r"version conflict: package uses-two needs rwtiny 2.0 .* uses-one uses rwtiny 1.0"):
+    with pytest.raises(
+        ActivationError,
+        match=r"version conflict: package uses-two needs rwtiny 2.0 .* uses-one uses rwtiny 1.0",
+    ):
         activate(two_versions / "uses-two" / "1.0.0")
     assert sys.path == path_before and registry_before == REGISTRY
     assert sys.modules["rwtiny"].VERSION == "1.0"
@@ -56,7 +61,10 @@ def test_two_packages_needing_different_versions_conflict_and_nothing_changes(tw
 
 def test_on_activate_that_raises_leaves_nothing_half_activated(tmp_path: Path) -> None:
     packages = tmp_path / "packages"
-    install_package(write_package(tmp_path / "src", "refuses", on_activate="raise RuntimeError('no detector')"), packages)
+    install_package(
+        write_package(tmp_path / "src", "refuses", on_activate="raise RuntimeError('no detector')"),
+        packages,
+    )
     path_before, modules_before, registry_before = list(sys.path), set(sys.modules), dict(REGISTRY)
     with pytest.raises(ActivationError, match="on_activate raised RuntimeError: no detector"):
         activate(packages / "refuses" / "1.0.0")
@@ -71,28 +79,42 @@ def test_import_error_fails_activation_naming_the_module(tmp_path: Path) -> None
     pkg = write_package(tmp_path / "src", "broken")
     (pkg / "broken_steps.py").write_text("import not_a_module_anywhere\n")
     install_package(pkg, tmp_path / "packages")
-    with pytest.raises(ActivationError, match="importing 'broken_steps' failed: ModuleNotFoundError"):
+    with pytest.raises(
+        ActivationError, match="importing 'broken_steps' failed: ModuleNotFoundError"
+    ):
         activate(tmp_path / "packages" / "broken" / "1.0.0")
     assert "broken.version" not in REGISTRY
 
 
-def test_a_requirement_missing_from_the_wheelhouse_is_one_clear_error(wheelhouse: Path, tmp_path: Path) -> None:
+def test_a_requirement_missing_from_the_wheelhouse_is_one_clear_error(
+    wheelhouse: Path, tmp_path: Path
+) -> None:
     packages = tmp_path / "packages"
-    pkg = write_package(tmp_path / "src", "wants-more", requirements=["rwtiny==1.0", "not-in-house==3"])
+    pkg = write_package(
+        tmp_path / "src", "wants-more", requirements=["rwtiny==1.0", "not-in-house==3"]
+    )
     record = install_package(pkg, packages, InstallOptions(wheelhouse=wheelhouse))
     assert record["status"] == "failed"
-    assert record["error"] == f"requirement 'not-in-house==3' not found in the wheelhouse {wheelhouse}"
+    assert (
+        record["error"] == f"requirement 'not-in-house==3' not found in the wheelhouse {wheelhouse}"
+    )
     # Atomic: no vendor directory, half-filled or not; only the record of the failure.
     assert sorted(p.name for p in (packages / "wants-more" / "1.0.0").iterdir()) == ["install.json"]
     assert list((packages / ".staging").iterdir()) == []
 
 
-def test_requirements_without_wheelhouse_or_network_permission_name_the_requirement(tmp_path: Path) -> None:
-    pkg = write_package(tmp_path / "src", "net", requirements=["rwtiny==1.0"], extra_manifest={"network": True})
+def test_requirements_without_wheelhouse_or_network_permission_name_the_requirement(
+    tmp_path: Path,
+) -> None:
+    pkg = write_package(
+        tmp_path / "src", "net", requirements=["rwtiny==1.0"], extra_manifest={"network": True}
+    )
     record = install_package(pkg, tmp_path / "packages", InstallOptions())
     assert record["status"] == "failed"
-    assert record["error"] == ("package net needs requirement 'rwtiny==1.0': no --wheelhouse to install "
-                               "it from, and the server does not run with --allow-package-network")
+    assert record["error"] == (
+        "package net needs requirement 'rwtiny==1.0': no --wheelhouse to install "
+        "it from, and the server does not run with --allow-package-network"
+    )
     pkg2 = write_package(tmp_path / "src", "nonet", requirements=["rwtiny==1.0"])
     record = install_package(pkg2, tmp_path / "packages", InstallOptions(allow_network=True))
     assert "the package does not say `network: true`" in record["error"]
@@ -107,7 +129,9 @@ def test_installing_the_same_version_twice_is_refused(tmp_path: Path) -> None:
 
 def test_manifest_problems_are_named(tmp_path: Path) -> None:
     pkg = write_package(tmp_path / "src", "bad", extra_manifest={"pipelines": ["../outside.yaml"]})
-    with pytest.raises(PackageError, match=r"pipeline '../outside.yaml' must be a path inside the package"):
+    with pytest.raises(
+        PackageError, match=r"pipeline '../outside.yaml' must be a path inside the package"
+    ):
         install_package(pkg, tmp_path / "packages")
     assert not (tmp_path / "packages" / "bad").exists()
 

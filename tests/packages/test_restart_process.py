@@ -24,7 +24,9 @@ def test_a_package_session_is_reactivated_by_a_restarted_server(tmp_path: Path) 
         with server.client() as client:
             r = client.post("/packages", json={"path": str(pkg)})
             assert r.status_code == 201, r.text
-            r = client.post("/sessions", json={"session_id": "s", "pipeline": {"package": "survivor"}})
+            r = client.post(
+                "/sessions", json={"session_id": "s", "pipeline": {"package": "survivor"}}
+            )
             assert r.status_code == 201, r.text
     finally:
         assert server.terminate() == 0
@@ -37,7 +39,9 @@ def test_a_package_session_is_reactivated_by_a_restarted_server(tmp_path: Path) 
             assert r.status_code == 202, r.text
             run_id = r.json()["run_id"]
             assert follower.wait_for(
-                lambda evs: any(t == "run.finished" and json.loads(d).get("runid") == run_id for _, t, d in evs),
+                lambda evs: any(
+                    t == "run.finished" and json.loads(d).get("runid") == run_id for _, t, d in evs
+                ),
                 timeout=60,
             )
             run = client.get(f"/runs/{run_id}").json()

@@ -47,7 +47,9 @@ def make_list(*, n: int = 3) -> list[float]:
     return [float(i) for i in range(n)]
 
 
-Scale = step("test.scale", inputs=("values",), outputs=("scaled",), version="2", auto_register=False)(scale)
+Scale = step(
+    "test.scale", inputs=("values",), outputs=("scaled",), version="2", auto_register=False
+)(scale)
 MakeList = step("test.make_list", outputs=("values",), auto_register=False)(make_list)
 
 
@@ -98,7 +100,9 @@ class Progress(RunObserver):
 def test_runs_reports_progress_and_is_reused_until_its_params_change() -> None:
     cache = IncrementalCache()
     progress = Progress()
-    result = ProcessingRunner(load_pipeline_text(_pipeline()), observers=(progress,), cache=cache).run({})
+    result = ProcessingRunner(
+        load_pipeline_text(_pipeline()), observers=(progress,), cache=cache
+    ).run({})
     assert result.values["s"] == [0.0, 3.0, 6.0, 9.0]
     assert progress.events[-1] == ("scale", 1.0, "x 3")
     again = ProcessingRunner(load_pipeline_text(_pipeline()), cache=cache).run({})
@@ -111,7 +115,9 @@ def test_cancellation_stops_it_between_values() -> None:
     cancel = CancelToken()
 
     class CancelOnFirstProgress(RunObserver):
-        def on_step_progress(self, step_id: str, fraction: float | None, message: str | None) -> None:
+        def on_step_progress(
+            self, step_id: str, fraction: float | None, message: str | None
+        ) -> None:
             cancel.cancel()
 
     runner = ProcessingRunner(load_pipeline_text(_pipeline()), observers=(CancelOnFirstProgress(),))

@@ -205,7 +205,9 @@ def test_continue_on_error_records_failure_and_dependants_miss_the_key() -> None
 
 
 def test_tolerated_failure_alone_leaves_the_run_succeeded() -> None:
-    root = Pipeline("p", [Raises("flaky", outputs={"out": "x"}, continue_on_error=True), const("y", "y")])
+    root = Pipeline(
+        "p", [Raises("flaky", outputs={"out": "x"}, continue_on_error=True), const("y", "y")]
+    )
     result = ProcessingRunner(root).run({})
     assert result.exit_code == ExitCode.OK
     assert result.step_states["flaky"].status == "failed"
@@ -252,7 +254,9 @@ def test_step_failure_message_is_kept_without_type_prefix() -> None:
 def test_exit_code_from_states() -> None:
     assert exit_code_from(CompletedState(True)) == ExitCode.OK
     assert exit_code_from(CompletedState(False, status="cancelled")) == ExitCode.CANCELLED
-    assert exit_code_from(CompletedState(False, status="failed", meta={"code": "INVALID_RETURN"})) == 3
+    assert (
+        exit_code_from(CompletedState(False, status="failed", meta={"code": "INVALID_RETURN"})) == 3
+    )
     assert exit_code_from(CompletedState(False, status="failed")) == ExitCode.STEP_EXCEPTION
     assert [int(c) for c in ExitCode] == [0, 1, 2, 3, 4, 5, 64]
 

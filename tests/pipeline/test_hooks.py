@@ -69,13 +69,29 @@ def test_hooks_run_in_contract_order() -> None:
     runner = HookRecorder(Pipeline("p", [Emit("a", outputs={"out": "x"})]))
     result = runner.run({})
     assert result.exit_code == ExitCode.OK
-    assert runner.calls == ["prepare", "on_prepare", "execute", "on_execute", "finalize", "on_finalize"]
+    assert runner.calls == [
+        "prepare",
+        "on_prepare",
+        "execute",
+        "on_execute",
+        "finalize",
+        "on_finalize",
+    ]
 
 
 def test_hooks_run_in_order_for_a_failing_run_too() -> None:
-    runner = HookRecorder(Pipeline("p", [Emit("a", outputs={"out": "x"}), Fail("b", outputs={"out": "y"})]))
+    runner = HookRecorder(
+        Pipeline("p", [Emit("a", outputs={"out": "x"}), Fail("b", outputs={"out": "y"})])
+    )
     assert runner.run({}).exit_code == ExitCode.STEP_EXCEPTION
-    assert runner.calls == ["prepare", "on_prepare", "execute", "on_execute", "finalize", "on_finalize"]
+    assert runner.calls == [
+        "prepare",
+        "on_prepare",
+        "execute",
+        "on_execute",
+        "finalize",
+        "on_finalize",
+    ]
 
 
 def test_dry_run_plans_and_executes_nothing() -> None:
@@ -98,7 +114,10 @@ def test_observer_sees_the_run_in_order() -> None:
     inner = Pipeline("inner", [Emit("a", outputs={"out": "x"})])
     ProcessingRunner(Pipeline("p", [inner]), observers=[obs]).run({})
     assert obs.finished.is_set()
-    described = [(e[0], *(e[1:3] if e[0] != "run_started" and e[0] != "run_finished" else ())) for e in obs.events]
+    described = [
+        (e[0], *(e[1:3] if e[0] != "run_started" and e[0] != "run_finished" else ()))
+        for e in obs.events
+    ]
     assert described == [
         ("run_started",),
         ("step_started", "inner"),
@@ -132,7 +151,9 @@ class Broken(RunObserver):
         raise RuntimeError("observer bug")
 
 
-def test_raising_observer_is_logged_and_never_breaks_the_run(caplog: pytest.LogCaptureFixture) -> None:
+def test_raising_observer_is_logged_and_never_breaks_the_run(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     good = RecordingObserver()
     steps = [Emit("a", outputs={"out": "x"}), Emit("b", outputs={"out": "y"})]
     with caplog.at_level(logging.ERROR, logger="pipeline"):

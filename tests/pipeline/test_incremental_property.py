@@ -60,7 +60,9 @@ class Mix(Step):
 
 
 @st.composite
-def scenarios(draw: st.DrawFn) -> tuple[int, list[tuple[list[str], Mix.Params]], list[int], list[list[tuple[int, str]]]]:
+def scenarios(
+    draw: st.DrawFn,
+) -> tuple[int, list[tuple[list[str], Mix.Params]], list[int], list[list[tuple[int, str]]]]:
     n_sources = draw(st.integers(1, 3))
     keys = [f"src{i}" for i in range(n_sources)]
     steps: list[tuple[list[str], Mix.Params]] = []
@@ -77,12 +79,20 @@ def scenarios(draw: st.DrawFn) -> tuple[int, list[tuple[list[str], Mix.Params]],
     return n_sources, steps, chunk_sizes, rounds
 
 
-def build(n_sources: int, steps: list[tuple[list[str], Mix.Params]], chunk_sizes: list[int]) -> PipelineSpec:
+def build(
+    n_sources: int, steps: list[tuple[list[str], Mix.Params]], chunk_sizes: list[int]
+) -> PipelineSpec:
     items: list[PipelineStep] = [
-        Read(f"read{i}", Read.Params(source=f"s{i}"), outputs={"value": f"src{i}"}) for i in range(n_sources)
+        Read(f"read{i}", Read.Params(source=f"s{i}"), outputs={"value": f"src{i}"})
+        for i in range(n_sources)
     ]
     mixes: list[PipelineStep] = [
-        Mix(f"mix{i}", params, inputs=dict(zip(["a", "b", "c"], picked, strict=False)), outputs={"out": f"k{i}"})
+        Mix(
+            f"mix{i}",
+            params,
+            inputs=dict(zip(["a", "b", "c"], picked, strict=False)),
+            outputs={"out": f"k{i}"},
+        )
         for i, (picked, params) in enumerate(steps)
     ]
     # Wrap runs of consecutive steps in nested pipelines (ids stay dotted and unique).
@@ -109,7 +119,9 @@ def build(n_sources: int, steps: list[tuple[list[str], Mix.Params]], chunk_sizes
 def equal_values(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     if a.keys() != b.keys():
         return False
-    return all(np.array_equal(a[k], b[k]) if isinstance(a[k], np.ndarray) else a[k] == b[k] for k in a)
+    return all(
+        np.array_equal(a[k], b[k]) if isinstance(a[k], np.ndarray) else a[k] == b[k] for k in a
+    )
 
 
 def downstream(spec: PipelineSpec, changed_keys: set[str]) -> set[str]:
@@ -125,7 +137,9 @@ def downstream(spec: PipelineSpec, changed_keys: set[str]) -> set[str]:
     return affected
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(scenario=scenarios())
 def test_incremental_equals_full(tmp_path: Path, scenario: Any) -> None:
     n_sources, steps, chunk_sizes, rounds = scenario
@@ -185,4 +199,6 @@ def test_incremental_equals_full(tmp_path: Path, scenario: Any) -> None:
                     assert arg in plan.reasons  # names a dirty step
         # Execution only ever does less than the plan (early cutoff), never more.
         assert set(incremental.dirty_steps) <= set(plan.dirty_steps)
-        assert set(incremental.dirty_steps) | set(incremental.skipped_steps) == set(plan.dirty_steps) | set(plan.skipped_steps)
+        assert set(incremental.dirty_steps) | set(incremental.skipped_steps) == set(
+            plan.dirty_steps
+        ) | set(plan.skipped_steps)

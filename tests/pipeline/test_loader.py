@@ -267,7 +267,11 @@ steps:
         ("name: p\nsteps: [{id: a}]", "steps[0]", "use"),
         ("name: p\nsteps: [{id: a, use: loadertest.const, steps: []}]", "steps[0]", "not both"),
         ("name: p\nsteps: [{id: a.b, use: loadertest.const}]", "steps[0].id", "letters"),
-        ("name: p\nsources: {s: {required: maybe}}\nsteps: [{id: a, use: loadertest.const}]", "sources.s.required", "true or false"),
+        (
+            "name: p\nsources: {s: {required: maybe}}\nsteps: [{id: a, use: loadertest.const}]",
+            "sources.s.required",
+            "true or false",
+        ),
         ('{"name": "p", "steps": [', "line", "invalid YAML"),
     ],
 )
@@ -306,4 +310,10 @@ def test_the_documented_example_is_valid() -> None:
     text = doc.split("```yaml\n", 1)[1].split("```", 1)[0]
     spec = load_pipeline_text(text)
     assert spec.sources == {"sample": True, "dark": False}
-    assert [s.id for s in spec.pipeline.steps] == ["sample_frame", "dark_frame", "corrected", "reduce", "renders"]
+    assert [s.id for s in spec.pipeline.steps] == [
+        "sample_frame",
+        "dark_frame",
+        "corrected",
+        "reduce",
+        "renders",
+    ]

@@ -74,7 +74,9 @@ def make_spec(scale: float = 2.0, version: str = "1.0") -> PipelineSpec:
         "saxs",
         [
             ReadMeta("meta", outputs={"geometry": "geo", "frame": "frame"}),
-            Counted("geometry", Counted.Params(scale=scale), inputs={"x": "geo"}, outputs={"y": "q"}),
+            Counted(
+                "geometry", Counted.Params(scale=scale), inputs={"x": "geo"}, outputs={"y": "q"}
+            ),
             Combine("reduce", inputs={"frame": "frame", "q": "q"}, outputs={"out": "result"}),
         ],
         version=version,
@@ -92,7 +94,11 @@ def test_first_run_is_full_never_run_then_nothing_is_dirty(tmp_path: Path) -> No
     spec, cache = make_spec(), IncrementalCache()
     plan = plan_run(spec, sources(sample), cache)
     assert plan.effective_mode == "full"
-    assert plan.reasons == {"meta": ["never_run"], "geometry": ["never_run"], "reduce": ["never_run"]}
+    assert plan.reasons == {
+        "meta": ["never_run"],
+        "geometry": ["never_run"],
+        "reduce": ["never_run"],
+    }
     assert ProcessingRunner(spec, cache=cache).run(sources(sample)).exit_code == ExitCode.OK
     plan = plan_run(spec, sources(sample), cache)
     assert plan.effective_mode == "partial"
@@ -143,7 +149,11 @@ def test_params_and_version_changes_are_named(tmp_path: Path) -> None:
     plan = plan_run(make_spec(version="2.0"), sources(sample), cache)
     assert plan.effective_mode == "partial"
     assert plan.reasons["meta"] == ["version_changed"]
-    assert plan.reasons["reduce"] == ["version_changed", "upstream_dirty:meta", "upstream_dirty:geometry"]
+    assert plan.reasons["reduce"] == [
+        "version_changed",
+        "upstream_dirty:meta",
+        "upstream_dirty:geometry",
+    ]
 
 
 def test_step_version_change_is_version_changed(tmp_path: Path) -> None:
@@ -205,7 +215,10 @@ def test_failed_step_is_rerun_next_time(tmp_path: Path) -> None:
     sample = tmp_path / "s.json"
     sample.write_text("not json")
     spec, cache = make_spec(), IncrementalCache()
-    assert ProcessingRunner(spec, cache=cache).run(sources(sample)).exit_code == ExitCode.STEP_EXCEPTION
+    assert (
+        ProcessingRunner(spec, cache=cache).run(sources(sample)).exit_code
+        == ExitCode.STEP_EXCEPTION
+    )
     write_sample(sample, {"d": 1.0}, 1.0)
     result = ProcessingRunner(spec, cache=cache).run(sources(sample))
     assert result.exit_code == ExitCode.OK and result.dirty_steps == ["meta", "geometry", "reduce"]
@@ -217,7 +230,10 @@ def test_source_signature_tracks_size_mtime_ctime_inode_options_and_content(tmp_
     spec = SourceSpec(type="hdf5", location=str(path))
     sig = source_signature(spec)
     assert source_signature(SourceSpec(type="hdf5", location=str(path))) == sig
-    assert source_signature(SourceSpec(type="hdf5", location=str(path), options={"dataset": "/x"})) != sig
+    assert (
+        source_signature(SourceSpec(type="hdf5", location=str(path), options={"dataset": "/x"}))
+        != sig
+    )
     st = path.stat()
     path.write_bytes(b"abd")  # same size, mtime restored: only ctime tells
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))

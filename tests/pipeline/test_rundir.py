@@ -33,8 +33,18 @@ def test_run_directory_layout(tmp_path: Path) -> None:
     assert manifest == json.loads(run.manifest_path.read_text())
     assert manifest["run_id"] == "r-1"
     assert manifest["artifacts"] == [
-        {"path": "plots/curve.csv", "size": 8, "sha256": hashlib.sha256(b"q,I\n1,2\n").hexdigest(), "media_type": "text/csv"},
-        {"path": "reduced.h5", "size": 9, "sha256": hashlib.sha256(b"\x89HDF data").hexdigest(), "media_type": "application/x-hdf5"},
+        {
+            "path": "plots/curve.csv",
+            "size": 8,
+            "sha256": hashlib.sha256(b"q,I\n1,2\n").hexdigest(),
+            "media_type": "text/csv",
+        },
+        {
+            "path": "reduced.h5",
+            "size": 9,
+            "sha256": hashlib.sha256(b"\x89HDF data").hexdigest(),
+            "media_type": "application/x-hdf5",
+        },
     ]
     run.write_summary({"status": "succeeded"})
     assert json.loads(run.summary_path.read_text()) == {"status": "succeeded"}
@@ -46,6 +56,7 @@ def test_run_directory_layout(tmp_path: Path) -> None:
 
 def test_events_are_appended_one_per_line_from_many_threads(tmp_path: Path) -> None:
     with RunDirectory(tmp_path / "r").create() as run:
+
         def append(t: int) -> None:
             for i in range(100):
                 run.append_event(json.dumps({"t": t, "i": i}).encode())

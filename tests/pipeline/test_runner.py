@@ -80,7 +80,9 @@ class CancelAfter(RunObserver):
     def __init__(self, token: CancelToken, step_id: str) -> None:
         self.token, self.step_id = token, step_id
 
-    def on_step_finished(self, step_id: str, status: str, duration_s: float, error: str | None) -> None:
+    def on_step_finished(
+        self, step_id: str, status: str, duration_s: float, error: str | None
+    ) -> None:
         if step_id == self.step_id:
             self.token.cancel()
 
@@ -100,7 +102,9 @@ def test_long_step_sees_cancel_through_its_context() -> None:
     step.started = threading.Event()
     token = CancelToken()
     results: list[Any] = []
-    thread = threading.Thread(target=lambda: results.append(ProcessingRunner(Pipeline("p", [step])).run({}, cancel=token)))
+    thread = threading.Thread(
+        target=lambda: results.append(ProcessingRunner(Pipeline("p", [step])).run({}, cancel=token))
+    )
     thread.start()
     assert step.started.wait(10)
     token.cancel()
@@ -190,7 +194,13 @@ def test_optional_source_absent_skips_its_reader_with_none_outputs() -> None:
 
 
 def test_artifacts_are_listed_relative_to_the_artifacts_dir(tmp_path: Path) -> None:
-    root = Pipeline("p", [Noop("v", outputs={"out": "v"}), Writer("w", inputs={"value": "v"}, outputs={"path": "p"})])
+    root = Pipeline(
+        "p",
+        [
+            Noop("v", outputs={"out": "v"}),
+            Writer("w", inputs={"value": "v"}, outputs={"path": "p"}),
+        ],
+    )
     result = ProcessingRunner(root, artifacts_dir=tmp_path).run({})
     assert result.exit_code == ExitCode.OK
     assert result.artifacts == ["sub/value.txt"]
@@ -213,7 +223,13 @@ class PlainWriter(Step):
 def test_writers_rerun_for_every_new_artifacts_directory(tmp_path: Path) -> None:
     from pipeline.incremental import IncrementalCache
 
-    root = Pipeline("p", [Noop("v", outputs={"out": "v"}), PlainWriter("w", inputs={"value": "v"}, outputs={"path": "p"})])
+    root = Pipeline(
+        "p",
+        [
+            Noop("v", outputs={"out": "v"}),
+            PlainWriter("w", inputs={"value": "v"}, outputs={"path": "p"}),
+        ],
+    )
     cache = IncrementalCache()
     for run in ("r1", "r2"):
         (tmp_path / run).mkdir()
@@ -234,7 +250,11 @@ class Interrupted(Step):
 
 def test_keyboard_interrupt_in_a_step_cancels_the_run() -> None:
     token = CancelToken()
-    steps = [Noop("s0", outputs={"out": "a"}), Interrupted("i", outputs={"out": "x"}), Noop("s1", outputs={"out": "b"})]
+    steps = [
+        Noop("s0", outputs={"out": "a"}),
+        Interrupted("i", outputs={"out": "x"}),
+        Noop("s1", outputs={"out": "b"}),
+    ]
     result = ProcessingRunner(Pipeline("p", steps)).run({}, cancel=token)
     assert result.exit_code == ExitCode.CANCELLED and token.cancelled
     assert result.step_states["i"].status == "cancelled"

@@ -162,7 +162,11 @@ def test_the_example_declares_what_the_contract_says() -> None:
 def test_the_file_mask_is_what_keeps_bad_pixels_out(demo_dir: Path, tmp_path: Path) -> None:
     # Every file's mask counts, so all three lose theirs.
     srcs = {}
-    for ref, name in (("sample", "sample_0001.h5"), ("background", "background.h5"), ("dark", "dark.h5")):
+    for ref, name in (
+        ("sample", "sample_0001.h5"),
+        ("background", "background.h5"),
+        ("dark", "dark.h5"),
+    ):
         unmasked = tmp_path / f"unmasked_{name}"
         unmasked.write_bytes((demo_dir / name).read_bytes())
         with h5py.File(unmasked, "a") as f:
@@ -319,10 +323,16 @@ def test_nxcansas_file_holds_mask_run_id_and_provenance(
         assert data.attrs["mask"] == "Mask"
         assert data["Mask"].shape == data["I"].shape and not data["Mask"][()].any()
         process = entry["sasprocess01"]
-        assert (process.attrs["NX_class"], process.attrs["canSAS_class"]) == ("NXprocess", "SASprocess")
+        assert (process.attrs["NX_class"], process.attrs["canSAS_class"]) == (
+            "NXprocess",
+            "SASprocess",
+        )
         text = {k: v[()].decode() for k, v in process.items() if v.dtype.kind in "SO"}
         assert text["runwire_version"] == importlib.metadata.version("runwire")
-        assert (text["pipeline"], text["pipeline_version"]) == ("saxs", load_pipeline_text(example_text("saxs")).version)
+        assert (text["pipeline"], text["pipeline_version"]) == (
+            "saxs",
+            load_pipeline_text(example_text("saxs")).version,
+        )
         for ref, spec in srcs.items():
             assert text[f"source_{ref}"] == str(Path(spec.location).resolve())
             want = hashlib.sha256(Path(spec.location).read_bytes()).hexdigest()
@@ -340,7 +350,9 @@ def check_nxcansas_structure(f: h5py.File) -> None:
     assert entry["title"][()] and entry["run"].shape == ()
     data = entry[entry.attrs["default"]]
     assert (data.attrs["NX_class"], data.attrs["canSAS_class"]) == ("NXdata", "SASdata")
-    assert data.attrs["signal"] == "I" and data.attrs["I_axes"] == "Q" and data.attrs["Q_indices"] == 0
+    assert (
+        data.attrs["signal"] == "I" and data.attrs["I_axes"] == "Q" and data.attrs["Q_indices"] == 0
+    )
     assert data["Q"].attrs["units"] in ("1/m", "1/nm", "1/angstrom")
     assert data["I"].attrs["uncertainties"] == "Idev" and data["Idev"].shape == data["I"].shape
     assert data["Q"].shape == data["I"].shape == data[data.attrs["mask"]].shape
@@ -383,4 +395,7 @@ def test_runwire_run_reports_a_geometry_mismatch_in_one_line_and_the_summary(
     assert summary["status"] == "failed" and summary["exit_code"] == 2
     assert summary["error"]["failed_step"] == "dark.same_geometry"
     assert summary["error"]["message"].startswith("GEOMETRY_MISMATCH: source 'dark'")
-    assert f"frame shape ({SHAPE[0]}x{SHAPE[1] - 16} vs {SHAPE[0]}x{SHAPE[1]})" in summary["error"]["message"]
+    assert (
+        f"frame shape ({SHAPE[0]}x{SHAPE[1] - 16} vs {SHAPE[0]}x{SHAPE[1]})"
+        in summary["error"]["message"]
+    )

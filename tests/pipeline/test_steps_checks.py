@@ -17,7 +17,9 @@ REFERENCE = {
 
 def check(geometry: dict[str, Any] | None, source: str = "dark") -> dict[str, Any]:
     step = GeometryCheck("same", GeometryCheck.Params(source=source), {}, {"geometry": "g"})
-    return dict(step.compute({"geometry": geometry, "reference": REFERENCE}, StepContext("same", {})))
+    return dict(
+        step.compute({"geometry": geometry, "reference": REFERENCE}, StepContext("same", {}))
+    )
 
 
 def test_equal_within_tolerance_passes_the_geometry_on() -> None:

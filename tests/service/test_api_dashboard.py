@@ -81,7 +81,9 @@ NESTED = {
 
 async def test_session_pipeline_gives_the_step_tree_as_the_file_nests_it(api: Api) -> None:
     text = yaml.safe_dump(NESTED)
-    r = await api.client.post("/v1/sessions", json={"session_id": "n", "pipeline": {"yaml_text": text}})
+    r = await api.client.post(
+        "/v1/sessions", json={"session_id": "n", "pipeline": {"yaml_text": text}}
+    )
     assert r.status_code == 201, r.text
     r = await api.client.get("/v1/sessions/n/pipeline")
     assert r.status_code == 200
@@ -137,7 +139,9 @@ async def test_a_run_without_a_curve_is_404_not_found(api: Api) -> None:
     assert (await api.client.post("/v1/sessions", json=session_body("plain"))).status_code == 201
     run = (await api.client.post("/v1/sessions/plain/process", json={})).json()
     assert (await finished_run(api, run["run_id"]))["status"] == "succeeded"
-    assert_problem(await api.client.get(f"/v1/retained-runs/{run['run_id']}/curve"), 404, "NOT_FOUND")
+    assert_problem(
+        await api.client.get(f"/v1/retained-runs/{run['run_id']}/curve"), 404, "NOT_FOUND"
+    )
     assert_problem(await api.client.get("/v1/retained-runs/r-nope/curve"), 404, "RUN_NOT_FOUND")
 
 

@@ -84,7 +84,9 @@ async def test_unknown_route_is_404_not_found(api: Api) -> None:
 
 
 async def test_wrong_method_is_405_problem_with_allow(api: Api) -> None:
-    r = await api.client.delete("/v1/source-templates", headers={"content-type": "application/json"})
+    r = await api.client.delete(
+        "/v1/source-templates", headers={"content-type": "application/json"}
+    )
     assert r.status_code == 405
     assert r.headers["content-type"] == "application/problem+json"
     assert r.json()["code"] == "METHOD_NOT_ALLOWED"

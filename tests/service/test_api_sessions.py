@@ -103,7 +103,11 @@ async def test_list_is_wrapped_and_get_delete_roundtrip(api: Api) -> None:
     r = await api.client.delete("/v1/sessions/a", headers={"content-type": "application/json"})
     assert r.status_code == 204 and r.content == b""
     assert_problem(await api.client.get("/v1/sessions/a"), 404, "SESSION_NOT_FOUND")
-    assert_problem(await api.client.delete("/v1/sessions/a", headers={"content-type": "application/json"}), 404, "SESSION_NOT_FOUND")
+    assert_problem(
+        await api.client.delete("/v1/sessions/a", headers={"content-type": "application/json"}),
+        404,
+        "SESSION_NOT_FOUND",
+    )
 
 
 async def test_source_templates_are_wrapped_with_saxs_and_generic(api: Api) -> None:
@@ -129,7 +133,11 @@ async def test_sources_put_patch_delete(api: Api, tmp_path: Path) -> None:
     )
     assert r.status_code == 200
     assert set(r.json()["sources"]) == {"calib", "extra"}
-    assert (await api.client.delete("/v1/sessions/s/sources/calib", headers={"content-type": "application/json"})).status_code == 204
+    assert (
+        await api.client.delete(
+            "/v1/sessions/s/sources/calib", headers={"content-type": "application/json"}
+        )
+    ).status_code == 204
     sources = (await api.client.get("/v1/sessions/s")).json()["sources"]
     assert set(sources) == {"extra"}
 
@@ -157,7 +165,11 @@ async def test_sinks_put_patch_delete(api: Api, tmp_path: Path) -> None:
         json={"ref": "nx", "type": "hdf5", "location": str(tmp_path / "out.h5")},
     )
     assert set(r.json()["sinks"]) == {"curve", "nx"}
-    assert (await api.client.delete("/v1/sessions/s/sinks/nx", headers={"content-type": "application/json"})).status_code == 204
+    assert (
+        await api.client.delete(
+            "/v1/sessions/s/sinks/nx", headers={"content-type": "application/json"}
+        )
+    ).status_code == 204
     assert set((await api.client.get("/v1/sessions/s")).json()["sinks"]) == {"curve"}
 
 
@@ -231,7 +243,9 @@ async def test_process_bad_mode_is_422(api: Api) -> None:
 
 
 async def test_process_unknown_session_is_404(api: Api) -> None:
-    assert_problem(await api.client.post("/v1/sessions/nope/process", json={}), 404, "SESSION_NOT_FOUND")
+    assert_problem(
+        await api.client.post("/v1/sessions/nope/process", json={}), 404, "SESSION_NOT_FOUND"
+    )
 
 
 async def test_dry_run_reports_plan_without_running(api: Api) -> None:
@@ -273,7 +287,9 @@ async def test_delete_session_cancels_its_runs(api: Api) -> None:
     await create(api, "d", sleep_step(seconds=30, ticks=300))
     r = await api.client.post("/v1/sessions/d/process", json={})
     run_id = r.json()["run_id"]
-    assert (await api.client.delete("/v1/sessions/d", headers={"content-type": "application/json"})).status_code == 204
+    assert (
+        await api.client.delete("/v1/sessions/d", headers={"content-type": "application/json"})
+    ).status_code == 204
     events = await run_events(api.app, run_id)
     assert events[-1]["type"] == "run.cancelled"
     # The run stays on disk, as a retained run.
@@ -284,8 +300,20 @@ async def test_delete_session_cancels_its_runs(api: Api) -> None:
 
 async def test_deleting_unknown_source_or_sink_is_404(api: Api) -> None:
     await create(api, "s")
-    assert_problem(await api.client.delete("/v1/sessions/s/sources/nope", headers={"content-type": "application/json"}), 404, "NOT_FOUND")
-    assert_problem(await api.client.delete("/v1/sessions/s/sinks/nope", headers={"content-type": "application/json"}), 404, "NOT_FOUND")
+    assert_problem(
+        await api.client.delete(
+            "/v1/sessions/s/sources/nope", headers={"content-type": "application/json"}
+        ),
+        404,
+        "NOT_FOUND",
+    )
+    assert_problem(
+        await api.client.delete(
+            "/v1/sessions/s/sinks/nope", headers={"content-type": "application/json"}
+        ),
+        404,
+        "NOT_FOUND",
+    )
 
 
 async def test_unreadable_source_is_422_before_anything_is_queued(api: Api, tmp_path: Path) -> None:

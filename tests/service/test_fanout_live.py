@@ -33,7 +33,9 @@ async def test_100_sse_subscribers_each_receive_every_event_of_a_diag_emit_run(
     async with httpx.AsyncClient(
         base_url=live_server.base_url, limits=limits, timeout=timeout
     ) as client:
-        assert (await client.post("/v1/sessions", json=session_body("fan", emit))).status_code == 201
+        assert (
+            await client.post("/v1/sessions", json=session_body("fan", emit))
+        ).status_code == 201
         received: list[list[dict[str, Any]]] = []
 
         async def subscribe() -> None:

@@ -190,9 +190,9 @@ async def test_restart_publishes_a_terminal_event_lost_after_the_final_commit(
         event = await h.recorder.wait_event("run.finished", run_id)
         assert event.data["status"] == "succeeded"
     types = [msgspec.json.decode(line)["type"] for line in read_ndjson(journal)]
-    assert [t for t in types if t.startswith("run.") and t not in ("run.queued", "run.started")] == [
-        "run.finished"
-    ]
+    assert [
+        t for t in types if t.startswith("run.") and t not in ("run.queued", "run.started")
+    ] == ["run.finished"]
 
     async with running(config) as h:  # a third start finds the run ended: nothing is added
         pass

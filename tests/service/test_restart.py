@@ -51,7 +51,10 @@ def test_everything_is_there_after_sigterm_and_start(tmp_path: Path) -> None:
             gone_run = c.post("/sessions/gone/process", json={}).raise_for_status().json()["run_id"]
             assert wait_run_final(c, kept_run)["status"] == "succeeded"
             assert wait_run_final(c, gone_run)["status"] == "succeeded"
-            assert c.delete("/sessions/gone", headers={"content-type": "application/json"}).status_code == 204
+            assert (
+                c.delete("/sessions/gone", headers={"content-type": "application/json"}).status_code
+                == 204
+            )
             before_sessions = c.get("/sessions/keep").json()
             before_run = c.get(f"/runs/{kept_run}").json()
             before_retained = all_retained(c)

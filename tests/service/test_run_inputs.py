@@ -132,7 +132,9 @@ async def test_a_burst_of_50_samples_gives_the_50_reductions_in_order(
 ) -> None:
     *samples, background, dark = frames
     await make_saxs_session(api, "burst", background, dark)
-    subscription = await service_state(api.app).broker.subscribe(sessions=["burst"], queue_size=100_000)
+    subscription = await service_state(api.app).broker.subscribe(
+        sessions=["burst"], queue_size=100_000
+    )
     try:
         accepted = [await submit_sample(api, "burst", path) for path in samples]
         run_ids = [a["run_id"] for a in accepted]

@@ -60,7 +60,9 @@ _RESUME = (
 async def _sse(request: Request, sessions: list[str] | None, run_id: str | None = None) -> Response:
     check_sse_origin(request)
     try:
-        return sse_response(request, service_state(request.app).broker, sessions=sessions, run_id=run_id)
+        return sse_response(
+            request, service_state(request.app).broker, sessions=sessions, run_id=run_id
+        )
     except InvalidEventId as exc:
         raise ServiceError(
             "INVALID_REQUEST",

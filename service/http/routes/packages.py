@@ -61,7 +61,9 @@ class PackageRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     network: bool = False
     hooks: dict[str, str | None] = msgspec.field(default_factory=dict)
     requirements: list[str] = msgspec.field(default_factory=list)
-    vendored: list[dict[str, Any]] = msgspec.field(default_factory=list)  # {name, version, top_level}
+    vendored: list[dict[str, Any]] = msgspec.field(
+        default_factory=list
+    )  # {name, version, top_level}
     error: str | None = None
     finished_utc: str | None = None
     pip_log: str | None = None  # GET /v1/packages/{name} only
@@ -73,7 +75,9 @@ class PackageList(msgspec.Struct, kw_only=True):
 
 
 def _record(raw: dict[str, Any]) -> PackageRecord:
-    return msgspec.convert({k: v for k, v in raw.items() if k in PackageRecord.__struct_fields__}, PackageRecord)
+    return msgspec.convert(
+        {k: v for k, v in raw.items() if k in PackageRecord.__struct_fields__}, PackageRecord
+    )
 
 
 table = OperationTable("packages")
@@ -103,7 +107,9 @@ async def list_steps(request: Request) -> Response:
 @table.route("GET", "/packages", response=PackageList)
 async def list_packages(request: Request) -> Response:
     """Installed (and failed) packages, by name and version."""
-    return json_response(PackageList(packages=[_record(r) for r in await _packages(request).list_public()]))
+    return json_response(
+        PackageList(packages=[_record(r) for r in await _packages(request).list_public()])
+    )
 
 
 @table.route("GET", "/packages/{name}", response=PackageRecord, errors=("NOT_FOUND",),
@@ -121,7 +127,9 @@ async def install_package(request: Request) -> Response:
     runtime.check_allowed()  # before looking at any path: 403 says why, whatever the body
     body = await decode_body(request, InstallPackageRequest)
     if body.path is not None:
-        path: Path = confine(body.path, service_state(request.app).config.read_roots, what="package path")
+        path: Path = confine(
+            body.path, service_state(request.app).config.read_roots, what="package path"
+        )
         record = await runtime.install(path=path)
     else:
         record = await runtime.install(zip_base64=body.zip_base64)

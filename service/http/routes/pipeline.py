@@ -55,7 +55,9 @@ class ExampleList(msgspec.Struct, kw_only=True):
     examples: list[Example]
 
 
-def step_tree(steps: list[PipelineStep] | tuple[PipelineStep, ...], prefix: str = "") -> list[StepNode]:
+def step_tree(
+    steps: list[PipelineStep] | tuple[PipelineStep, ...], prefix: str = ""
+) -> list[StepNode]:
     """The nesting of `steps` with dotted ids under `prefix`."""
     nodes = []
     for step in steps:
@@ -110,7 +112,9 @@ async def session_pipeline(request: Request) -> Response:
 
 
 def _examples() -> ExampleList:
-    return ExampleList(examples=[Example(name=n, yaml_text=example_text(n)) for n in example_names()])
+    return ExampleList(
+        examples=[Example(name=n, yaml_text=example_text(n)) for n in example_names()]
+    )
 
 
 @table.route("GET", "/examples", response=ExampleList)

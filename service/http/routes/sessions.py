@@ -80,8 +80,13 @@ def _session_response(record: SessionRecord, status: int = 200) -> Response:
     response=SessionRecord,
     status=201,
     location_header=True,
-    errors=("SESSION_EXISTS", "PIPELINE_INVALID", "FORBIDDEN",
-            "NOT_FOUND", "PACKAGE_ACTIVATION_FAILED"),  # pipeline packages (docs/packages.md)
+    errors=(
+        "SESSION_EXISTS",
+        "PIPELINE_INVALID",
+        "FORBIDDEN",
+        "NOT_FOUND",
+        "PACKAGE_ACTIVATION_FAILED",
+    ),  # pipeline packages (docs/packages.md)
 )
 async def create_session(request: Request) -> Response:
     """Create a session from a pipeline (inline YAML/JSON or a server-side path)."""
