@@ -55,6 +55,8 @@ ENV_VARS = {
     "allow_package_network": "RUNWIRE_ALLOW_PACKAGE_NETWORK",
     "wheelhouse": "RUNWIRE_WHEELHOUSE",
     "broker": "RUNWIRE_BROKER",
+    "runs": "RUNWIRE_RUNS",  # where runs compute: local threads or `runwire worker`s
+    "lease_ttl": "RUNWIRE_LEASE_TTL",
 }
 
 
@@ -135,6 +137,11 @@ def add_parsers(sub: Any) -> None:
                    "from, offline (RUNWIRE_WHEELHOUSE)")  # fmt: skip
     p.add_argument("--broker", help="event bus and run queue: redis://HOST:PORT/DB for Redis "
                    "or Valkey Streams; default the embedded in-memory broker (RUNWIRE_BROKER)")  # fmt: skip
+    p.add_argument("--runs", choices=("local", "workers"), help="where runs compute: local worker "
+                   "threads (default) or `runwire worker` processes through the --broker's "
+                   "Redis run queue (RUNWIRE_RUNS)")  # fmt: skip
+    p.add_argument("--lease-ttl", type=float, help="seconds before a silent worker's runs end "
+                   "interrupted and its sessions move on (RUNWIRE_LEASE_TTL, default 10)")  # fmt: skip
     p.set_defaults(func=run_serve)
 
 
@@ -219,6 +226,14 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
         values["wheelhouse"] = Path(raw).expanduser().resolve()
     if (raw := _setting(args, env, "broker")) is not None:
         values["broker"] = broker_url(str(raw))
+    if (raw := _setting(args, env, "lease_ttl")) is not None:
+        values["lease_ttl"] = _number(float, "lease_ttl", raw, 0.5)
+    if (raw := _setting(args, env, "runs")) is not None:
+        if str(raw) not in ("local", "workers"):
+            raise CliError(f"--runs: expected local or workers, got {raw!r}", EXIT_USAGE)
+        if str(raw) == "workers" and "broker" not in values:
+            raise CliError("--runs workers needs --broker redis://HOST:PORT/DB", EXIT_USAGE)
+        values["runs"] = str(raw)
     config = Config(**{**defaults.__dict__, **values})
     if not is_loopback(config.host) and not config.token:
         raise CliError(

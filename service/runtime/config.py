@@ -38,6 +38,10 @@ class Config:
     # RUNWIRE_BROKER: None is the embedded in-memory broker; "redis://HOST:PORT/DB" puts events
     # and the run queue on Redis/Valkey Streams (contract section 12, docs/scale-out.md).
     broker: str | None = None
+    # RUNWIRE_RUNS: where runs compute: "local" (worker threads of this process) or "workers"
+    # (`runwire worker` processes through the Redis run queue; needs a redis:// broker).
+    runs: str = "local"
+    lease_ttl: float = 10.0  # RUNWIRE_LEASE_TTL: seconds a dead worker keeps its sessions' leases
 
     @property
     def store_path(self) -> Path:

@@ -6,8 +6,10 @@ sessions, live runs, commits, the cache budget), and its dispatcher starts
 
 1. hand it the session's cache (the run stays `queued` until it is planned: a cancel now
    makes it `cancelling`);
-2. run `execution.execute_run` in a worker thread (`anyio.to_thread.run_sync` with the
-   scheduler's `CapacityLimiter(workers)`);
+2. run `execution.execute_run` through the scheduler's executor: in a worker thread
+   (`anyio.to_thread.run_sync` with the scheduler's `CapacityLimiter(workers)`), or on a
+   `runwire worker` process through Redis (`service.runtime.remote`), whose reports call the
+   same callbacks;
 3. when the runner has planned, its observer calls back (`announce_start`, scheduled on the
    loop; the worker goes on computing, its `step.*` events held in the run's `StartGate`): the
    run becomes `running` with its effective mode, the session `running_partial`/`running_full`
@@ -37,9 +39,10 @@ from service.contract.models import SubmitResult
 from service.contract.records import RunRecord, RunSource, RunStatus, SessionState
 from service.runtime.config import Config
 from service.runtime.diskfull import STORAGE_FULL_RUN_ERROR, commit_outcome, retry_while_full
-from service.runtime.execution import RunJob, RunOutcome, StartGate, execute_run
+from service.runtime.execution import RunJob, RunOutcome, StartGate
 from service.runtime.live import LiveRun, SessionEntry
 from service.runtime.memory import CACHE_EVICTED
+from service.runtime.remote import RunExecutor
 from service.runtime.run_inputs import SOURCE_CHANGED, source_specs
 from service.runtime.transitions import error_state, run_transition, running_state
 from service.storage.io_thread import PendingEvent, snapshot
@@ -68,6 +71,7 @@ class LifecycleHost(Protocol):
     loop: asyncio.AbstractEventLoop | None
     stopping: bool
     durations: collections.deque[float]
+    executor: RunExecutor
 
     async def emit(
         self, type: str, session_id: str, data: dict[str, Any], run_id: str | None = None
@@ -172,7 +176,15 @@ class RunLifecycle:
             write_roots=tuple(self._host.config.write_roots),
             gate=live.gate,
         )
-        outcome = await anyio.to_thread.run_sync(execute_run, job, limiter=self._host.limiter)
+        # Worker threads here, or a `runwire worker` through Redis (service.runtime.remote).
+        outcome = await self._host.executor.execute(
+            job,
+            record,
+            pipeline_text=entry.pipeline_text,
+            expect_cache=entry.record.last_run is not None,
+        )
+        if outcome.status is RunStatus.INTERRUPTED:
+            entry.cache_lost = True  # its worker died with the cache: the next run is full
         self._host.computed(run_id)
         await self.finish(entry, live, outcome)
 
@@ -361,6 +373,10 @@ def terminal_event(record: RunRecord) -> PendingEvent:
     data: dict[str, Any] = {"status": record.status.value, "elapsed_s": record.elapsed_s}
     if record.status is RunStatus.CANCELLED:
         return (ev.RUN_CANCELLED, record.session_id, data, record.run_id)
+    if record.status is RunStatus.INTERRUPTED:  # its `runwire worker` died (remote runs)
+        if record.error is not None:
+            data["error"] = msgspec.to_builtins(record.error)
+        return (ev.RUN_INTERRUPTED, record.session_id, data, record.run_id)
     data["dirty_steps"] = record.dirty_steps
     data["skipped_steps"] = record.skipped_steps
     if record.fallback_reason is not None:
