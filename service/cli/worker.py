@@ -101,7 +101,6 @@ def run_worker(args: argparse.Namespace) -> int:
     """`runwire worker`: take runs until SIGTERM/SIGINT, finish the running ones, return 0."""
     settings = build_settings(args, os.environ)
     level = str(_setting(args, os.environ, "log_level") or "info").upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not (settings.data_dir / "runs").is_dir():
         raise CliError(f"{settings.data_dir} is not a runwire data directory (no runs/): "
                        "give the API node's --data-dir", EXIT_USAGE)  # fmt: skip
@@ -120,6 +119,7 @@ def run_worker(args: argparse.Namespace) -> int:
         logging.getLogger("service.runtime.worker").info("signal %d: finishing runs", signum)
         worker.stop()
 
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     worker.run()

@@ -18,7 +18,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "service"))
 
-from sstore_server import (  # noqa: E402
+from sstore_server import (
     ServeProcess,
     SseFollower,
     serve_command,
