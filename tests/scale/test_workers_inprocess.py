@@ -5,7 +5,7 @@ gives its leases back, and the CLI refuses bad settings in one line."""
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -71,6 +71,20 @@ async def final(client: httpx.AsyncClient, run_id: str, timeout: float = 60) -> 
             await anyio.sleep(0.05)  # pacing between polls of the run's state
 
 
+async def until(
+    get: Callable[[], Awaitable[httpx.Response]],
+    done: Callable[[dict[str, Any]], bool],
+    timeout: float = 60,
+) -> dict[str, Any]:
+    """Poll `get()` until `done(body)`; the body then."""
+    with anyio.fail_after(timeout):
+        while True:
+            body: dict[str, Any] = (await get()).json()
+            if done(body):
+                return body
+            await anyio.sleep(0.05)  # pacing between polls of the server's state
+
+
 async def submit(client: httpx.AsyncClient, sid: str, yaml_text: str) -> str:
     body = {"session_id": sid, "pipeline": {"yaml_text": yaml_text}, "auto_fallback": False}
     (await client.post("/sessions", json=body)).raise_for_status()
@@ -91,16 +105,13 @@ async def test_cancel_reaches_the_worker_and_failures_come_back_whole(
         assert "kaput" in failed["error"]["message"]
 
         slow = await submit(client, "s", SLOW)
-        with anyio.fail_after(60):
-            while (await client.get(f"/runs/{slow}")).json()["status"] != "running":
-                await anyio.sleep(0.05)  # pacing between polls
+        await until(lambda: client.get(f"/runs/{slow}"), lambda b: b["status"] == "running")
         (await client.post(f"/runs/{slow}/cancel", json={})).raise_for_status()
         cancelled = await final(client, slow)
         assert cancelled["status"] == "cancelled" and cancelled["worker"] == "t1"
 
-        with anyio.fail_after(30):
-            while not (body := (await client.get("/workers")).json())["workers"]:
-                await anyio.sleep(0.05)  # the figures are refreshed every couple of seconds
+        # The figures are refreshed every couple of seconds.
+        body = await until(lambda: client.get("/workers"), lambda b: bool(b["workers"]))
         assert body["workers"][0]["name"] == "t1" and body["workers"][0]["alive"] is True
         assert (await client.get("/metrics")).text.count("runwire_broker_available 1.0") == 1
     # A stopped worker gives its leases back and stops beating.
