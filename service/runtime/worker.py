@@ -89,6 +89,8 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 CANCEL_POLL_S = 0.25  # how often running runs' cancel keys are looked at
+STEP_BATCH = 64  # step reports held before they are sent in one round trip
+STEP_FLUSH_S = 0.1  # ... or once the oldest is this old (progress stays live)
 MAX_BACKOFF_S = 2.0
 
 
@@ -134,6 +136,10 @@ class Worker:
         self._stop = threading.Event()
         self._started_utc = utc_now()
         self._runs_done = 0
+        self._out_lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._outbox: list[bytes] = []  # reports not yet sent (bounded: STEP_BATCH)
+        self._outbox_since = 0.0
         self._taken: set[bytes] = set()  # job messages being run (not yet acknowledged)
         self._last_claim = 0.0
         self._pool = ThreadPoolExecutor(settings.threads, thread_name_prefix="runwire-run")
@@ -305,9 +311,37 @@ class Worker:
         ))  # fmt: skip
 
     def report(self, report: Report) -> None:
-        """Append one report to the `reports` stream (retried until Redis takes it)."""
+        """Send one report on the `reports` stream (retried until Redis takes it).
+
+        Step events are batched: held (in order) until the run's next start or outcome report,
+        `STEP_BATCH` of them, or `STEP_FLUSH_S` of age (the heartbeat thread flushes those), and
+        then sent in one pipelined round trip: a run emits dozens of them, and one round trip
+        each would cost more than a small frame's whole reduction.
+        """
         raw = ENCODER.encode(report)
-        self._retry(lambda: self.redis.xadd(REPORTS, {b"r": raw}))
+        with self._out_lock:
+            self._outbox.append(raw)
+            if len(self._outbox) == 1:
+                self._outbox_since = time.monotonic()
+            if isinstance(report, StepReport) and len(self._outbox) < STEP_BATCH:
+                return
+        self.flush_reports()
+
+    def flush_reports(self, older_than: float = 0.0) -> None:
+        """Send the held reports (only if the oldest is `older_than` seconds old)."""
+        with self._send_lock:  # one sender at a time: reports keep their order
+            with self._out_lock:
+                if not self._outbox or time.monotonic() - self._outbox_since < older_than:
+                    return
+                batch, self._outbox = self._outbox, []
+
+            def send() -> None:
+                pipe = self.redis.pipeline(transaction=False)
+                for raw in batch:
+                    pipe.xadd(REPORTS, {b"r": raw})
+                pipe.execute()
+
+            self._retry(send)
 
     def _spec(self, text: str) -> PipelineSpec:
         with self._lock:
@@ -390,6 +424,7 @@ class Worker:
         last = time.monotonic()
         while not self._stop.wait(CANCEL_POLL_S):
             try:
+                self.flush_reports(older_than=STEP_FLUSH_S)
                 if time.monotonic() - last >= every:
                     last = time.monotonic()
                     self._beat()
