@@ -217,7 +217,7 @@ class Readiness(msgspec.Struct, kw_only=True):
     metrics: ReadinessMetrics
 
 
-class WorkerStatus(msgspec.Struct, kw_only=True, omit_defaults=True):
+class WorkerStatus(msgspec.Struct, kw_only=True):
     """One `runwire worker` as the API node last saw it (`GET /v1/workers`)."""
 
     name: str

@@ -131,6 +131,8 @@ class RemoteRuns:
         # For /metrics and GET /v1/workers, refreshed by the watcher (never on a scrape).
         self.figures: dict[str, Any] = {}
         self.workers: list[dict[str, Any]] = []
+        # Runs a restart interrupted that a worker may still be computing: told to stop.
+        self._abandoned: list[str] = []
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -158,6 +160,11 @@ class RemoteRuns:
                 "the run queue (Redis) is unreachable; retry later",
                 headers={"Retry-After": RETRY_AFTER_S},
             ) from exc
+
+    def abandon(self, run_ids: list[str]) -> None:
+        """Runs this node ended `interrupted` at a restart: any worker still computing one is
+        told to stop (its cancel key, set by the watcher once Redis answers)."""
+        self._abandoned.extend(run_ids)
 
     # -- one run -------------------------------------------------------------------------------
 
@@ -329,6 +336,12 @@ class RemoteRuns:
             await asyncio.sleep(POLL_S)  # the watcher's period
 
     async def _watch_once(self) -> None:
+        if self._abandoned:
+            pipe = self.redis.pipeline(transaction=False)
+            for run_id in self._abandoned:
+                pipe.set(cancel_key(run_id), b"1", ex=MARKER_TTL_S)
+            await pipe.execute()
+            self._abandoned.clear()
         states = [s for s in self._inflight.values() if s.dispatched and not s.done.done()]
         for state in states:
             if state.job.cancel.cancelled and not state.cancel_sent:

@@ -48,6 +48,15 @@ from pipeline.examples import example_text  # noqa: E402
 POOL = 16
 
 
+def cpu_s(pid: int | None) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 class Finished:
     """Follows `/v1/events` and notes when each run's `run.finished` arrived."""
 
@@ -109,6 +118,9 @@ def one(config: str, n_workers: int, args: argparse.Namespace, frames: list[Path
                 body = {"location": str(frames[0]), "process": True}
                 warm.append(client.post(f"/sessions/{sid}/sample", json=body).json()["run_id"])
             finished.wait(warm, 300)
+            pids = {"api": api.proc.pid if api.proc else None, "redis": redis.proc.pid if redis.proc else None}
+            pids.update({w.name: w.proc.pid if w.proc else None for w in workers})
+            cpu0 = {k: cpu_s(pid) for k, pid in pids.items()}
             submitted: dict[str, float] = {}
             t0 = time.perf_counter()
             for i in range(args.runs):
@@ -120,9 +132,13 @@ def one(config: str, n_workers: int, args: argparse.Namespace, frames: list[Path
                 submitted[answer.json()["run_id"]] = time.perf_counter()
             finished.wait(list(submitted), 1800)
             elapsed = max(finished.at[r] for r in submitted) - t0
+            cpu = {k: cpu_s(pid) - cpu0[k] for k, pid in pids.items()}
             latencies = sorted((finished.at[r] - t) * 1000 for r, t in submitted.items())
-            runs = [client.get(f"/runs/{r}").json() for r in list(submitted)[:: max(1, args.runs // 20)]]
+            runs = [client.get(f"/runs/{r}").json() for r in submitted]
             modes = {r["effective_mode"] for r in runs}
+            per_worker: dict[str, int] = {}
+            for r in runs:
+                per_worker[r["worker"] or "local"] = per_worker.get(r["worker"] or "local", 0) + 1
     finally:
         for w in workers:
             w.terminate()
@@ -135,6 +151,9 @@ def one(config: str, n_workers: int, args: argparse.Namespace, frames: list[Path
         "p50_ms": statistics.median(latencies),
         "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
         "modes": sorted(m for m in modes if m),
+        "per_worker": per_worker,
+        "cpu": {k: round(v, 1) for k, v in cpu.items()},
+        "elapsed": elapsed,
     }
 
 
@@ -160,7 +179,8 @@ def main() -> None:
         print(f"{'config':<20}{'runs/s':>8}{'x local':>9}{'p50 ms':>9}{'p99 ms':>9}  modes")
         for r in results:
             print(f"{r['config']:<20}{r['runs_per_s']:>8.1f}{r['runs_per_s'] / base:>9.2f}"
-                  f"{r['p50_ms']:>9.0f}{r['p99_ms']:>9.0f}  {','.join(r['modes'])}")  # fmt: skip
+                  f"{r['p50_ms']:>9.0f}{r['p99_ms']:>9.0f}  {','.join(r['modes'])}  "
+                  f"runs per worker {r['per_worker']}, CPU s {r['cpu']} in {r['elapsed']:.1f} s")  # fmt: skip
     finally:
         shutil.rmtree(data, ignore_errors=True)
 

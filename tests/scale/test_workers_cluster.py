@@ -3,6 +3,7 @@ one `runwire serve --broker redis://... --runs workers`, two workers, one `redis
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -244,3 +245,28 @@ def test_redis_stopped_for_five_seconds_503_then_recovery(cluster: dict[str, Any
     )
     run = wait_final(client, run_id)
     assert run["status"] == "succeeded" and run["worker"] == "w1"
+
+
+def test_api_node_killed_and_restarted_relinks_remote_runs(cluster: dict[str, Any]) -> None:
+    client: httpx.Client = cluster["client"]
+    api: ServeProcess = cluster["api"]
+    cluster["worker"]("w1")
+    create(client, "slow", SLOW)
+    create(client, "q", FAST)
+    slow_run = process(client, "slow")
+    poll(lambda: client.get(f"/runs/{slow_run}").json()["status"] == "running", 60, "running")
+    queued = process(client, "q")  # handed to Redis; waits for the busy worker
+    api.kill()
+    api.start()
+    with api.client() as again:
+        slow = wait_final(again, slow_run)
+        assert slow["status"] == "interrupted"  # the API node's restart ended it
+        # The worker was told to stop it, so the run queued before the crash gets its turn.
+        run = wait_final(again, queued)
+        assert run["status"] == "succeeded" and run["worker"] == "w1"
+        poll(lambda: (w := again.get("/workers").json()["workers"]) and w[0]["running"] == []
+             and w[0]["runs_done"] >= 2, 30, "the worker idle again")  # fmt: skip
+    journal = cluster["data"] / "runs" / "slow" / slow_run / "events.ndjson"
+    kinds = [json.loads(line)["type"] for line in journal.read_text().splitlines() if line]
+    assert [k for k in kinds if k.startswith("run.") and k != "run.queued"] == [
+        "run.started", "run.interrupted"]  # fmt: skip
