@@ -43,6 +43,7 @@ from pipeline.incremental import IncrementalCache
 from pipeline.loader import PipelineSpec
 from pipeline.observer import RunInfo
 from pipeline.rundir import RunDirectory
+from service.contract.records import RunError, RunStatus
 from service.runtime.execution import RunJob, StartGate, execute_run
 from service.runtime.remote_wire import (
     ENCODER,
@@ -175,7 +176,10 @@ class Worker:
                 for msg_id, fields in entries:
                     if taken >= free:
                         break  # left pending to this worker: read again with id 0 next time
-                    if fields is None or msg_id in self._taken:
+                    if msg_id in self._taken:
+                        continue
+                    if fields is None:  # deleted while pending: acknowledge, nothing to run
+                        self._retry(partial(self._forget, stream, msg_id))
                         continue
                     taken += 1
                     self._take(stream, msg_id, fields)
@@ -294,8 +298,16 @@ class Worker:
             self.report(OutcomeReport(run_id=job.run_id, attempt=job.attempt,
                                       worker=self.name, outcome=wire))  # fmt: skip
             self._retry(lambda: self._forget(stream, msg_id))
-        except Exception:  # a bug here must not kill the worker; the API node sees it die
+        except Exception as exc:
+            # Outside `execute_run` (which never raises): the pipeline does not load here (a
+            # pipeline package missing on this machine), or a bug. The run fails, saying so;
+            # the worker goes on.
             log.exception("worker %s: run %s", self.name, job.run_id)
+            error = RunError(code="INTERNAL", message=f"worker {self.name}: {exc}",
+                             exception_type=type(exc).__name__)  # fmt: skip
+            self.report(OutcomeReport(run_id=job.run_id, attempt=job.attempt, worker=self.name,
+                                      outcome=OutcomeWire(status=RunStatus.FAILED, error=error)))  # fmt: skip
+            self._retry(lambda: self._forget(stream, msg_id))
         finally:
             with self._idle:
                 self._running.pop(job.run_id, None)
