@@ -43,6 +43,7 @@ from pipeline.incremental import IncrementalCache
 from pipeline.loader import PipelineSpec
 from pipeline.observer import RunInfo
 from pipeline.rundir import RunDirectory
+from service.contract.errors import ServiceError
 from service.contract.records import RunError, RunStatus
 from service.runtime.execution import RunJob, StartGate, execute_run
 from service.runtime.remote_wire import (
@@ -303,7 +304,10 @@ class Worker:
             # pipeline package missing on this machine), or a bug. The run fails, saying so;
             # the worker goes on.
             log.exception("worker %s: run %s", self.name, job.run_id)
-            error = RunError(code="INTERNAL", message=f"worker {self.name}: {exc}",
+            detail = str(exc)
+            if isinstance(exc, ServiceError) and exc.errors:  # name the unknown step
+                detail += ": " + "; ".join(f"{e['path']}: {e['message']}" for e in exc.errors)
+            error = RunError(code="INTERNAL", message=f"worker {self.name}: {detail}",
                              exception_type=type(exc).__name__)  # fmt: skip
             self.report(OutcomeReport(run_id=job.run_id, attempt=job.attempt, worker=self.name,
                                       outcome=OutcomeWire(status=RunStatus.FAILED, error=error)))  # fmt: skip
