@@ -19,7 +19,7 @@ for both:
 The API node stays the one writer of the store and the one publisher of events: a worker only
 writes the run directory's outputs. Redis unreachable: `check()` raises BROKER_UNAVAILABLE (503
 with `Retry-After`) for new submits; a run already acknowledged waits for Redis (its dispatch
-is retried) and is never dropped. After Redis comes back, workers get `lease_ttl / 2` to beat
+is retried) and is never dropped. After Redis comes back, workers get `lease_ttl` to beat
 again before anyone is declared dead.
 """
 
@@ -234,6 +234,9 @@ class RemoteRuns:
                 )
             except (RedisError, OSError) as exc:
                 self.available = False
+                # A batch Redis delivered but we never received stays pending to this
+                # consumer: read those again first.
+                cursor = "0"
                 log.warning("reports: Redis unavailable (%s); retrying", exc)
                 await asyncio.sleep(0.5)  # backoff between attempts
                 with contextlib.suppress(RedisError, OSError):
@@ -326,8 +329,9 @@ class RemoteRuns:
                 await self.redis.ping()
                 if not self.available:
                     self.available = True
-                    # Workers beat every TTL/3: give them time to show up again.
-                    self._grace_until = time.monotonic() + self.lease_ttl / 2
+                    # Their keys may have expired meanwhile: workers (beating every TTL/3) get
+                    # a whole TTL to show up again before any is declared dead.
+                    self._grace_until = time.monotonic() + self.lease_ttl
                 await self._watch_once()
             except (RedisError, OSError) as exc:
                 if self.available:

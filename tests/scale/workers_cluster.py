@@ -36,7 +36,8 @@ __all__ = [
     "wait_final",
 ]
 
-LEASE_TTL = 2.0  # short, so that a killed worker is noticed within a couple of seconds
+LEASE_TTL = 4.0  # short, so that a killed worker is noticed within seconds; long enough that
+# a heartbeat thread starved by a loaded machine (CI on 2 cores) never loses a lease
 FINAL = ("succeeded", "failed", "cancelled", "interrupted")
 
 
