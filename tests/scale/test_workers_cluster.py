@@ -190,6 +190,7 @@ def test_worker_killed_mid_run(cluster: dict[str, Any]) -> None:
         assert ends[queued] == ["run.finished"]
         assert ends[next_slow] == ["run.cancelled"]
     finally:
+        api.terminate()  # ends the SSE stream, so the follower's thread returns at once
         follower.close()
 
 
@@ -215,6 +216,7 @@ def test_redis_killed_and_restarted_loses_no_acknowledged_run(cluster: dict[str,
         ids = [i for i, _t, _d in follower.snapshot()]
         assert len(ids) == len(set(ids))
     finally:
+        api.terminate()  # ends the SSE stream, so the follower's thread returns at once
         follower.close()
 
 
