@@ -185,6 +185,8 @@ def test_worker_killed_mid_run(cluster: dict[str, Any]) -> None:
         assert (after["effective_mode"], after["fallback_reason"]) == ("full", "cache_lost")
         ids = [i for i, _t, _d in follower.snapshot()]
         assert len(ids) == len(set(ids)), "an event was delivered twice"
+        seqs = [int(i.rpartition("-")[2]) for i in ids]
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "an event is missing"
         ends = terminal_events(follower.snapshot())
         assert ends[slow_run] == ["run.interrupted"]
         assert ends[queued] == ["run.finished"]
