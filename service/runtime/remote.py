@@ -332,12 +332,21 @@ class RemoteRuns:
                     # Their keys may have expired meanwhile: workers (beating every TTL/3) get
                     # a whole TTL to show up again before any is declared dead.
                     self._grace_until = time.monotonic() + self.lease_ttl
+                    await self._redispatch_unclaimed()
                 await self._watch_once()
             except (RedisError, OSError) as exc:
                 if self.available:
                     log.warning("run queue: Redis unavailable (%s)", exc)
                 self.available = False
             await asyncio.sleep(POLL_S)  # the watcher's period
+
+    async def _redispatch_unclaimed(self) -> None:
+        """After an outage, queue again every run no worker has claimed: a Redis restarted
+        without its append-only file has forgotten them. Where the first job survived, the
+        claim (SET NX per dispatch) lets only one of the two run."""
+        for state in list(self._inflight.values()):
+            if state.dispatched and state.worker is None and not state.done.done():
+                await self._dispatch(state)
 
     async def _watch_once(self) -> None:
         if self._abandoned:

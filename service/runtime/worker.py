@@ -20,6 +20,7 @@ for Redis rather than lose its outcome.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -170,7 +171,9 @@ class Worker:
                 batches = self._read(free)
             except RedisError as exc:
                 log.warning("worker %s: Redis unavailable (%s); retrying", self.name, exc)
-                self._stop.wait(0.5)
+                self._stop.wait(0.5)  # backoff between attempts
+                with contextlib.suppress(RedisError):
+                    self._register()  # a Redis that lost its data has lost our groups too
                 continue
             taken = 0
             for stream, entries in batches:
@@ -419,6 +422,7 @@ class Worker:
 
     def _beat(self) -> None:
         self.redis.set(heartbeat_key(self.name), ENCODER.encode(self._info()), px=self.ttl_ms)
+        self.redis.sadd(WORKERS, self.name)  # listed again after Redis lost its data
         with self._lock:
             sessions = list(self._caches)
         if not sessions:

@@ -4,6 +4,7 @@ one `runwire serve --broker redis://... --runs workers`, two workers, one `redis
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -274,3 +275,20 @@ def test_api_node_killed_and_restarted_relinks_remote_runs(cluster: dict[str, An
     kinds = [json.loads(line)["type"] for line in journal.read_text().splitlines() if line]
     assert [k for k in kinds if k.startswith("run.") and k != "run.queued"] == [
         "run.started", "run.interrupted"]  # fmt: skip
+
+
+def test_redis_restarted_empty_runs_are_queued_again(cluster: dict[str, Any]) -> None:
+    """Without the append-only file a restarted Redis has forgotten the queue: the API node
+    queues again every run no worker had claimed, and nothing acknowledged is lost."""
+    client: httpx.Client = cluster["client"]
+    redis: RedisServer = cluster["redis"]
+    create(client, "s", FAST)
+    waiting = process(client, "s")  # no worker yet: the job waits on Redis
+    poll(lambda: client.get("/workers").json()["queue_depth"] == 1, 30, "the job on Redis")
+    redis.kill()
+    redis.appendonly = False  # and its file gone: Redis comes back empty
+    shutil.rmtree(redis.directory / "appendonlydir", ignore_errors=True)
+    redis.start()
+    cluster["worker"]("late")
+    run = wait_final(client, waiting)
+    assert run["status"] == "succeeded" and run["worker"] == "late"
