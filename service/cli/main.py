@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "service.cli.session",  # session
     "service.cli.client_commands",  # events, runs
     "service.cli.package",  # package install|list|show
+    "service.cli.worker",  # worker (runs from the Redis run queue)
 )
 
 

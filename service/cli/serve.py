@@ -74,6 +74,8 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
     """The `Config` for these flags and environment; raises `CliError` (exit 64) for bad
     values and for a non-loopback host without a token."""
     config = Config(**settings_from(args, env, SETTINGS))
+    if config.runs == "workers" and config.broker is None:
+        raise CliError("--runs workers needs --broker redis://HOST:PORT/DB", EXIT_USAGE)
     if not is_loopback(config.host) and not config.token:
         raise CliError(
             f"refusing to bind {config.host}: a non-loopback address needs a token "

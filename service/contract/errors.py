@@ -26,6 +26,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "MISDIRECTED_REQUEST": 421,
     "STORAGE_FULL": 507,
     "SERVICE_UNAVAILABLE": 503,
+    "BROKER_UNAVAILABLE": 503,  # Redis (run queue or event bus) unreachable; with Retry-After
     "INTERNAL": 500,
     "PACKAGE_ACTIVATION_FAILED": 409,  # pipeline packages (service.runtime.packages)
     "PACKAGE_INSTALL_FAILED": 422,

@@ -219,3 +219,29 @@ class Readiness(msgspec.Struct, kw_only=True):
     status: Literal["ok", "degraded", "unavailable"]
     ready: bool
     metrics: ReadinessMetrics
+
+
+class WorkerStatus(msgspec.Struct, kw_only=True):
+    """One `runwire worker` as the API node last saw it (`GET /v1/workers`)."""
+
+    name: str
+    alive: bool
+    pid: int | None = None
+    host: str | None = None
+    threads: int | None = None
+    running: list[str] = msgspec.field(default_factory=list)  # run ids it computes now
+    sessions: int = 0  # session caches it holds
+    leases: int = 0  # session leases it holds in Redis
+    started_utc: str | None = None
+    runs_done: int = 0
+
+
+class WorkerList(msgspec.Struct, kw_only=True):
+    """`GET /v1/workers`: `runs` is `local` (no workers: runs compute in the API node's threads)
+    or `workers`; `queue_depth` counts runs handed to Redis and not yet finished."""
+
+    runs: str
+    broker_available: bool
+    queue_depth: int = 0
+    reports_lag: int = 0
+    workers: list[WorkerStatus] = msgspec.field(default_factory=list)

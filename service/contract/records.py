@@ -106,6 +106,8 @@ class RunRecord(msgspec.Struct, kw_only=True):
     # Samples of submissions merged into this run by `coalesce: true` that it superseded (each
     # the sample the run held before a merge that changed it), oldest first: no run reduces them.
     coalesced: list[SampleRef] = msgspec.field(default_factory=list)
+    # The `runwire worker` that computed it (`serve --runs workers`); None for a local run.
+    worker: str | None = None
 
 
 class SessionRecord(msgspec.Struct, kw_only=True):

@@ -47,6 +47,7 @@ from service.http.routes.curve import table as curve_table  # dashboard: I(q) of
 from service.http.routes.packages import table as packages_table  # steps, pipeline packages
 from service.http.routes.pipeline import table as pipeline_table  # dashboard: step tree, examples
 from service.http.routes.ui import routes as ui_routes  # dashboard: / and /ui/
+from service.http.routes.workers import table as workers_table  # runwire worker processes
 from service.http.state import ServiceState, install_state, service_state
 from service.runtime.config import Config
 from service.runtime.demo import run_demo
@@ -71,6 +72,7 @@ _TABLES = (
     curve_table,
     pipeline_table,
     packages_table,
+    workers_table,
 )
 
 

@@ -156,11 +156,37 @@ class StateCollector(Collector):
         for status, histogram in sorted(snap.durations.items()):
             durations.add_metric([status], histogram.buckets(), sum_value=histogram.total)
         yield durations
+        yield from _remote_families(snap.readiness)
         yield CounterMetricFamily(
             "runwire_events_published",
             "Events published since the service started.",
             value=float(snap.events_published),
         )
+
+
+def _remote_families(figures: dict[str, Any]) -> Iterator[Metric]:
+    """The run side on Redis (`serve --runs workers`): present only then."""
+    if "remote_queue_depth" not in figures:
+        return
+    for name, doc, key in (
+        ("runwire_remote_queue_depth", "Runs handed to Redis, not yet finished.",
+         "remote_queue_depth"),
+        ("runwire_remote_reports_lag", "Worker reports not yet consumed by the API node.",
+         "remote_reports_lag"),
+        ("runwire_workers_alive", "runwire worker processes with a live heartbeat.",
+         "remote_workers_alive"),
+        ("runwire_remote_runs_inflight", "Runs this node awaits from workers.",
+         "remote_runs_inflight"),
+        ("runwire_broker_available", "1 when Redis answered the last check.",
+         "remote_broker_available"),
+    ):  # fmt: skip
+        yield GaugeMetricFamily(name, doc, value=float(figures.get(key) or 0))
+    leases = GaugeMetricFamily(
+        "runwire_worker_leases", "Session leases held, per worker.", labels=["worker"]
+    )
+    for worker, count in sorted(dict(figures.get("remote_leases") or {}).items()):
+        leases.add_metric([worker], float(count))
+    yield leases
 
 
 class ServiceMetrics:

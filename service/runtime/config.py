@@ -249,6 +249,14 @@ class Config:
                                  parse=parse_broker_url, shown_default="the embedded in-memory "
                                  "broker", help="event bus and run queue: redis://HOST:PORT/DB "
                                  "for Redis or Valkey Streams")  # fmt: skip
+    # Where runs compute: "local" (worker threads of this process) or "workers" (`runwire worker`
+    # processes through the Redis run queue; needs a redis:// broker, checked by `runwire serve`).
+    runs: str = setting("local", flag="--runs", env="RUNWIRE_RUNS", choices=("local", "workers"),
+                        help="where runs compute: local worker threads, or `runwire worker` "
+                        "processes through the --broker's Redis run queue")  # fmt: skip
+    lease_ttl: float = setting(10.0, flag="--lease-ttl", env="RUNWIRE_LEASE_TTL", number=float,
+                               minimum=0.5, shown_default="10", help="seconds before a silent "
+                               "worker's runs end interrupted and its sessions move on")  # fmt: skip
 
     @property
     def store_path(self) -> Path:

@@ -114,10 +114,15 @@ def run_started_data(record: RunRecord) -> dict[str, Any]:
 
 
 def terminal_event_data(record: RunRecord) -> tuple[str, dict[str, Any]]:
-    """The run's one terminal event type, `run.cancelled` or `run.finished`, and its data."""
+    """The run's one terminal event type, `run.cancelled`, `run.interrupted` (its `runwire
+    worker` died) or `run.finished`, and its data."""
     data: dict[str, Any] = {"status": record.status.value, "elapsed_s": record.elapsed_s}
     if record.status is RunStatus.CANCELLED:
         return ev.RUN_CANCELLED, data
+    if record.status is RunStatus.INTERRUPTED:
+        if record.error is not None:
+            data["error"] = msgspec.to_builtins(record.error)
+        return ev.RUN_INTERRUPTED, data
     data["dirty_steps"] = record.dirty_steps
     data["skipped_steps"] = record.skipped_steps
     if record.fallback_reason is not None:

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
@@ -42,9 +42,15 @@ from service.runtime.packages import record_packages, run_after_hooks
 from service.runtime.run_inputs import SOURCE_CHANGED, changed_inputs, source_specs
 from service.runtime.sinks import SinkError, write_sinks
 from service.runtime.step_events import StepEventObserver
-from service.storage.publisher import EventPublisher
 
-__all__ = ["PublishingObserver", "RunJob", "RunOutcome", "StartGate", "execute_run"]
+__all__ = [
+    "PublishingObserver",
+    "RunJob",
+    "RunOutcome",
+    "StartGate",
+    "StepEventSink",
+    "execute_run",
+]
 
 log = logging.getLogger("service.runtime.execution")
 
@@ -86,6 +92,15 @@ class StartGate:
         self._opened.set()
 
 
+class StepEventSink(Protocol):
+    """Where a run's `step.*` events go: the API node's `EventPublisher` for a local run, a
+    `runwire worker`'s report stream for a remote one (`service.runtime.worker`)."""
+
+    def emit(
+        self, type: str, session_id: str, data: dict[str, Any], run_id: str | None = None
+    ) -> object: ...
+
+
 @dataclass
 class RunJob:
     """Everything a worker thread needs to run one run; built by the runtime on the loop."""
@@ -100,7 +115,7 @@ class RunJob:
     cache_lost: bool
     cancel: CancelToken
     run_dir: RunDirectory
-    publisher: EventPublisher
+    publisher: StepEventSink
     on_started: Callable[[RunInfo], None]
     sinks: Mapping[str, SourceRecord] = field(default_factory=dict)
     write_roots: tuple[Path, ...] = ()

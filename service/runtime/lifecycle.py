@@ -6,8 +6,10 @@ sessions, live runs, commits, the cache budget), and its dispatcher starts
 
 1. hand it the session's cache (the run stays `queued` until it is planned: a cancel now
    makes it `cancelling`);
-2. run `execution.execute_run` in a worker thread (`anyio.to_thread.run_sync` with the
-   scheduler's `CapacityLimiter(workers)`);
+2. run `execution.execute_run` through the scheduler's executor: in a worker thread
+   (`anyio.to_thread.run_sync` with the scheduler's `CapacityLimiter(workers)`), or on a
+   `runwire worker` process through Redis (`service.runtime.remote`), whose reports call the
+   same callbacks;
 3. when the runner has planned, its observer calls back (`announce_start`, scheduled on the
    loop; the worker goes on computing, its `step.*` events held in the run's `StartGate`): the
    run becomes `running` with its effective mode, the session `running_partial`/`running_full`
@@ -37,9 +39,10 @@ from service.contract.records import RunRecord, RunSource, RunStatus, SessionSta
 from service.runtime.config import Config
 from service.runtime.conversions import apply_outcome, run_started_data, terminal_event_data
 from service.runtime.diskfull import STORAGE_FULL_RUN_ERROR, commit_outcome, retry_while_full
-from service.runtime.execution import RunJob, RunOutcome, StartGate, execute_run
+from service.runtime.execution import RunJob, RunOutcome, StartGate
 from service.runtime.live import LiveRun, SessionEntry
 from service.runtime.memory import CACHE_EVICTED
+from service.runtime.remote import RunExecutor
 from service.runtime.run_inputs import SOURCE_CHANGED, source_specs
 from service.runtime.run_queue import RunQueue
 from service.runtime.tasks import TaskSupervisor
@@ -72,6 +75,7 @@ class LifecycleHost(Protocol):
     durations: collections.deque[float]
     tasks: TaskSupervisor  # owns every task the lifecycle starts
     queue: RunQueue
+    executor: RunExecutor
 
     async def emit(
         self, type: str, session_id: str, data: dict[str, Any], run_id: str | None = None
@@ -177,7 +181,15 @@ class RunLifecycle:
             gate=live.gate,
             upcoming=self._upcoming(sid),
         )
-        outcome = await anyio.to_thread.run_sync(execute_run, job, limiter=self._host.limiter)
+        # Worker threads here, or a `runwire worker` through Redis (service.runtime.remote).
+        outcome = await self._host.executor.execute(
+            job,
+            record,
+            pipeline_text=entry.pipeline_text,
+            expect_cache=entry.record.last_run is not None,
+        )
+        if outcome.status is RunStatus.INTERRUPTED:
+            entry.cache_lost = True  # its worker died with the cache: the next run is full
         self._host.computed(run_id)
         await self.finish(entry, live, outcome)
 

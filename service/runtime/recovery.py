@@ -88,6 +88,8 @@ async def recover(scheduler: Scheduler) -> None:
     )
     for run in active:
         await _interrupt(scheduler, run)
+    if scheduler.remote is not None:  # a `runwire worker` may still compute some of them
+        scheduler.remote.abandon([run.run_id for run in active])
 
     queued = await scheduler.io(store.list_runs, None, [RunStatus.QUEUED.value])
     for run in queued:

@@ -47,6 +47,7 @@ from service.runtime.config import Config
 from service.runtime.lifecycle import RunLifecycle
 from service.runtime.live import LiveRun, SessionEntry, changed_sources_of
 from service.runtime.memory import choose_evictions, default_cache_memory, release_memory
+from service.runtime.remote import LocalThreads, RemoteRuns, RunExecutor
 from service.runtime.run_inputs import sample_of
 from service.runtime.run_queue import QueueFull, RunQueue
 from service.runtime.tasks import TaskSupervisor
@@ -105,6 +106,15 @@ class Scheduler:
         self.cache_evictions = 0
         # One run's start-to-end, owned by one object that is handed this scheduler's side.
         self.lifecycle = RunLifecycle(self)
+        # Where runs compute: this process's threads, or `runwire worker`s through Redis.
+        self.remote: RemoteRuns | None = None
+        self.executor: RunExecutor = LocalThreads(lambda: self.limiter)
+        self.capacity = config.workers  # runs handed out at once
+        if config.runs == "workers" and config.broker is not None:
+            self.remote = RemoteRuns(config.broker, lease_ttl=config.lease_ttl)
+            self.executor = self.remote
+            # Handed to Redis, a run waits there for a free worker: the bound is the queue's.
+            self.capacity = max(config.workers, config.queue_size)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -114,6 +124,8 @@ class Scheduler:
         self.loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._dispatcher = self.tasks.spawn(self._dispatch(), name="runwire-dispatcher")
+        if self.remote is not None:
+            self.remote.start()
         self.accepting = True
         self.wake()
 
@@ -141,6 +153,8 @@ class Scheduler:
         # Queued runs stay queued; their directories must be complete before the loop goes.
         await asyncio.gather(*(live.dir_ready() for live in list(self.live.values())))
         await self.tasks.aclose(TASKS_CLOSE_WAIT_S)  # the dispatcher, and anything left behind
+        if self.remote is not None:
+            await self.remote.aclose()
         await self.durable.close()
 
     # -- submitting ----------------------------------------------------------------------------
@@ -193,6 +207,8 @@ class Scheduler:
         The run is held in the queue (counted, not startable) until it is committed and its
         `run.queued` event is out, so `run.started` can never precede either.
         """
+        if self.remote is not None and not force:
+            await self.remote.check()  # Redis down: 503 BROKER_UNAVAILABLE, nothing changed
         sid = entry.record.session_id
         run_id = new_run_id()
         try:
@@ -435,7 +451,7 @@ class Scheduler:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while not self.stopping and len(self._computing) < self.config.workers:
+            while not self.stopping and len(self._computing) < self.capacity:
                 item = self.queue.next_runnable()
                 if item is None:
                     break

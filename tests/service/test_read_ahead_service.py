@@ -55,7 +55,9 @@ async def test_a_frame_rewritten_after_it_was_read_ahead_fails_its_run(
     async with make_api(workers=1) as api:
         body = {"session_id": "ra", "pipeline": {"yaml_text": pipeline_text()}}
         assert (await api.client.post("/v1/sessions", json=body)).status_code == 201
-        subscription = await service_state(api.app).broker.subscribe(sessions=["ra"], queue_size=10_000)
+        subscription = await service_state(api.app).broker.subscribe(
+            sessions=["ra"], queue_size=10_000
+        )
         try:
             # The first run naps (its start comes after the second run was queued, so the
             # second run's frame is read ahead while the first one computes).

@@ -56,6 +56,8 @@ async def metrics(request: Request) -> Response:
     """Prometheus text exposition (sessions, runs by status, queue, subscribers, durations)."""
     state = service_state(request.app)
     figures = dict(state.runtime.readiness().get("metrics", {}))
+    if (remote := state.runtime.scheduler.remote) is not None:  # runs on `runwire worker`s
+        figures.update(remote.figures, remote_broker_available=int(remote.available))
     published = max(0, state.broker.top_seq - state.start_seq + 1)
     # Rendering reads the store, which is synchronous: off the event loop.
     text = await anyio.to_thread.run_sync(state.metrics.render, figures, published)
