@@ -55,6 +55,9 @@ ENV_VARS = {
     "allow_package_network": "RUNWIRE_ALLOW_PACKAGE_NETWORK",
     "wheelhouse": "RUNWIRE_WHEELHOUSE",
     "broker": "RUNWIRE_BROKER",
+    "role": "RUNWIRE_ROLE",
+    "api_url": "RUNWIRE_API_URL",
+    "redis_prefix": "RUNWIRE_REDIS_PREFIX",
 }
 
 
@@ -135,6 +138,13 @@ def add_parsers(sub: Any) -> None:
                    "from, offline (RUNWIRE_WHEELHOUSE)")  # fmt: skip
     p.add_argument("--broker", help="event bus and run queue: redis://HOST:PORT/DB for Redis "
                    "or Valkey Streams; default the embedded in-memory broker (RUNWIRE_BROKER)")  # fmt: skip
+    # Scale-out (contract section 12, docs/scale-out.md).
+    p.add_argument("--role", choices=ROLES, help="api: the whole service (default); stream: "
+                   "SSE and WebSocket only, fed from --broker (RUNWIRE_ROLE)")  # fmt: skip
+    p.add_argument("--api-url", help="a stream node's API node, e.g. http://10.0.0.5:8000, "
+                   "where WebSocket control ops are forwarded (RUNWIRE_API_URL)")  # fmt: skip
+    p.add_argument("--redis-prefix", help="prefix of every Redis key runwire uses "
+                   "(RUNWIRE_REDIS_PREFIX, default runwire:)")  # fmt: skip
     p.set_defaults(func=run_serve)
 
 
@@ -219,6 +229,7 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
         values["wheelhouse"] = Path(raw).expanduser().resolve()
     if (raw := _setting(args, env, "broker")) is not None:
         values["broker"] = broker_url(str(raw))
+    values.update(_scale_out(args, env))
     config = Config(**{**defaults.__dict__, **values})
     if not is_loopback(config.host) and not config.token:
         raise CliError(
@@ -227,6 +238,30 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
             EXIT_USAGE,
         )
     return config
+
+
+ROLES = ("api", "stream")
+
+
+def _scale_out(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str, Any]:
+    """`--role`, `--api-url`, `--redis-prefix`; a stream node needs `--broker` and `--api-url`."""
+    from urllib.parse import urlsplit
+
+    values: dict[str, Any] = {}
+    role = str(_setting(args, env, "role") or "api")
+    if role not in ROLES:
+        raise CliError(f"--role: expected one of {', '.join(ROLES)}, got {role!r}", EXIT_USAGE)
+    values["role"] = role
+    if (raw := _setting(args, env, "redis_prefix")) is not None:
+        values["redis_prefix"] = str(raw)
+    if (raw := _setting(args, env, "api_url")) is not None:
+        parts = urlsplit(str(raw).strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise CliError(f"--api-url: expected http://HOST:PORT, got {raw!r}", EXIT_USAGE)
+        values["api_url"] = str(raw).strip().rstrip("/")
+    if role == "stream" and (_setting(args, env, "broker") is None or "api_url" not in values):
+        raise CliError("--role stream needs --broker redis://... and --api-url URL", EXIT_USAGE)
+    return values
 
 
 def broker_url(raw: str) -> str:
@@ -333,6 +368,8 @@ def run_serve(args: argparse.Namespace) -> int:
     config = build_config(args, os.environ)
     level = log_level(args, os.environ)
     _check_bind(config)
+    if config.role == "stream":  # no lock, no store: it only reads the shared journals
+        return _run_stream_node(config, level)
     # The lock comes before anything reads or writes the data directory (store, recovery,
     # demo): a second server must leave the first one's runs alone. Held until we return.
     with _lock_data_dir(config):
@@ -341,6 +378,34 @@ def run_serve(args: argparse.Namespace) -> int:
 
         serve(config, log_config=log_config(level), log_level=level)
     logging.shutdown()  # flush every handler before the process exits
+    return 0
+
+
+def _run_stream_node(config: Config, level: str) -> int:
+    """`runwire serve --role stream`: check Redis once (one clear line when it cannot serve
+    yet), then serve until SIGTERM/SIGINT."""
+    import asyncio
+
+    from service.cli.errors import EXIT_UNAVAILABLE
+    from streaming.backends import RedisKeys, open_relay
+    from streaming.backends.redis_relay import RelayUnavailable
+
+    async def probe() -> None:
+        assert config.broker is not None
+        broker, relay = await open_relay(
+            config.broker, keys=RedisKeys(config.redis_prefix), wait_s=10.0
+        )
+        await relay.aclose()
+        await broker.aclose()
+
+    try:
+        asyncio.run(probe())
+    except RelayUnavailable as exc:
+        raise CliError(str(exc), EXIT_UNAVAILABLE) from None
+    from service.http.server import serve
+
+    serve(config, log_config=log_config(level), log_level=level)
+    logging.shutdown()
     return 0
 
 

@@ -38,6 +38,11 @@ class Config:
     # RUNWIRE_BROKER: None is the embedded in-memory broker; "redis://HOST:PORT/DB" puts events
     # and the run queue on Redis/Valkey Streams (contract section 12, docs/scale-out.md).
     broker: str | None = None
+    # RUNWIRE_ROLE: "api" (everything, the default) or "stream" (SSE and WebSocket only, fed
+    # from Redis; docs/scale-out.md). RUNWIRE_API_URL: where a stream node forwards control ops.
+    role: str = "api"
+    api_url: str | None = None
+    redis_prefix: str = "runwire:"  # RUNWIRE_REDIS_PREFIX: prefix of every key runwire keeps
 
     @property
     def store_path(self) -> Path:

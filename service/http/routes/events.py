@@ -10,6 +10,10 @@ routes by scope type), which subscribes to that session at once (`?since=` honou
 disallowed `Origin` is accepted and closed with 1008 (policy); an unknown session is refused
 before the handshake completes with the same 404 problem+json as over SSE. Control ops
 (`process`, `set_sample`, `cancel`, `dry_run`) go to the runtime through `RuntimeControl`.
+
+On a stream node (`--role stream`, `service.http.stream_node`) the same routes serve; there
+is no runtime: sessions and runs are looked up on the API node (`app.state.api`) and control
+ops are forwarded to it with the client's token.
 """
 
 from __future__ import annotations
@@ -78,8 +82,7 @@ async def _sse(request: Request, sessions: list[str] | None, run_id: str | None 
 )
 async def session_events(request: Request) -> Response:
     """The session's events as Server-Sent Events (also a WebSocket on the same path)."""
-    runtime: Runtime = request.app.state.runtime
-    record = await runtime.get_session(request.path_params["sid"])
+    record = await _directory(request.app.state).get_session(request.path_params["sid"])
     return await _sse(request, [record.session_id])
 
 
@@ -112,8 +115,7 @@ async def events(request: Request) -> Response:
 )
 async def run_events(request: Request) -> Response:
     """One run's events as Server-Sent Events; the stream ends after its terminal event."""
-    runtime: Runtime = request.app.state.runtime
-    run = await runtime.get_run(request.path_params["run_id"])
+    run = await _directory(request.app.state).get_run(request.path_params["run_id"])
     return await _sse(request, [run.session_id], run.run_id)
 
 
@@ -192,11 +194,18 @@ class RuntimeControl:
         return await self.runtime.cancel_run(run_id)
 
 
+def _directory(state: Any) -> Any:
+    """Where sessions and runs are looked up: the runtime, or on a stream node the API node
+    (`service.http.stream_node.ApiNode`, same `get_session`/`get_run`)."""
+    api = getattr(state, "api", None)
+    return api if api is not None else state.runtime
+
+
 async def _serve(websocket: WebSocket, sessions: list[str] | None, since: str | None) -> None:
     state = websocket.app.state
-    await serve_websocket(
-        websocket, state.broker, RuntimeControl(state.runtime), sessions=sessions, since=since
-    )
+    api = getattr(state, "api", None)
+    control = api.control(websocket) if api is not None else RuntimeControl(state.runtime)
+    await serve_websocket(websocket, state.broker, control, sessions=sessions, since=since)
 
 
 async def ws_multiplexed(websocket: WebSocket) -> None:
@@ -214,7 +223,7 @@ async def ws_session(websocket: WebSocket) -> None:
         await reject_websocket(websocket, "origin not allowed")
         return
     try:
-        record = await state.runtime.get_session(websocket.path_params["sid"])
+        record = await _directory(state).get_session(websocket.path_params["sid"])
     except ServiceError as exc:
         # 1008 is for auth and origin: an unknown session is answered as over SSE, a 404
         # problem before the handshake completes, where the server can send one.
