@@ -20,11 +20,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import redis
+import redis.asyncio
+import redis.asyncio.retry
+import redis.backoff
 import redis.exceptions
+import redis.retry
 
 from streaming.envelope import Event
 
-__all__ = ["DEFAULT_PREFIX", "REDIS_DOWN", "REDIS_FAILED", "RedisKeys", "entry_fields", "entry_seq"]
+__all__ = [
+    "DEFAULT_PREFIX",
+    "REDIS_DOWN",
+    "REDIS_FAILED",
+    "RedisKeys",
+    "async_client",
+    "entry_fields",
+    "entry_seq",
+    "sync_client",
+]
 
 DEFAULT_PREFIX = "runwire:"
 
@@ -78,3 +92,21 @@ def entry_seq(entry_id: Any) -> int:
     """The seq of a stream entry id `<seq>-0`."""
     text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
     return int(text.partition("-")[0])
+
+
+# redis-py retries a failed command itself by default, with back-off of seconds: the writer
+# and the relay retry on their own terms (and must notice an outage at once), so no retries.
+def async_client(url: str, timeout: float, *, read_timeout: float | None = None) -> Any:
+    """A `redis.asyncio.Redis` for `url` with `timeout` on connect and reads, no retries."""
+    return redis.asyncio.Redis.from_url(
+        url, socket_connect_timeout=timeout, socket_timeout=read_timeout or timeout,
+        retry=redis.asyncio.retry.Retry(redis.backoff.NoBackoff(), 0),
+    )  # fmt: skip
+
+
+def sync_client(url: str, timeout: float) -> Any:
+    """A blocking `redis.Redis` (thread-safe pool) for `url`, no retries."""
+    return redis.Redis.from_url(
+        url, socket_connect_timeout=timeout, socket_timeout=timeout,
+        retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0),
+    )  # fmt: skip

@@ -28,10 +28,16 @@ from typing import Any
 
 import msgspec
 import redis
-import redis.asyncio as aioredis
 import redis.exceptions
 
-from streaming.backends.redis_keys import REDIS_DOWN, REDIS_FAILED, RedisKeys, entry_seq
+from streaming.backends.redis_keys import (
+    REDIS_DOWN,
+    REDIS_FAILED,
+    RedisKeys,
+    async_client,
+    entry_seq,
+    sync_client,
+)
 from streaming.broker import Broker
 from streaming.envelope import Event
 from streaming.errors import StreamingError
@@ -132,10 +138,9 @@ class RedisRelay:
         self.batch = batch
         self.retry_s = retry_s
         # A read blocks up to `block_ms`: the socket timeout must outlast it.
-        self._redis: Any = aioredis.Redis.from_url(
-            url, socket_timeout=socket_timeout + block_ms / 1000,
-            socket_connect_timeout=socket_timeout,
-        )  # fmt: skip
+        self._redis: Any = async_client(
+            url, socket_timeout, read_timeout=socket_timeout + block_ms / 1000
+        )
         self._task: asyncio.Task[None] | None = None
         self.connected = True  # `open_relay` has just read from Redis
         self.relayed_count = 0
@@ -205,9 +210,7 @@ class RedisHistory:
     ) -> None:
         self.keys = keys or RedisKeys()
         self.fallback = fallback
-        self._redis: Any = redis.Redis.from_url(
-            url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout
-        )
+        self._redis: Any = sync_client(url, socket_timeout)
         self.redis_reads = 0  # resumes served from Redis (metrics, tests)
 
     def close(self) -> None:
@@ -264,7 +267,7 @@ async def open_relay(
     written (older events come from `history`). Waits up to `wait_s` for Redis and for an API
     node to have written the epoch; raises `RelayUnavailable` after that."""
     keys = keys or RedisKeys()
-    probe: Any = aioredis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    probe: Any = async_client(url, 5.0)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_s
     problem = "no API node has written its epoch yet"

@@ -26,12 +26,12 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio.to_thread
-import redis.asyncio as aioredis
 import redis.exceptions
 
 from streaming.backends.redis_keys import (
     REDIS_DOWN,
     RedisKeys,
+    async_client,
     entry_fields,
     entry_seq,
 )
@@ -52,7 +52,8 @@ class RedisEventWriter:
     `start_seq`: the broker's first seq this run (everything below was released by an earlier
     process and is in `history`). `replay_size` caps each session stream; `global_maxlen` the
     server-wide one (default: 10 x replay size, at least 10,000). `retry_s`: the pause
-    between reconnection attempts. `on_state(connected)` is called on changes.
+    between reconnection attempts; `ping_s`: how often an idle writer checks that Redis is
+    still there (readiness). `on_state(connected)` is called on changes.
     """
 
     def __init__(
@@ -67,6 +68,7 @@ class RedisEventWriter:
         global_maxlen: int | None = None,
         backlog_limit: int = 100_000,
         retry_s: float = 0.5,
+        ping_s: float = 1.0,
         socket_timeout: float = 5.0,
         on_state: Callable[[bool], None] | None = None,
     ) -> None:
@@ -77,11 +79,10 @@ class RedisEventWriter:
         self.global_maxlen = global_maxlen or max(10 * replay_size, 10_000)
         self.backlog_limit = backlog_limit
         self.retry_s = retry_s
+        self.ping_s = ping_s
         self._history = history
         self._on_state = on_state
-        self._redis: Any = aioredis.Redis.from_url(
-            url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout
-        )
+        self._redis: Any = async_client(url, socket_timeout)
         self._backlog: deque[Event] = deque()
         # Everything released up to this seq must be in Redis; what the backlog does not hold
         # of it is read back from the history.
@@ -146,7 +147,12 @@ class RedisEventWriter:
                 while True:
                     if not self._backlog:
                         self._wake.clear()
-                        await self._wake.wait()
+                        try:
+                            async with asyncio.timeout(self.ping_s):
+                                await self._wake.wait()
+                        except TimeoutError:
+                            await self._redis.ping()  # idle: is Redis still there?
+                            continue
                     await self._write_backlog()
             except REDIS_DOWN as exc:
                 self._set_connected(False, exc)

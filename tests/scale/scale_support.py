@@ -7,8 +7,11 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
+from redis_server import RedisServer
+from sstore_server import DIAG_PIPELINE, ServeProcess
 
 Frame = tuple[str, str, str]  # (id, event type, data line)
 
@@ -90,3 +93,29 @@ class Follower:
 
 def seqs(frames: list[Frame]) -> list[int]:
     return [json.loads(f[2])["seq"] for f in frames]
+
+
+Nodes = tuple[ServeProcess, ServeProcess]
+
+
+def start_nodes(data_dir: Path, redis: RedisServer, *api_args: str) -> Nodes:
+    """An API node on `redis`, then a stream node relaying from it (both on `data_dir`)."""
+    api = ServeProcess(data_dir, extra_args=("--broker", redis.url, *api_args))
+    api.start()
+    stream = ServeProcess(
+        data_dir,
+        extra_args=("--role", "stream", "--broker", redis.url, "--api-url", api.url),
+    )
+    try:
+        stream.start()
+    except BaseException:
+        api.terminate()
+        raise
+    return api, stream
+
+
+async def create_session(node: ServeProcess, sid: str) -> None:
+    """Create session `sid` (a small diagnostic pipeline) through `node`'s API."""
+    async with client(node.url) as c:
+        body = {"session_id": sid, "pipeline": {"yaml_text": DIAG_PIPELINE}}
+        (await c.post("/sessions", json=body)).raise_for_status()

@@ -13,28 +13,11 @@ from typing import Any
 import anyio
 import pytest
 from redis_server import RedisServer
-from scale_support import Follower, client, read_sse
-from sstore_server import DIAG_PIPELINE, ServeProcess, seq_of
+from scale_support import Follower, Nodes, client, create_session, read_sse, start_nodes
+from sstore_server import ServeProcess, seq_of
 from websockets.asyncio.client import ClientConnection, connect
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
-
-Nodes = tuple[ServeProcess, ServeProcess]
-
-
-def start_nodes(data_dir: Path, redis: RedisServer, *api_args: str) -> Nodes:
-    api = ServeProcess(data_dir, extra_args=("--broker", redis.url, *api_args))
-    api.start()
-    stream = ServeProcess(
-        data_dir,
-        extra_args=("--role", "stream", "--broker", redis.url, "--api-url", api.url),
-    )
-    try:
-        stream.start()
-    except BaseException:
-        api.terminate()
-        raise
-    return api, stream
 
 
 @pytest.fixture
@@ -64,12 +47,6 @@ async def ws_request(ws: ClientConnection, message: dict[str, Any]) -> dict[str,
 async def resume(node: ServeProcess, since: str, count: int) -> list[tuple[str, str, str]]:
     """The first `count` events after `since` from `node` over SSE (a fresh client)."""
     return await read_sse(node.url, since, count)
-
-
-async def create_session(node: ServeProcess, sid: str) -> None:
-    async with client(node.url) as c:
-        body = {"session_id": sid, "pipeline": {"yaml_text": DIAG_PIPELINE}}
-        (await c.post("/sessions", json=body)).raise_for_status()
 
 
 async def test_both_nodes_stream_the_same_events_and_a_client_resumes_across_them(
