@@ -245,8 +245,10 @@ class RedisHistory:
             except redis.exceptions.ResponseError:
                 continue  # no such stream: no event of that session was written
             deleted = info.get("max-deleted-entry-id") or b"0-0"
-            if entry_seq(deleted) > seq:
-                return None  # trimmed past the resume point
+            first = info.get("first-entry")
+            trimmed = int(info.get("length", 0)) < int(info.get("entries-added", 0))
+            if entry_seq(deleted) > seq or (trimmed and first and entry_seq(first[0]) > seq + 1):
+                return None  # trimmed past the resume point: the journal has it
             for entry_id, fields in r.xrange(stream, min=f"({seq}-0", max="+"):
                 if run_id is None or fields.get(b"run") == run:
                     merged.append((entry_seq(entry_id), fields[b"env"]))
