@@ -130,6 +130,9 @@ class Broker:
         # (oldest forgotten first): it only lets a run subscription skip the history read.
         self._runs: OrderedDict[str, tuple[str, int, str]] = OrderedDict()
         self._runs_limit = 10_000
+        # Called on the loop with every event as it is released, in seq order, after local
+        # delivery (`streaming.backends`: the Redis writer). Must not block or raise.
+        self.on_release: Callable[[Event], None] | None = None
 
     # -- any thread -------------------------------------------------------------------------
 
@@ -304,6 +307,8 @@ class Broker:
                     sub.deliver(event)
         if event.type == SESSION_DELETED:
             self._drop_buffer(sid)  # the session is gone: its history is on disk
+        if self.on_release is not None:
+            self.on_release(event)
 
     def _new_buffer(self, sid: str) -> ReplayBuffer:
         """A buffer for `sid`, evicting the stalest buffer beyond `max_session_buffers`."""

@@ -76,6 +76,8 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
     config = Config(**settings_from(args, env, SETTINGS))
     if config.runs == "workers" and config.broker is None:
         raise CliError("--runs workers needs --broker redis://HOST:PORT/DB", EXIT_USAGE)
+    if config.role == "stream" and (config.broker is None or config.api_url is None):
+        raise CliError("--role stream needs --broker redis://... and --api-url URL", EXIT_USAGE)
     if not is_loopback(config.host) and not config.token:
         raise CliError(
             f"refusing to bind {config.host}: a non-loopback address needs a token "
@@ -169,6 +171,8 @@ def run_serve(args: argparse.Namespace) -> int:
     config = build_config(args, os.environ)
     level = log_level(args, os.environ)
     _check_bind(config)
+    if config.role == "stream":  # no lock, no store: it only reads the shared journals
+        return _run_stream_node(config, level)
     # The lock comes before anything reads or writes the data directory (store, recovery,
     # demo): a second server must leave the first one's runs alone. Held until we return.
     with _lock_data_dir(config):
@@ -177,6 +181,34 @@ def run_serve(args: argparse.Namespace) -> int:
 
         serve(config, log_config=log_config(level), log_level=level)
     logging.shutdown()  # flush every handler before the process exits
+    return 0
+
+
+def _run_stream_node(config: Config, level: str) -> int:
+    """`runwire serve --role stream`: check Redis once (one clear line when it cannot serve
+    yet), then serve until SIGTERM/SIGINT."""
+    import asyncio
+
+    from service.cli.errors import EXIT_UNAVAILABLE
+    from streaming.backends import RedisKeys, open_relay
+    from streaming.backends.redis_relay import RelayUnavailable
+
+    async def probe() -> None:
+        assert config.broker is not None
+        broker, relay = await open_relay(
+            config.broker, keys=RedisKeys(config.redis_prefix), wait_s=10.0
+        )
+        await relay.aclose()
+        await broker.aclose()
+
+    try:
+        asyncio.run(probe())
+    except RelayUnavailable as exc:
+        raise CliError(str(exc), EXIT_UNAVAILABLE) from None
+    from service.http.server import serve
+
+    serve(config, log_config=log_config(level), log_level=level)
+    logging.shutdown()
     return 0
 
 

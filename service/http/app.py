@@ -33,6 +33,7 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Mount
 
 from service.http.auth import AuthMiddleware
+from service.http.backend import start_event_writer  # contract section 12: events on Redis
 from service.http.browser import AllowedOriginsCors, HostCheckMiddleware
 from service.http.limits import BodyLimitMiddleware
 from service.http.metrics import ServiceMetrics
@@ -82,6 +83,10 @@ def _operations() -> list[Operation]:
 
 def create_app(config: Config) -> Starlette:
     """The runwire ASGI app for `config` (resources open in its lifespan, see module doc)."""
+    if config.role == "stream":  # SSE and WebSocket only, fed from Redis (scale-out.md)
+        from service.http.stream_node import create_stream_app
+
+        return create_stream_app(config)
     routes: list[BaseRoute] = [r for table in _TABLES for r in table.routes]
     host_policy = HostPolicy(config.host, config.allowed_hosts)
     app = Starlette(
@@ -133,6 +138,12 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
             reserve_seq=store.reserve_seq,
         )
         await broker.start()
+        if config.broker is not None:  # every released event also goes to Redis Streams
+            writer = start_event_writer(
+                config, broker, state.start_seq, RunDirectoryHistory(config.runs_dir)
+            )
+            stack.push_async_callback(writer.aclose)  # after the broker's close (LIFO)
+            state.event_writer = writer
         stack.push_async_callback(broker.aclose)
         state.broker = broker
         state.retained = RetainedRuns(config.runs_dir)

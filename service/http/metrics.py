@@ -39,6 +39,7 @@ __all__ = [
     "ServiceMetrics",
     "Snapshot",
     "StateCollector",
+    "render_gauges",
 ]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -207,3 +208,20 @@ class ServiceMetrics:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(StateCollector(lambda: snapshot))
         return generate_latest(registry)
+
+
+class _Gauges(Collector):
+    def __init__(self, gauges: Iterable[tuple[str, str, float]]) -> None:
+        self._gauges = list(gauges)
+
+    def collect(self) -> Iterator[Metric]:
+        for name, doc, value in self._gauges:
+            yield GaugeMetricFamily(name, doc, value=value)
+
+
+def render_gauges(gauges: Iterable[tuple[str, str, float]]) -> bytes:
+    """`(name, help, value)` gauges in the text exposition (the broker backend's figures,
+    `service.http.backend.backend_figures`; a stream node's whole `/metrics`)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Gauges(gauges))
+    return generate_latest(registry)

@@ -19,11 +19,13 @@ if TYPE_CHECKING:
 
     from service.http.metrics import ServiceMetrics
     from service.http.openapi import Operation
+    from service.http.stream_node import ApiNode
     from service.runtime.config import Config
     from service.runtime.facade import Runtime
     from service.runtime.packages import PackageRuntime
     from service.storage.retained import RetainedRuns
     from service.storage.store import SessionStore
+    from streaming.backends import RedisEventWriter, RedisRelay
     from streaming.broker import Broker
     from streaming.security import HostPolicy
 
@@ -90,6 +92,12 @@ class ServiceState:
         self.start_seq = 1  # the first seq of this process (for /metrics)
         # Retained runs: routes build it from `config.runs_dir` on first use when None.
         self.retained: RetainedRuns | None = None
+        # Scale-out (docs/scale-out.md). An API node with a Redis --broker: the writer copying
+        # every released event to Redis. A stream node (no store, runtime or packages): the
+        # relay feeding its broker from Redis, and the API node its lookups and control ops go to.
+        self.event_writer: RedisEventWriter | None = None
+        self.relay: RedisRelay | None = None
+        self.api: ApiNode | None = None
 
     def is_open(self, name: str) -> bool:
         """Whether the lifespan has opened resource `name` (`"runtime"`, `"broker"`, ...)."""

@@ -27,6 +27,7 @@ __all__ = [
     "Setting",
     "SettingError",
     "comma_list",
+    "parse_api_url",
     "parse_broker_url",
     "parse_bytes",
     "path_list",
@@ -173,6 +174,17 @@ def parse_broker_url(raw: Any) -> str:
     return text
 
 
+def parse_api_url(raw: Any) -> str:
+    """An `http(s)://HOST[:PORT]` URL, without a trailing slash."""
+    from urllib.parse import urlsplit
+
+    text = str(raw).strip()
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected http://HOST:PORT, got {str(raw)!r}")
+    return text.rstrip("/")
+
+
 def truthy(raw: Any) -> bool:
     return raw is True or str(raw).lower() in ("1", "true", "yes", "on")
 
@@ -257,6 +269,17 @@ class Config:
     lease_ttl: float = setting(10.0, flag="--lease-ttl", env="RUNWIRE_LEASE_TTL", number=float,
                                minimum=0.5, shown_default="10", help="seconds before a silent "
                                "worker's runs end interrupted and its sessions move on")  # fmt: skip
+    # Scale-out roles (docs/scale-out.md): "api" is the whole service; "stream" serves SSE and
+    # WebSocket only, fed from the --broker's Redis, and forwards control ops to --api-url.
+    role: str = setting("api", flag="--role", env="RUNWIRE_ROLE", choices=("api", "stream"),
+                        help="api: the whole service; stream: SSE and WebSocket only, fed from "
+                        "--broker (needs --api-url)")  # fmt: skip
+    api_url: str | None = setting(None, flag="--api-url", env="RUNWIRE_API_URL",
+                                  parse=parse_api_url, help="a stream node's API node, e.g. "
+                                  "http://10.0.0.5:8000, where WebSocket control ops are "
+                                  "forwarded")  # fmt: skip
+    redis_prefix: str = setting("runwire:", flag="--redis-prefix", env="RUNWIRE_REDIS_PREFIX",
+                                help="prefix of every Redis key runwire uses")  # fmt: skip
 
     @property
     def store_path(self) -> Path:

@@ -10,11 +10,15 @@ routes by scope type), which subscribes to that session at once (`?since=` honou
 disallowed `Origin` is accepted and closed with 1008 (policy); an unknown session is refused
 before the handshake completes with the same 404 problem+json as over SSE. Control ops
 (`process`, `set_sample`, `cancel`, `dry_run`) go to the runtime through `RuntimeControl`.
+
+On a stream node (`--role stream`, `service.http.stream_node`) the same routes serve; there
+is no runtime: sessions and runs are looked up on the API node (`ServiceState.api`) and control
+ops are forwarded to it with the client's token.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 from starlette.requests import Request
@@ -27,7 +31,7 @@ from service.contract.models import ProcessRequest, SampleRequest
 from service.http.auth import check_sse_origin, reject_websocket, websocket_origin_ok
 from service.http.openapi import OperationTable, Param
 from service.http.problems import problem_response
-from service.http.state import service_state
+from service.http.state import ServiceState, service_state
 from streaming.channels.sse import sse_response
 from streaming.channels.ws import serve_websocket
 from streaming.errors import ControlError, InvalidEventId
@@ -81,8 +85,7 @@ async def _sse(request: Request, sessions: list[str] | None, run_id: str | None 
 )
 async def session_events(request: Request) -> Response:
     """The session's events as Server-Sent Events (also a WebSocket on the same path)."""
-    runtime: Runtime = service_state(request.app).runtime
-    record = await runtime.get_session(request.path_params["sid"])
+    record = await _directory(service_state(request.app)).get_session(request.path_params["sid"])
     return await _sse(request, [record.session_id])
 
 
@@ -115,8 +118,7 @@ async def events(request: Request) -> Response:
 )
 async def run_events(request: Request) -> Response:
     """One run's events as Server-Sent Events; the stream ends after its terminal event."""
-    runtime: Runtime = service_state(request.app).runtime
-    run = await runtime.get_run(request.path_params["run_id"])
+    run = await _directory(service_state(request.app)).get_run(request.path_params["run_id"])
     return await _sse(request, [run.session_id], run.run_id)
 
 
@@ -195,11 +197,34 @@ class RuntimeControl:
         return await self.runtime.cancel_run(run_id)
 
 
+class _Found(Protocol):
+    @property
+    def session_id(self) -> str: ...
+
+
+class _FoundRun(_Found, Protocol):
+    @property
+    def run_id(self) -> str | None: ...
+
+
+class Directory(Protocol):
+    """Where the event routes look sessions and runs up (404 when unknown)."""
+
+    async def get_session(self, sid: str) -> _Found: ...
+    async def get_run(self, run_id: str) -> _FoundRun: ...
+
+
+def _directory(state: ServiceState) -> Directory:
+    """The runtime, or on a stream node the API node (`service.http.stream_node.ApiNode`, the
+    same `get_session`/`get_run`)."""
+    return state.api if state.api is not None else state.runtime
+
+
 async def _serve(websocket: WebSocket, sessions: list[str] | None, since: str | None) -> None:
     state = service_state(websocket.app)
-    await serve_websocket(
-        websocket, state.broker, RuntimeControl(state.runtime), sessions=sessions, since=since
-    )
+    api = state.api  # a stream node forwards control ops to its API node
+    control = api.control(websocket) if api is not None else RuntimeControl(state.runtime)
+    await serve_websocket(websocket, state.broker, control, sessions=sessions, since=since)
 
 
 async def ws_multiplexed(websocket: WebSocket) -> None:
@@ -217,7 +242,7 @@ async def ws_session(websocket: WebSocket) -> None:
         await reject_websocket(websocket, "origin not allowed")
         return
     try:
-        record = await state.runtime.get_session(websocket.path_params["sid"])
+        record = await _directory(state).get_session(websocket.path_params["sid"])
     except ServiceError as exc:
         # 1008 is for auth and origin: an unknown session is answered as over SSE, a 404
         # problem before the handshake completes, where the server can send one.

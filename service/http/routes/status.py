@@ -15,8 +15,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service.contract.models import Readiness
+from service.http.backend import backend_figures, broker_ok
 from service.http.codec import json_response
-from service.http.metrics import CONTENT_TYPE
+from service.http.metrics import CONTENT_TYPE, render_gauges
 from service.http.openapi import OperationTable, openapi_document
 from service.http.state import service_state
 from streaming.asyncapi import asyncapi_document
@@ -47,6 +48,9 @@ async def readiness(request: Request) -> Response:
         # Shutting down: the runtime may not have noticed yet (signal handling runs first).
         report["ready"] = False
         report["status"] = "unavailable"
+    if not broker_ok(state):  # contract section 12: Redis is configured and unreachable
+        report["ready"] = False
+        report["status"] = "unavailable"
     body = msgspec.convert(report, Readiness)
     return json_response(body, 200 if body.ready else 503)
 
@@ -61,6 +65,8 @@ async def metrics(request: Request) -> Response:
     published = max(0, state.broker.top_seq - state.start_seq + 1)
     # Rendering reads the store, which is synchronous: off the event loop.
     text = await anyio.to_thread.run_sync(state.metrics.render, figures, published)
+    if gauges := await backend_figures(state):  # the Redis backend's own figures
+        text += render_gauges(gauges)
     return Response(text, media_type=CONTENT_TYPE)
 
 

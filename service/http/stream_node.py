@@ -1,0 +1,279 @@
+"""`runwire serve --role stream`: a node serving SSE and WebSocket subscriptions only.
+
+Its broker is a `streaming.backends.RelayBroker` fed from Redis (`RedisRelay`), so envelopes,
+ids, order, resume and `stream.gap` are the API node's. Routes: the event routes of
+`service.http.routes.events` (SSE and WebSocket, same paths), `/v1/health`, `/v1/readiness`,
+`/v1/metrics`, `/v1/asyncapi.json`. Any other request is 421 `MISDIRECTED_REQUEST` whose
+`detail` names the API node (`--api-url`): the request is fine, this node is the wrong one.
+
+Sessions and runs named in a path are looked up on the API node (404 as there); while the API
+node cannot be reached the subscription is accepted anyway (events keep flowing from Redis).
+WebSocket control ops are forwarded to the API node over HTTP with the client's token; an
+error there is the same error reply, an unreachable API node is `BROKER_UNAVAILABLE`.
+
+No data-directory lock, no store: the node only reads the journals on the shared data
+directory (resumes reaching past Redis).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl
+
+import anyio
+import httpx
+import msgspec
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.websockets import WebSocket
+
+from service.contract.errors import ServiceError
+from service.contract.models import Readiness
+from service.http.auth import AuthMiddleware
+from service.http.backend import backend_figures, broker_ok
+from service.http.browser import AllowedOriginsCors, HostCheckMiddleware
+from service.http.codec import json_response
+from service.http.limits import BodyLimitMiddleware
+from service.http.metrics import CONTENT_TYPE, render_gauges
+from service.http.openapi import API_PREFIX
+from service.http.problems import InternalErrorMiddleware, exception_handlers
+from service.http.routes import events as routes_events
+from service.http.routes.status import asyncapi, health
+from service.http.state import ServiceState, install_state, service_state
+from service.runtime.config import Config
+from service.storage.history import RunDirectoryHistory
+from streaming.backends import RedisHistory, RedisKeys, open_relay
+from streaming.errors import ControlError
+from streaming.messages import Cancel, ControlOp, DryRun, Process, SetSample
+
+__all__ = ["ApiNode", "create_stream_app"]
+
+log = logging.getLogger("runwire.stream")
+
+API_TIMEOUT_S = 10.0  # one forwarded request or lookup
+_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+@dataclass(frozen=True)
+class Found:
+    """What a lookup on the API node answers (the fields the event routes use)."""
+
+    session_id: str
+    run_id: str | None = None
+
+
+class ApiNode:
+    """The API node as a stream node reaches it: lookups and forwarded control ops."""
+
+    def __init__(self, api_url: str, token: str | None, *, timeout: float = API_TIMEOUT_S):
+        self.api_url = api_url.rstrip("/")
+        self._token = token
+        self._client = httpx.AsyncClient(base_url=self.api_url + API_PREFIX, timeout=timeout)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    def _headers(self, token: str | None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+    async def _lookup(self, path: str, fallback: Found) -> dict[str, Any] | Found:
+        try:
+            response = await self._client.get(path, headers=self._headers(self._token))
+        except httpx.HTTPError as exc:
+            log.warning("API node %s unreachable for a lookup (%s): subscribing anyway",
+                        self.api_url, exc)  # fmt: skip
+            return fallback
+        if response.status_code >= 400:
+            raise _problem(response)
+        body: dict[str, Any] = response.json()
+        return body
+
+    async def get_session(self, sid: str) -> Found:
+        body = await self._lookup(f"/sessions/{sid}", Found(sid))
+        return body if isinstance(body, Found) else Found(body["session_id"])
+
+    async def get_run(self, run_id: str) -> Found:
+        body = await self._lookup(f"/runs/{run_id}", Found("*", run_id))
+        return body if isinstance(body, Found) else Found(body["session_id"], body["run_id"])
+
+    def control(self, websocket: WebSocket) -> ForwardedControl:
+        """The WebSocket `ControlHandler` forwarding `websocket`'s ops with its token."""
+        return ForwardedControl(self, presented_token(websocket))
+
+    async def request(self, method: str, path: str, token: str | None, body: Any) -> Any:
+        """One forwarded call; its JSON answer, or `ControlError` (the API node's code)."""
+        try:
+            response = await self._client.request(
+                method, path, json=body, headers=self._headers(token)
+            )
+        except httpx.HTTPError as exc:
+            raise ControlError(
+                "BROKER_UNAVAILABLE", f"the API node {self.api_url} is unreachable: {exc}"
+            ) from exc
+        if response.status_code >= 400:
+            error = _problem(response)
+            raise ControlError(error.code, error.detail)
+        return response.json() if response.content else {}
+
+
+def _problem(response: httpx.Response) -> ServiceError:
+    try:
+        body = response.json()
+        code, detail = str(body["code"]), str(body.get("detail", ""))
+    except (ValueError, KeyError, TypeError):
+        code, detail = "INTERNAL", f"the API node answered {response.status_code}"
+    try:
+        return ServiceError(code, detail)
+    except KeyError:  # a code this node does not know: keep it readable anyway
+        return ServiceError("INTERNAL", f"{code}: {detail}")
+
+
+def presented_token(websocket: WebSocket) -> str | None:
+    """The bearer token the client presented (header, or `access_token` for browsers)."""
+    scheme, _, credentials = websocket.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip()
+    query = websocket.scope.get("query_string", b"").decode("latin-1")
+    return next((v for k, v in parse_qsl(query) if k == "access_token"), None)
+
+
+def _fields(op: ControlOp, *drop: str) -> dict[str, Any]:
+    return {
+        name: value
+        for name in op.__struct_fields__
+        if name not in ("id", *drop) and (value := getattr(op, name)) is not None
+    }
+
+
+class ForwardedControl:
+    """Control ops -> the API node's HTTP routes, answering what `RuntimeControl` answers."""
+
+    def __init__(self, api: ApiNode, token: str | None) -> None:
+        self.api = api
+        self.token = token
+
+    async def __call__(self, op: ControlOp) -> dict[str, Any]:
+        api, token = self.api, self.token
+        result: dict[str, Any]
+        if isinstance(op, Process):
+            result = await api.request(
+                "POST", f"/sessions/{op.session}/process", token, _fields(op, "session")
+            )
+        elif isinstance(op, DryRun):
+            result = await api.request(
+                "POST", f"/sessions/{op.session}/process/dry-run", token, _fields(op, "session")
+            )
+        elif isinstance(op, SetSample):
+            answer = await api.request(
+                "POST", f"/sessions/{op.session}/sample", token, _fields(op, "session")
+            )
+            if "run_id" in answer:  # 202: a run was submitted as well
+                session = await api.request("GET", f"/sessions/{op.session}", token, None)
+                result = {"session": session, "run": answer}
+            else:
+                result = {"session": answer, "run": None}
+        else:
+            assert isinstance(op, Cancel)
+            result = await api.request("POST", f"/runs/{op.run_id}/cancel", token, {})
+        return result
+
+
+# --- routes -------------------------------------------------------------------------------
+
+
+async def stream_readiness(request: Request) -> Response:
+    """Ready while Redis answers and the node is not shutting down. Run figures are the API
+    node's to report: here they are zero; `subscriber_count` is this node's."""
+    state = service_state(request.app)
+    ready = broker_ok(state) and not state.draining
+    report: dict[str, Any] = {
+        "status": "ok" if ready else "unavailable",
+        "ready": ready,
+        "metrics": {
+            "session_count": 0, "active_run_count": 0, "queued_run_count": 0,
+            "queue_capacity": 0, "error_session_count": 0, "error_session_ids": [],
+            "subscriber_count": state.broker.subscriber_count, "last_updated_utc": None,
+        },
+    }  # fmt: skip
+    return json_response(msgspec.convert(report, Readiness), 200 if ready else 503)
+
+
+async def stream_metrics(request: Request) -> Response:
+    """This node's gauges: subscribers, relay lag, Redis up."""
+    return Response(render_gauges(await backend_figures(service_state(request.app))),
+                    media_type=CONTENT_TYPE)  # fmt: skip
+
+
+async def misdirected(request: Request) -> Response:
+    api_url = service_state(request.app).config.api_url
+    raise ServiceError(
+        "MISDIRECTED_REQUEST",
+        f"this is a stream node (events only): send {request.method} {request.url.path} "
+        f"to the API node at {api_url}",
+    )
+
+
+def create_stream_app(config: Config) -> Starlette:
+    """The stream node's ASGI app (see the module docstring)."""
+    if config.broker is None or not config.api_url:
+        raise ValueError("a stream node needs a Redis broker URL and the API node's URL")
+    from streaming.security import HostPolicy
+
+    v1: list[BaseRoute] = [
+        Route("/health", health, methods=["GET"]),
+        Route("/readiness", stream_readiness, methods=["GET"]),
+        Route("/metrics", stream_metrics, methods=["GET"]),
+        Route("/asyncapi.json", asyncapi, methods=["GET"]),
+        *routes_events.table.routes,
+        Route("/{path:path}", misdirected, methods=_METHODS),
+    ]
+    host_policy = HostPolicy(config.host, config.allowed_hosts)
+    app = Starlette(
+        routes=[Mount(API_PREFIX, routes=v1), Route("/{path:path}", misdirected, methods=_METHODS)],
+        middleware=[
+            Middleware(InternalErrorMiddleware),
+            Middleware(HostCheckMiddleware, policy=host_policy),
+            Middleware(AllowedOriginsCors, allowed_origins=config.allowed_origins),
+            Middleware(AuthMiddleware, token=config.token),
+            Middleware(BodyLimitMiddleware, max_body_bytes=config.max_body_bytes),
+        ],
+        exception_handlers=exception_handlers(),
+        lifespan=_lifespan,
+    )
+    install_state(app, ServiceState(config, host_policy=host_policy))
+    return app
+
+
+@asynccontextmanager
+async def _lifespan(app: Starlette) -> AsyncIterator[None]:
+    state = service_state(app)
+    config = state.config
+    state.draining = False
+    state.drained = anyio.Event()
+    assert config.broker is not None and config.api_url is not None
+    keys = RedisKeys(config.redis_prefix)
+    history = RedisHistory(config.broker, RunDirectoryHistory(config.runs_dir), keys=keys)
+    broker, relay = await open_relay(
+        config.broker, keys=keys, history=history, replay_size=config.replay_size,
+        subscriber_queue_size=config.subscriber_queue_size,
+    )  # fmt: skip
+    relay.start()
+    state.broker, state.relay = broker, relay
+    state.api = api = ApiNode(config.api_url, config.token)
+    log.info("stream node: relaying events from %s; control ops go to %s",
+             config.broker, config.api_url)  # fmt: skip
+    try:
+        yield
+    finally:
+        # `service.http.app.drain` (run on SIGTERM by the server) has usually done this.
+        await broker.aclose()  # WebSockets close with 1001, SSE streams end
+        await relay.aclose()
+        await api.aclose()
+        await anyio.to_thread.run_sync(history.close)

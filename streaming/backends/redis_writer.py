@@ -1,0 +1,250 @@
+"""`RedisEventWriter`: the API node's one writer of events into Redis Streams.
+
+The API node's `Broker` stays the publisher: it stamps, the service journals, the broker
+releases in seq order and hands each released event to `offer` (its `on_release` hook). The
+writer copies them into Redis in that order, in pipelined batches, from one task: per-session
+stream first, then the server-wide stream (whose last id is the commit point: a batch cut off
+half-way is redone from there, and Redis refuses the entries it already has), then `top`.
+
+Redis down. Local subscribers never notice: the broker does not wait for the writer. Released
+events wait in a bounded backlog (`backlog_limit`); past it the backlog is dropped and only
+the seq it reached is remembered. On every (re)connect the writer compares the server-wide
+stream's last seq with what must be there and, when something is missing, reads it back from
+the journal (`history`, the run directories' event logs) before writing the backlog: Redis is
+caught up in seq order with no operator action. So is a Redis that restarted empty.
+
+`connected` is what readiness reports (`service` answers 503 `unavailable` while it is False).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import anyio.to_thread
+import redis.exceptions
+
+from streaming.backends.redis_keys import (
+    CLOSE_WAIT_S,
+    REDIS_DOWN,
+    RedisKeys,
+    async_client,
+    entry_fields,
+    entry_seq,
+)
+from streaming.envelope import Event
+from streaming.replay import HistorySource, read_history
+
+__all__ = ["RedisEventWriter"]
+
+log = logging.getLogger(__name__)
+
+_BATCH = 512  # events per pipelined round trip
+_TOO_OLD = "equal or smaller"  # Redis' refusal of an XADD id it already has (or passed)
+
+
+class RedisEventWriter:
+    """Copies released events into Redis Streams; see the module docstring.
+
+    `start_seq`: the broker's first seq this run (everything below was released by an earlier
+    process and is in `history`). `replay_size` caps each session stream; `global_maxlen` the
+    server-wide one (default: 10 x replay size, at least 10,000). `retry_s`: the pause
+    between reconnection attempts; `ping_s`: how often an idle writer checks that Redis is
+    still there (readiness). `on_state(connected)` is called on changes.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        epoch: str,
+        start_seq: int,
+        replay_size: int,
+        history: HistorySource | None,
+        keys: RedisKeys | None = None,
+        global_maxlen: int | None = None,
+        backlog_limit: int = 100_000,
+        retry_s: float = 0.5,
+        ping_s: float = 1.0,
+        socket_timeout: float = 5.0,
+        on_state: Callable[[bool], None] | None = None,
+    ) -> None:
+        self.url = url
+        self.epoch = epoch
+        self.keys = keys or RedisKeys()
+        self.replay_size = replay_size
+        self.global_maxlen = global_maxlen or max(10 * replay_size, 10_000)
+        self.backlog_limit = backlog_limit
+        self.retry_s = retry_s
+        self.ping_s = ping_s
+        self._history = history
+        self._on_state = on_state
+        self._redis: Any = async_client(url, socket_timeout)
+        self._backlog: deque[Event] = deque()
+        # Everything released up to this seq must be in Redis; what the backlog does not hold
+        # of it is read back from the history.
+        self._must_have = start_seq - 1
+        self._written = 0  # the server-wide stream's last seq, as last seen
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()  # set whenever the backlog has just been written out
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.connected = False
+        self.written_count = 0
+
+    # -- the broker's side (loop) -----------------------------------------------------------
+
+    def offer(self, event: Event) -> None:
+        """`Broker.on_release`: queue `event` for Redis. Never blocks."""
+        backlog = self._backlog
+        backlog.append(event)
+        self._idle.clear()
+        if len(backlog) > self.backlog_limit:
+            # Redis has been away long: keep only the mark, the journal has the events.
+            self._must_have = max(self._must_have, backlog[-1].seq)
+            backlog.clear()
+        if not self._wake.is_set():
+            self._wake.set()
+
+    @property
+    def backlog(self) -> int:
+        """Events released but not yet confirmed in Redis (what the journal must supply
+        after an overflow included, as a lower bound)."""
+        extra = max(0, self._must_have - self._written) if not self._backlog else 0
+        return len(self._backlog) + extra
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the writing task on the running loop."""
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="redis-writer")
+
+    async def aclose(self, flush_timeout: float = 2.0) -> None:
+        """Write what is queued (for up to `flush_timeout` s), then stop."""
+        self._closing = True
+        task = self._task
+        if task is not None:
+            self._wake.set()
+            if self._backlog and self.connected:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(flush_timeout):
+                        await self._idle.wait()
+            task.cancel()  # (a cancel turned into a connection error: `_closing` ends the loop)
+            await asyncio.wait({task}, timeout=CLOSE_WAIT_S)
+        await self._redis.aclose()
+
+    # -- the task ---------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while not self._closing:
+            try:
+                await self._connect()
+                self._set_connected(True)
+                while True:
+                    if not self._backlog:
+                        self._wake.clear()
+                        try:
+                            async with asyncio.timeout(self.ping_s):
+                                await self._wake.wait()
+                        except TimeoutError:
+                            await self._redis.ping()  # idle: is Redis still there?
+                            continue
+                    await self._write_backlog()
+            except REDIS_DOWN as exc:
+                self._set_connected(False, exc)
+            except redis.exceptions.ResponseError as exc:
+                # e.g. a read-only replica or OOM: as good as down for us; retry.
+                self._set_connected(False, exc)
+            await asyncio.sleep(self.retry_s)
+
+    def _set_connected(self, value: bool, exc: BaseException | None = None) -> None:
+        if value != self.connected:
+            if value:
+                log.info("events: writing to Redis at %s", self.url)
+            else:
+                log.warning("events: Redis unreachable (%s); local delivery goes on", exc)
+            self.connected = value
+            if self._on_state is not None:
+                self._on_state(value)
+
+    async def _connect(self) -> None:
+        """Agree on the epoch, learn the last written seq, write what the journal must supply."""
+        r, keys = self._redis, self.keys
+        stored = await r.get(keys.epoch)
+        if stored is not None and stored.decode() != self.epoch:
+            log.warning("events: Redis held epoch %s, this history is %s: replacing its streams",
+                        stored.decode(), self.epoch)  # fmt: skip
+            doomed = [key async for key in r.scan_iter(match=keys.session_pattern, count=500)]
+            await r.delete(keys.stream, keys.top, keys.since, *doomed)
+            stored = None
+        last = await r.xrevrange(keys.stream, count=1)
+        self._written = entry_seq(last[0][0]) if last else 0
+        if stored is None:
+            await r.set(keys.epoch, self.epoch)
+        first = await self._catch_up()
+        if await r.get(keys.since) is None:
+            # Redis held nothing of this history: it has everything from `first` on.
+            if first is None:
+                first = self._backlog[0].seq if self._backlog else self._must_have + 1
+            await r.set(keys.since, max(0, min(first, self._written + 1) - 1))
+
+    async def _catch_up(self) -> int | None:
+        """Write the events in (`_written`, `_must_have`] from the journal, oldest first;
+        returns the first seq written (None: nothing was missing)."""
+        if self._history is None or self._written >= self._must_have:
+            return None
+        after, upto = self._written, self._must_have
+        events = await anyio.to_thread.run_sync(
+            read_history, self._history, after, upto, None, None
+        )
+        events = events[-self.global_maxlen :]  # the stream would trim the rest at once
+        if not events:
+            return None
+        log.info("events: catching Redis up with %d events from the journal", len(events))
+        for i in range(0, len(events), _BATCH):
+            await self._write(events[i : i + _BATCH])
+        return events[0].seq
+
+    async def _write_backlog(self) -> None:
+        backlog = self._backlog
+        await self._catch_up()  # when the backlog overflowed while Redis was away
+        while backlog:
+            batch = [backlog[i] for i in range(min(_BATCH, len(backlog)))]
+            await self._write(batch)
+            for _ in batch:
+                backlog.popleft()
+        self._idle.set()
+
+    async def _write(self, events: list[Event]) -> None:
+        """One pipelined round trip; entries Redis already has are skipped."""
+        keys = self.keys
+        fresh = [e for e in events if e.seq > self._written]
+        if not fresh:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for event in fresh:
+            fields: Any = entry_fields(event)
+            entry = f"{event.seq}-0"
+            pipe.xadd(
+                keys.session_stream(event.session_id), fields, id=entry,
+                maxlen=self.replay_size, approximate=True,
+            )  # fmt: skip
+            pipe.xadd(keys.stream, fields, id=entry, maxlen=self.global_maxlen, approximate=True)
+        top = fresh[-1].seq
+        pipe.set(keys.top, top)
+        results = await pipe.execute(raise_on_error=False)
+        for result in results:
+            if isinstance(result, redis.exceptions.ResponseError) and _TOO_OLD not in str(result):
+                raise result
+            if isinstance(result, BaseException) and not isinstance(
+                result, redis.exceptions.ResponseError
+            ):
+                raise result
+        self._written = top
+        if top > self._must_have:
+            self._must_have = top
+        self.written_count += len(fresh)
