@@ -17,9 +17,9 @@ if TYPE_CHECKING:
     import anyio
     from starlette.applications import Starlette
 
+    from service.http.api_node import ApiNode
     from service.http.metrics import ServiceMetrics
     from service.http.openapi import Operation
-    from service.http.stream_node import ApiNode
     from service.runtime.config import Config
     from service.runtime.facade import Runtime
     from service.runtime.packages import PackageRuntime

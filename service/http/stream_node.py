@@ -20,22 +20,19 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl
 
 import anyio
-import httpx
 import msgspec
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
-from starlette.websockets import WebSocket
 
 from service.contract.errors import ServiceError
 from service.contract.models import Readiness
+from service.http.api_node import ApiNode
 from service.http.auth import AuthMiddleware
 from service.http.backend import backend_figures, broker_ok
 from service.http.browser import AllowedOriginsCors, HostCheckMiddleware
@@ -50,139 +47,12 @@ from service.http.state import ServiceState, install_state, service_state
 from service.runtime.config import Config
 from service.storage.history import RunDirectoryHistory
 from streaming.backends import RedisHistory, RedisKeys, open_relay
-from streaming.errors import ControlError
-from streaming.messages import Cancel, ControlOp, DryRun, Process, SetSample
 
-__all__ = ["ApiNode", "create_stream_app"]
+__all__ = ["create_stream_app"]
 
 log = logging.getLogger("runwire.stream")
 
-API_TIMEOUT_S = 10.0  # one forwarded request or lookup
 _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-
-
-@dataclass(frozen=True)
-class Found:
-    """What a lookup on the API node answers (the fields the event routes use)."""
-
-    session_id: str
-    run_id: str | None = None
-
-
-class ApiNode:
-    """The API node as a stream node reaches it: lookups and forwarded control ops."""
-
-    def __init__(self, api_url: str, token: str | None, *, timeout: float = API_TIMEOUT_S):
-        self.api_url = api_url.rstrip("/")
-        self._token = token
-        self._client = httpx.AsyncClient(base_url=self.api_url + API_PREFIX, timeout=timeout)
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
-
-    def _headers(self, token: str | None) -> dict[str, str]:
-        return {"Authorization": f"Bearer {token}"} if token else {}
-
-    async def _lookup(self, path: str, fallback: Found) -> dict[str, Any] | Found:
-        try:
-            response = await self._client.get(path, headers=self._headers(self._token))
-        except httpx.HTTPError as exc:
-            log.warning("API node %s unreachable for a lookup (%s): subscribing anyway",
-                        self.api_url, exc)  # fmt: skip
-            return fallback
-        if response.status_code >= 400:
-            raise _problem(response)
-        body: dict[str, Any] = response.json()
-        return body
-
-    async def get_session(self, sid: str) -> Found:
-        body = await self._lookup(f"/sessions/{sid}", Found(sid))
-        return body if isinstance(body, Found) else Found(body["session_id"])
-
-    async def get_run(self, run_id: str) -> Found:
-        body = await self._lookup(f"/runs/{run_id}", Found("*", run_id))
-        return body if isinstance(body, Found) else Found(body["session_id"], body["run_id"])
-
-    def control(self, websocket: WebSocket) -> ForwardedControl:
-        """The WebSocket `ControlHandler` forwarding `websocket`'s ops with its token."""
-        return ForwardedControl(self, presented_token(websocket))
-
-    async def request(self, method: str, path: str, token: str | None, body: Any) -> Any:
-        """One forwarded call; its JSON answer, or `ControlError` (the API node's code)."""
-        try:
-            response = await self._client.request(
-                method, path, json=body, headers=self._headers(token)
-            )
-        except httpx.HTTPError as exc:
-            raise ControlError(
-                "BROKER_UNAVAILABLE", f"the API node {self.api_url} is unreachable: {exc}"
-            ) from exc
-        if response.status_code >= 400:
-            error = _problem(response)
-            raise ControlError(error.code, error.detail)
-        return response.json() if response.content else {}
-
-
-def _problem(response: httpx.Response) -> ServiceError:
-    try:
-        body = response.json()
-        code, detail = str(body["code"]), str(body.get("detail", ""))
-    except (ValueError, KeyError, TypeError):
-        code, detail = "INTERNAL", f"the API node answered {response.status_code}"
-    try:
-        return ServiceError(code, detail)
-    except KeyError:  # a code this node does not know: keep it readable anyway
-        return ServiceError("INTERNAL", f"{code}: {detail}")
-
-
-def presented_token(websocket: WebSocket) -> str | None:
-    """The bearer token the client presented (header, or `access_token` for browsers)."""
-    scheme, _, credentials = websocket.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and credentials.strip():
-        return credentials.strip()
-    query = websocket.scope.get("query_string", b"").decode("latin-1")
-    return next((v for k, v in parse_qsl(query) if k == "access_token"), None)
-
-
-def _fields(op: ControlOp, *drop: str) -> dict[str, Any]:
-    return {
-        name: value
-        for name in op.__struct_fields__
-        if name not in ("id", *drop) and (value := getattr(op, name)) is not None
-    }
-
-
-class ForwardedControl:
-    """Control ops -> the API node's HTTP routes, answering what `RuntimeControl` answers."""
-
-    def __init__(self, api: ApiNode, token: str | None) -> None:
-        self.api = api
-        self.token = token
-
-    async def __call__(self, op: ControlOp) -> dict[str, Any]:
-        api, token = self.api, self.token
-        result: dict[str, Any]
-        if isinstance(op, Process):
-            result = await api.request(
-                "POST", f"/sessions/{op.session}/process", token, _fields(op, "session")
-            )
-        elif isinstance(op, DryRun):
-            result = await api.request(
-                "POST", f"/sessions/{op.session}/process/dry-run", token, _fields(op, "session")
-            )
-        elif isinstance(op, SetSample):
-            answer = await api.request(
-                "POST", f"/sessions/{op.session}/sample", token, _fields(op, "session")
-            )
-            if "run_id" in answer:  # 202: a run was submitted as well
-                session = await api.request("GET", f"/sessions/{op.session}", token, None)
-                result = {"session": session, "run": answer}
-            else:
-                result = {"session": answer, "run": None}
-        else:
-            assert isinstance(op, Cancel)
-            result = await api.request("POST", f"/runs/{op.run_id}/cancel", token, {})
-        return result
 
 
 # --- routes -------------------------------------------------------------------------------
