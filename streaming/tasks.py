@@ -1,8 +1,9 @@
 """`TaskSupervisor`: the owner of a component's background tasks.
 
-The runtime's tasks are not nested in one `async with` (the scheduler starts with the app's
-lifespan and stops in `drain`, and a run's task is awaited by whoever needs its end), so they
-are owned by a supervisor instead of an anyio task group, with the same guarantees:
+The service runtime's tasks and the Redis backend's are not nested in one `async with` (the
+scheduler starts with the app's lifespan and stops in `drain`, a run's task is awaited by
+whoever needs its end, a relay starts and stops with its node), so they are owned by a
+supervisor instead of an anyio task group, with the same guarantees:
 
 - every task is held (never garbage-collected mid-flight) and named;
 - a task that fails is never silent: unless its owner said it awaits the task and reports the
@@ -26,7 +27,7 @@ from typing import Any, TypeVar
 
 __all__ = ["TaskSupervisor"]
 
-log = logging.getLogger("service.runtime.tasks")
+log = logging.getLogger("streaming.tasks")
 
 T = TypeVar("T")
 

@@ -348,8 +348,8 @@ TASK_STARTERS = {"create_task", "ensure_future"}
 
 def test_no_bare_create_task_in_service_or_streaming() -> None:
     """Every background task belongs to an anyio task group or a `TaskSupervisor`
-    (service/runtime/tasks.py, the one module allowed to call `create_task`)."""
-    allowed = ROOT / "service" / "runtime" / "tasks.py"
+    (streaming/tasks.py, the one module allowed to call `create_task`)."""
+    allowed = ROOT / "streaming" / "tasks.py"
     offenders = sorted(
         f"{path.relative_to(ROOT)}:{node.lineno}"
         for package in ("service", "streaming")

@@ -26,7 +26,7 @@ from service.http.access_log import AccessLog
 from service.http.app import create_app, drain
 from service.http.state import service_state
 from service.runtime.config import Config
-from service.runtime.tasks import TaskSupervisor
+from streaming.tasks import TaskSupervisor
 
 __all__ = ["RunwireServer", "serve", "serve_in_thread", "uvicorn_config"]
 

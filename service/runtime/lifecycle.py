@@ -45,12 +45,12 @@ from service.runtime.memory import CACHE_EVICTED
 from service.runtime.remote import RunExecutor
 from service.runtime.run_inputs import SOURCE_CHANGED, source_specs
 from service.runtime.run_queue import RunQueue
-from service.runtime.tasks import TaskSupervisor
 from service.runtime.transitions import error_state, run_transition, running_state
 from service.storage.io_thread import PendingEvent, snapshot
 from service.storage.publisher import EventPublisher
 from streaming import events as ev
 from streaming.envelope import utc_now
+from streaming.tasks import TaskSupervisor
 
 __all__ = ["LifecycleHost", "RunLifecycle", "terminal_event"]
 

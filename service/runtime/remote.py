@@ -68,7 +68,7 @@ from service.runtime.remote_wire import (
     text,
     worker_jobs,
 )
-from service.runtime.tasks import TaskSupervisor
+from streaming.tasks import TaskSupervisor
 
 __all__ = ["CACHE_LOST", "WORKER_LOST", "LocalThreads", "RemoteRuns", "RunExecutor"]
 

@@ -50,13 +50,13 @@ from service.runtime.memory import choose_evictions, default_cache_memory, relea
 from service.runtime.remote import LocalThreads, RemoteRuns, RunExecutor
 from service.runtime.run_inputs import sample_of
 from service.runtime.run_queue import QueueFull, RunQueue
-from service.runtime.tasks import TaskSupervisor
 from service.runtime.transitions import run_transition, session_transition
 from service.storage.io_thread import DurableIO, PendingEvent, snapshot
 from service.storage.publisher import EventSink
 from service.storage.store import SessionStore
 from streaming import events as ev
 from streaming.envelope import utc_now
+from streaming.tasks import TaskSupervisor
 
 __all__ = ["LiveRun", "Scheduler", "SessionEntry", "changed_sources_of", "snapshot"]
 

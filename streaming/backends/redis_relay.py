@@ -42,6 +42,7 @@ from streaming.broker import Broker
 from streaming.envelope import Event
 from streaming.errors import StreamingError
 from streaming.replay import HistorySource
+from streaming.tasks import TaskSupervisor
 
 __all__ = ["RedisHistory", "RedisRelay", "RelayBroker", "RelayUnavailable", "open_relay"]
 
@@ -142,20 +143,20 @@ class RedisRelay:
             url, socket_timeout, read_timeout=socket_timeout + block_ms / 1000
         )
         self._task: asyncio.Task[None] | None = None
+        self._tasks = TaskSupervisor("redis-relay")
         self.connected = True  # `open_relay` has just read from Redis
         self.relayed_count = 0
         self._closing = False
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="redis-relay")
+        self._task = self._tasks.spawn(self._run(), name="redis-relay")
 
     async def aclose(self) -> None:
         self._closing = True
         if self._task is not None:
             # A cancel landing inside redis-py's blocking read may come out as a connection
             # error, which the loop retries: `_closing` ends the loop then. Bounded anyway.
-            self._task.cancel()
-            await asyncio.wait({self._task}, timeout=CLOSE_WAIT_S)
+            await self._tasks.aclose(CLOSE_WAIT_S)
         await self._redis.aclose()
 
     async def api_top(self) -> int | None:

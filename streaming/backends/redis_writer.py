@@ -38,6 +38,7 @@ from streaming.backends.redis_keys import (
 )
 from streaming.envelope import Event
 from streaming.replay import HistorySource, read_history
+from streaming.tasks import TaskSupervisor
 
 __all__ = ["RedisEventWriter"]
 
@@ -92,6 +93,7 @@ class RedisEventWriter:
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()  # set whenever the backlog has just been written out
         self._task: asyncio.Task[None] | None = None
+        self._tasks = TaskSupervisor("redis-writer")
         self._closing = False
         self.connected = False
         self.written_count = 0
@@ -121,7 +123,7 @@ class RedisEventWriter:
 
     def start(self) -> None:
         """Start the writing task on the running loop."""
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="redis-writer")
+        self._task = self._tasks.spawn(self._run(), name="redis-writer")
 
     async def aclose(self, flush_timeout: float = 2.0) -> None:
         """Write what is queued (for up to `flush_timeout` s), then stop."""
@@ -133,8 +135,8 @@ class RedisEventWriter:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(flush_timeout):
                         await self._idle.wait()
-            task.cancel()  # (a cancel turned into a connection error: `_closing` ends the loop)
-            await asyncio.wait({task}, timeout=CLOSE_WAIT_S)
+            # (a cancel turned into a connection error by redis-py: `_closing` ends the loop)
+            await self._tasks.aclose(CLOSE_WAIT_S)
         await self._redis.aclose()
 
     # -- the task ---------------------------------------------------------------------------

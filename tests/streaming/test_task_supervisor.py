@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from service.runtime.tasks import TaskSupervisor
+from streaming.tasks import TaskSupervisor
 
 pytestmark = pytest.mark.anyio
 
@@ -25,7 +25,7 @@ async def test_an_unawaited_failure_is_logged_with_its_task_name_and_counted(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     tasks = TaskSupervisor("scheduler")
-    with caplog.at_level(logging.ERROR, logger="service.runtime.tasks"):
+    with caplog.at_level(logging.ERROR, logger="streaming.tasks"):
         task = tasks.spawn(fail(), name="runwire-dispatcher")
         await asyncio.wait([task], timeout=30)
     assert tasks.failures == 1 and len(tasks) == 0
