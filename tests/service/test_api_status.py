@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from api_support import Api, finished_run, session_body
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.http.app import drain
 from service.http.openapi import route_paths
+from service.http.state import service_state
 
 pytestmark = pytest.mark.anyio
 
@@ -59,6 +62,17 @@ async def test_metrics_in_prometheus_text_format(api: Api) -> None:
     assert samples[("runwire_run_duration_seconds_count", (("status", "succeeded"),))] == 1
     assert samples[("runwire_events_published_total", ())] > 0
     assert ("runwire_subscribers", ()) in samples
+    assert samples[("runwire_task_failures", ())] == 0
+
+
+async def test_a_background_task_that_fails_unhandled_is_counted_in_metrics(api: Api) -> None:
+    async def broken() -> None:
+        raise RuntimeError("a bug in a background task")
+
+    task = service_state(api.app).runtime.scheduler.tasks.spawn(broken(), name="broken")
+    await asyncio.wait({task})
+    r = await api.client.get("/v1/metrics")
+    assert "runwire_task_failures 1.0" in r.text
 
 
 async def test_asyncapi_describes_the_stream_channels(api: Api) -> None:
