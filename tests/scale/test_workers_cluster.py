@@ -156,7 +156,12 @@ def test_worker_killed_mid_run(cluster: dict[str, Any]) -> None:
     doomed = cluster["worker"]("doomed")
     create(client, "held", FAST)
     create(client, "slow", SLOW)
+    # A viewer on a stream node as well as one on the API node: both must see it all, once.
+    stream = ServeProcess(cluster["data"], extra_args=("--role", "stream", "--broker",
+                                                       cluster["redis"].url, "--api-url", api.url))  # fmt: skip
+    stream.start()
     follower = SseFollower(api.url).start()
+    viewer = SseFollower(stream.url).start()
     try:
         # With one worker alive, both sessions' leases are its own.
         first_held = wait_final(client, process(client, "held"))
@@ -194,9 +199,14 @@ def test_worker_killed_mid_run(cluster: dict[str, Any]) -> None:
         assert ends[slow_run] == ["run.interrupted"]
         assert ends[queued] == ["run.finished"]
         assert ends[next_slow] == ["run.cancelled"]
+        # The stream node relays the API node's events through Redis: the same, in order.
+        assert viewer.wait_for(lambda evs: len(evs) >= len(ids), 60), "the stream node lags"
+        assert [i for i, _t, _d in viewer.snapshot()][: len(ids)] == ids
     finally:
+        stream.terminate()
         api.terminate()  # ends the SSE stream, so the follower's thread returns at once
         follower.close()
+        viewer.close()
 
 
 def test_redis_killed_and_restarted_loses_no_acknowledged_run(cluster: dict[str, Any]) -> None:
