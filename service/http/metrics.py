@@ -58,8 +58,12 @@ _GAUGES = (
     ("runwire_cache_bytes", "Bytes held by the sessions' incremental caches.", "cache_bytes"),
     ("runwire_cache_budget_bytes", "Budget of the incremental caches.", "cache_budget_bytes"),
     ("runwire_cache_evictions", "Caches evicted for the budget since start.", "cache_evictions"),
-    ("runwire_task_failures", "Background tasks of the runtime that failed unhandled since "
-     "start (each logged with its traceback).", "task_failures"),  # fmt: skip
+    (
+        "runwire_task_failures",
+        "Background tasks of the runtime that failed unhandled since "
+        "start (each logged with its traceback).",
+        "task_failures",
+    ),
 )
 
 
