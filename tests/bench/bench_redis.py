@@ -21,10 +21,11 @@ to the moment a subscriber read it (wall clock, same machine).
    configuration: p50/p99 event latency and p50 sample -> `run.finished`.
 2. Fan-out: `--subscribers` SSE subscribers of one session (`/v1/sessions/{sid}/events`),
    held by a separate client process (raw asyncio sockets, as fanout_clients.py does), on 1
-   stream node or split over 2 (500 + 500); a burst of `--burst` samples. Prints deliveries/s
-   (over the burst, first to last delivery), p50/p99 latency and whether every subscriber got
-   every event of the burst (counted per subscriber, in seq order, no duplicate), and the CPU
-   seconds each process used during the burst.
+   stream node or split over 2 (500 + 500); a burst of `--burst` samples (the events come
+   faster than 1,000 subscribers can take them: the node's capacity), then `--paced` samples
+   at one a second (what a viewer waits for a run's events). Prints deliveries/s (first to
+   last delivery), p50/p99 latency, whether every subscriber got every event (counted per
+   subscriber, in seq order, no duplicate), and the CPU seconds each process used.
 """
 
 from __future__ import annotations
@@ -336,8 +337,10 @@ class Pool:
         return len(self.subs)
 
     async def set_base(self, base: int) -> int:
-        """From now on count the events of seq > `base` (the ones the burst publishes)."""
-        self.base = base
+        """A new measurement: from now on count the events of seq > `base` (the ones the
+        next runs publish)."""
+        self.base, self.top, self.latencies = base, 1 << 62, []
+        self.first, self.last, self.done = float("inf"), 0.0, asyncio.Event()
         return base
 
     async def collect(self, top: int, expected: int, wait_s: float) -> dict[str, Any]:
@@ -348,7 +351,10 @@ class Pool:
         self.check_done()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.done.wait(), wait_s)
-        counts = [int(np.count_nonzero(np.frombuffer(s.seqs, np.int64) <= top)) for s in self.subs]
+        counts = []
+        for s in self.subs:
+            seqs = np.frombuffer(s.seqs, np.int64)
+            counts.append(int(np.count_nonzero((seqs > self.base) & (seqs <= top))))
         received = sum(counts)
         span = self.last - self.first
         return {
@@ -425,7 +431,8 @@ class SessionEvents:
 
 
 def fanout(nodes: int, args: argparse.Namespace, frames: list[Path], background: Path,
-           dark: Path, conn: Connection, client_pid: int | None) -> dict[str, Any]:  # fmt: skip
+           dark: Path, conn: Connection, client_pid: int | None) -> list[dict[str, Any]]:  # fmt: skip
+    """The burst, then the paced runs, on one deployment with `nodes` stream nodes."""
     root = Path(tempfile.mkdtemp(prefix="bench-redis-fanout-"))
     cluster = Cluster(root, redis=True, stream_nodes=nodes)
     ref: SessionEvents | None = None
@@ -439,29 +446,44 @@ def fanout(nodes: int, args: argparse.Namespace, frames: list[Path], background:
             ref.wait_finished({warm}, 120)
             ports = [s.port for s in cluster.streams]
             call(conn, "open", ports=ports, n=args.subscribers)
-            # Every subscriber is live now: what the API node publishes from here on, each of
-            # them must get (an event published while they were connecting may not reach them).
-            with ref.cond:
-                base = max(s for s, _, _ in ref.seqs)
-            call(conn, "set_base", base=base)
             pids = {"api": cluster.api.proc.pid if cluster.api.proc else None,
                     "redis": cluster.redis.proc.pid if cluster.redis and cluster.redis.proc else None,
                     "clients": client_pid}  # fmt: skip
             pids.update({f"stream{i + 1}": n.proc.pid if n.proc else None
                          for i, n in enumerate(cluster.streams)})  # fmt: skip
-            cpu0 = {k: cpu_s(pid) for k, pid in pids.items()}
-            load0 = os.getloadavg()[0]
-            runs = {submit(client, frames[1 + i % (len(frames) - 1)]) for i in range(args.burst)}
-            ref.wait_finished(runs, 600)
-            with ref.cond:  # the burst: from `base` to its last `run.finished`
-                top = max(s for s, t, r in ref.seqs if t == "run.finished" and r in runs)
-                expected = sum(base < s <= top for s, _, _ in ref.seqs)
-            result: dict[str, Any] = call(conn, "collect", top=top, expected=expected, wait_s=120.0)
+            results = []
+            for pattern in ("burst", "paced"):
+                # Every subscriber is live now: what the API node publishes from here on, each
+                # of them must get (an event published while they connected may not reach them).
+                with ref.cond:
+                    base = max(s for s, _, _ in ref.seqs)
+                call(conn, "set_base", base=base)
+                cpu0 = {k: cpu_s(pid) for k, pid in pids.items()}
+                load0 = os.getloadavg()[0]
+                t0 = time.perf_counter()
+                if pattern == "burst":
+                    runs = {submit(client, frames[1 + i % (len(frames) - 1)])
+                            for i in range(args.burst)}  # fmt: skip
+                    ref.wait_finished(runs, 600)
+                else:  # one run a second, as a beamline takes samples
+                    runs = set()
+                    for i in range(args.paced):
+                        run_id = submit(client, frames[1 + i % (len(frames) - 1)])
+                        runs.add(run_id)
+                        ref.wait_finished({run_id}, 120)
+                        time.sleep(max(0.0, t0 + i + 1 - time.perf_counter()))  # the pace
+                with ref.cond:  # the runs' events: from `base` to their last `run.finished`
+                    top = max(s for s, t, r in ref.seqs if t == "run.finished" and r in runs)
+                    expected = sum(base < s <= top for s, _, _ in ref.seqs)
+                result: dict[str, Any] = call(conn, "collect", top=top, expected=expected,
+                                              wait_s=120.0)  # fmt: skip
+                result.update(pattern=pattern, runs=len(runs), events=expected,
+                              load=(load0, os.getloadavg()[0]),
+                              cpu={k: round(cpu_s(pid) - cpu0[k], 1) for k, pid in pids.items()},
+                              seconds=time.perf_counter() - t0)  # fmt: skip
+                results.append(result)
             call(conn, "close")
-            result["events"] = expected
-            result["cpu"] = {k: round(cpu_s(pid) - cpu0[k], 1) for k, pid in pids.items()}
-            result["load"] = (load0, os.getloadavg()[0])
-            return result
+            return results
     finally:
         if ref is not None:
             ref.close()
@@ -475,11 +497,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=30, help="sequential runs per round")
     parser.add_argument("--subscribers", type=int, default=1000)
     parser.add_argument("--burst", type=int, default=20, help="samples in the fan-out burst")
+    parser.add_argument("--paced", type=int, default=10, help="fan-out samples at one a second")
     parser.add_argument("--shape", type=int, default=256)
     parser.add_argument("--skip", choices=("latency", "fanout"), help="leave one part out")
     args = parser.parse_args()
     if args.quick:
-        args.rounds, args.runs, args.subscribers, args.burst = 1, 8, 200, 5
+        args.rounds, args.runs, args.subscribers, args.burst, args.paced = 1, 8, 200, 5, 3
     if shutil.which("redis-server") is None:
         raise SystemExit("redis-server is not installed")
     data = Path(tempfile.mkdtemp(prefix="bench-redis-frames-"))
@@ -506,24 +529,28 @@ def main() -> None:
                 print(f"{label:<40}{len(r['lat']):>7}{p50:>8.2f}{pct(r['lat'], 99):>8.2f}"
                       f"{p50 - base:>+8.2f}{statistics.median(r['turn']):>11.1f}")  # fmt: skip
         if args.skip != "fanout":
-            print(f"\n## 2. fan-out: {args.subscribers} SSE subscribers of one session, a burst "
-                  f"of {args.burst} samples")  # fmt: skip
+            print(f"\n## 2. fan-out: {args.subscribers} SSE subscribers of one session on stream "
+                  f"nodes; a burst of {args.burst} samples, then {args.paced} at one a second")  # fmt: skip
             parent, child = mp.get_context("spawn").Pipe()
             proc = mp.get_context("spawn").Process(target=client_main, args=(child,), daemon=True)
             proc.start()
             try:
-                print(f"{'stream nodes':<14}{'events':>7}{'deliveries':>11}{'per s':>8}"
+                print(f"{'stream nodes, runs':<24}{'events':>7}{'deliveries':>11}{'per s':>8}"
                       f"{'p50 ms':>8}{'p99 ms':>9}{'max ms':>8}  nothing lost?")  # fmt: skip
                 for nodes in (1, 2):
-                    r = fanout(nodes, args, frames, background, dark, parent, proc.pid)
-                    lost = r["expected"] - r["received"]
-                    verdict = ("yes" if lost == 0 and not r["disorder"] else
-                               f"NO: {lost} missing, {r['short']} short, {r['closed']} closed, "
-                               f"{r['disorder']} out of order")  # fmt: skip
-                    print(f"{nodes:<14}{r['events']:>7}{r['received']:>11}{r['rate']:>8.0f}"
-                          f"{r['p50_ms']:>8.1f}{r['p99_ms']:>9.1f}{r['max_ms']:>8.0f}  {verdict} "
-                          f"({r['complete']}/{r['subscribers']} complete; load "
-                          f"{r['load'][0]:.2f} -> {r['load'][1]:.2f}; CPU s {r['cpu']})")  # fmt: skip
+                    for r in fanout(nodes, args, frames, background, dark, parent, proc.pid):
+                        lost = r["expected"] - r["received"]
+                        verdict = ("yes" if lost == 0 and not r["disorder"] else
+                                   f"NO: {lost} missing, {r['short']} short, {r['closed']} "
+                                   f"closed, {r['disorder']} out of order")  # fmt: skip
+                        what = (
+                            "a burst" if r["pattern"] == "burst" else "1/s"
+                        ) + f" of {r['runs']}"
+                        print(f"{f'{nodes}, {what}':<24}{r['events']:>7}{r['received']:>11}"
+                              f"{r['rate']:>8.0f}{r['p50_ms']:>8.1f}{r['p99_ms']:>9.1f}"
+                              f"{r['max_ms']:>8.0f}  {verdict} ({r['complete']}/"
+                              f"{r['subscribers']} complete; {r['seconds']:.1f} s, load "
+                              f"{r['load'][0]:.2f} -> {r['load'][1]:.2f}; CPU s {r['cpu']})")  # fmt: skip
                 call(parent, "quit", timeout=30)
             finally:
                 proc.join(10)
