@@ -8,12 +8,12 @@ background and dark, a warm-up run, then new samples with `process: true`). Ever
 an event's envelope `time` (stamped by the API node when the event is created, wall clock)
 to the moment a subscriber read it (wall clock, same machine).
 
-1. Cost of the Redis backend on one node. Configurations, interleaved A B C D A B C D ... so that
-   the machine's load noise hits all of them:
+1. Cost of the Redis backend on one node. Configurations, interleaved A B C D A B C D ..., so
+   that the machine's load noise hits all of them:
    - `memory`: `runwire serve` (the embedded in-memory broker);
    - `redis`: `runwire serve --broker redis://...` (every event also written to Redis), the
      subscriber on that API node;
-   - `redis + stream`: the same plus a `--role stream` node; one subscriber on each node, on
+   - `redis+stream`: the same plus a `--role stream` node; one subscriber on each node, on
      the same events (the number users care about is the stream node's);
    - `redis+stream, no AOF`: the same on a Redis without its append-only file (no fsync per
      write): what the durability the tests and docs use costs a stream node's subscribers.
@@ -493,7 +493,7 @@ def fanout(nodes: int, args: argparse.Namespace, frames: list[Path], background:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer runs and subscribers")
-    parser.add_argument("--rounds", type=int, default=3, help="A B C rounds of part 1")
+    parser.add_argument("--rounds", type=int, default=3, help="A B C D rounds of part 1")
     parser.add_argument("--runs", type=int, default=30, help="sequential runs per round")
     parser.add_argument("--subscribers", type=int, default=1000)
     parser.add_argument("--burst", type=int, default=20, help="samples in the fan-out burst")
