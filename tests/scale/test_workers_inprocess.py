@@ -153,3 +153,9 @@ def test_cli_refuses_bad_worker_settings(
     assert err.startswith("error: cannot reach redis://127.0.0.1:1/0") and err.count("\n") == 1
     assert main(["serve", "--runs", "workers", "--data-dir", str(tmp_path)]) == 64
     assert "--runs workers needs --broker" in capsys.readouterr().err
+    # A stream node needs the broker it relays from and the API node it forwards to.
+    stream = ["serve", "--role", "stream", "--data-dir", str(tmp_path)]
+    assert main(stream) == 64
+    assert "--role stream needs --broker" in capsys.readouterr().err
+    assert main([*stream, "--broker", "redis://127.0.0.1:1/0", "--api-url", "ftp://x"]) == 64
+    assert "--api-url: expected http://HOST:PORT" in capsys.readouterr().err
