@@ -24,7 +24,7 @@ from typing import Any
 
 from service.cli.errors import EXIT_DATA_DIR_IN_USE, EXIT_USAGE, CliError
 from service.cli.settings import add_setting_flags, settings_from
-from service.runtime.config import SETTINGS, SETTINGS_BY_NAME, Config, Setting, SettingError
+from service.runtime.config import SETTINGS, Config, Setting
 
 # sysexits.h EX_UNAVAILABLE: another server already serves this data directory.
 
@@ -45,8 +45,6 @@ LOG_LEVEL = Setting("log_level", "info", flag="--log-level", env="RUNWIRE_LOG_LE
                     help="log level", choices=LOG_LEVELS)  # fmt: skip
 # Every flag of `runwire serve`, in --help order: the Config settings, then serve's own.
 SERVE_SETTINGS: tuple[Setting, ...] = (*SETTINGS, LOG_LEVEL)
-# flag dest -> environment variable (generated; kept for callers of the old name)
-ENV_VARS = {s.name: s.env for s in SERVE_SETTINGS if s.env is not None}
 
 
 def add_parsers(sub: Any) -> None:
@@ -85,15 +83,6 @@ def build_config(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
             EXIT_USAGE,
         )
     return config
-
-
-def broker_url(raw: str) -> str:
-    """A `--broker` value checked for shape (`redis://` or `rediss://`, optional `/DB`);
-    `CliError` (exit 64) otherwise. Whether Redis answers is checked at start-up."""
-    try:
-        return SETTINGS_BY_NAME["broker"].convert(raw)  # type: ignore[no-any-return]
-    except SettingError as exc:
-        raise CliError(str(exc), EXIT_USAGE) from None
 
 
 def log_level(args: argparse.Namespace, env: Mapping[str, str]) -> str:

@@ -74,8 +74,6 @@ WORKER_SETTINGS: tuple[Setting, ...] = (
     ),
     LOG_LEVEL,
 )
-# flag dest -> environment variable (generated)
-ENV_VARS = {s.name: s.env for s in WORKER_SETTINGS if s.env is not None}
 
 
 def add_parsers(sub: Any) -> None:

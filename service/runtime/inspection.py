@@ -89,6 +89,7 @@ def readiness(sched: Scheduler, subscriber_count: int) -> dict[str, Any]:
             "cache_bytes": sched.cache_bytes,
             "cache_budget_bytes": sched.cache_budget,
             "cache_evictions": sched.cache_evictions,
-            "task_failures": sched.tasks.failures,
+            "task_failures": sched.tasks.failures
+            + (sched.remote.task_failures if sched.remote is not None else 0),
         },
     }

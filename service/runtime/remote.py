@@ -142,6 +142,11 @@ class RemoteRuns:
         self._tasks.spawn(self._consume(), name="runwire-reports")
         self._tasks.spawn(self._watch(), name="runwire-workers-watch")
 
+    @property
+    def task_failures(self) -> int:
+        """Failures of the report consumer and the watcher nobody awaited (for /metrics)."""
+        return self._tasks.failures
+
     async def aclose(self) -> None:
         await self._tasks.aclose()
         await self.redis.aclose()
