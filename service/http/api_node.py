@@ -9,17 +9,17 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl
 
 import httpx
 from starlette.websockets import WebSocket
 
 from service.contract.errors import ServiceError
+from service.http.credentials import presented_token
 from service.http.openapi import API_PREFIX
 from streaming.errors import ControlError
 from streaming.messages import Cancel, ControlOp, DryRun, Process, SetSample
 
-__all__ = ["ApiNode", "ForwardedControl", "Found", "presented_token"]
+__all__ = ["ApiNode", "ForwardedControl", "Found"]
 
 log = logging.getLogger("runwire.stream")
 
@@ -70,7 +70,7 @@ class ApiNode:
 
     def control(self, websocket: WebSocket) -> ForwardedControl:
         """The WebSocket `ControlHandler` forwarding `websocket`'s ops with its token."""
-        return ForwardedControl(self, presented_token(websocket))
+        return ForwardedControl(self, presented_token(websocket.scope))
 
     async def request(self, method: str, path: str, token: str | None, body: Any) -> Any:
         """One forwarded call; its JSON answer, or `ControlError` (the API node's code)."""
@@ -98,15 +98,6 @@ def _problem(response: httpx.Response) -> ServiceError:
         return ServiceError(code, detail)
     except KeyError:  # a code this node does not know: keep it readable anyway
         return ServiceError("INTERNAL", f"{code}: {detail}")
-
-
-def presented_token(websocket: WebSocket) -> str | None:
-    """The bearer token the client presented (header, or `access_token` for browsers)."""
-    scheme, _, credentials = websocket.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and credentials.strip():
-        return credentials.strip()
-    query = websocket.scope.get("query_string", b"").decode("latin-1")
-    return next((v for k, v in parse_qsl(query) if k == "access_token"), None)
 
 
 def _fields(op: ControlOp, *drop: str) -> dict[str, Any]:

@@ -13,9 +13,6 @@ accept would turn into an HTTP 403 from which a browser client learns nothing.
 
 from __future__ import annotations
 
-import hmac
-from urllib.parse import parse_qsl
-
 from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -23,6 +20,7 @@ from starlette.websockets import WebSocket
 
 from service.contract.errors import ServiceError
 from service.http.browser import server_port
+from service.http.credentials import presented_token, token_matches
 from service.http.problems import problem_response
 from service.http.state import service_state
 from streaming.security import origin_allowed
@@ -32,6 +30,7 @@ __all__ = [
     "WS_POLICY_VIOLATION",
     "AuthMiddleware",
     "check_sse_origin",
+    "presented_token",
     "reject_websocket",
     "token_matches",
     "websocket_origin_ok",
@@ -42,25 +41,6 @@ PUBLIC_PATHS = frozenset({"/v1/health"})
 # The dashboard's static files hold no data; the page asks for the token when the API says 401.
 PUBLIC_PREFIXES = ("/ui/",)
 WS_POLICY_VIOLATION = 1008
-
-
-def _presented_token(scope: Scope) -> str | None:
-    authorization = Headers(scope=scope).get("authorization")
-    if authorization is not None:
-        scheme, _, credentials = authorization.partition(" ")
-        return credentials.strip() if scheme.lower() == "bearer" else None
-    query: str = scope.get("query_string", b"").decode("latin-1")
-    for name, value in parse_qsl(query):
-        if name == "access_token":
-            return value
-    return None
-
-
-def token_matches(expected: str, presented: str | None) -> bool:
-    """Constant-time comparison of the configured token with what the client presented."""
-    if presented is None:
-        return False
-    return hmac.compare_digest(expected.encode("utf-8"), presented.encode("utf-8"))
 
 
 async def reject_websocket(websocket: WebSocket, reason: str) -> None:
@@ -86,7 +66,7 @@ class AuthMiddleware:
             or scope["path"] in PUBLIC_PATHS
             or scope["path"] in ("/", "/ui")
             or scope["path"].startswith(PUBLIC_PREFIXES)
-            or token_matches(self.token, _presented_token(scope))
+            or token_matches(self.token, presented_token(scope))
         ):
             await self.app(scope, receive, send)
             return
