@@ -171,7 +171,8 @@ async def burst(client: httpx.AsyncClient, watcher: FinishedWatcher, samples: li
     seconds = max(watcher.arrived[r] for r in run_ids) - t0
     reduced = {watcher.data[r]["sample"]["location"] for r in run_ids}
     assert reduced == {str(p) for p in samples}, "every sample reduced, each by its own run"
-    modes = [r["effective_mode"] for r in (await client.get("/sessions/burst/runs")).json()["runs"]]
+    page = (await client.get("/sessions/burst/runs", params={"limit": 1000})).json()["runs"]
+    modes = [r["effective_mode"] for r in page if r["run_id"] in set(run_ids)]
     in_worker = statistics.mean(watcher.data[r]["elapsed_s"] for r in run_ids) * 1000
     print(
         f"burst, one session: {len(samples) / seconds:6.1f} frames/s "
