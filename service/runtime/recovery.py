@@ -19,7 +19,9 @@ from pathlib import Path
 
 import msgspec
 
+from pipeline.atomic import write_json_atomic
 from pipeline.errors import PipelineError
+from pipeline.rundir import RunDirectory
 from service.contract.errors import ServiceError
 from service.contract.records import (
     FINAL_RUN_STATUSES,
@@ -114,8 +116,14 @@ async def recover(scheduler: Scheduler) -> None:
         scheduler.live[run.run_id] = live
         owner.record.queued_run_ids.append(run.run_id)
 
-    orphans = await scheduler.io(_close_orphan_run_dirs, scheduler)
+    orphans, repaired = await scheduler.io(_close_run_dirs, scheduler)
     finished = await scheduler.io(store.list_runs, None, FINAL_STATUS_VALUES)
+    repaired += await scheduler.io(_repair_manifests, scheduler, finished)
+    if repaired:
+        log.warning(
+            "rewrote the final files of %d finished run(s) from the store (lost to a power loss?)",
+            repaired,
+        )
     unended = await scheduler.io(_runs_without_terminal_event, scheduler, finished)
     for run in unended:
         await _emit_missing_terminal(scheduler, run)
@@ -191,17 +199,30 @@ async def _emit_missing_terminal(scheduler: Scheduler, run: RunRecord) -> None:
         await scheduler.lifecycle.emit_terminal(run)
 
 
-def _close_orphan_run_dirs(scheduler: Scheduler) -> int:
-    """Give a summary to run directories that no stored run owns and that will never finish.
+def _close_run_dirs(scheduler: Scheduler) -> tuple[int, int]:
+    """Run directories without a readable `summary.json`: returns (closed, repaired).
 
-    The store commit comes before the run directory is written, so a crash cannot normally leave
-    one behind; but a directory from an older version, or one whose store row was lost with a
-    restored backup, would otherwise be listed as `queued` forever. It is kept (it is evidence)
-    and marked `interrupted`.
+    - **Repaired**: the store has the run's final record. A run's final files are not fsynced
+      (`service.storage.run_files`), so a power loss can take them after the commit that made
+      the run final; they are rewritten from the store (summary from the record, manifest from
+      the one saved with it).
+    - **Closed**: no stored run owns the directory, and it will never finish. The store commit
+      comes before the run directory is written, so a crash cannot normally leave one behind;
+      but a directory from an older version, or one whose store row was lost with a restored
+      backup, would otherwise be listed as `queued` forever. It is kept (it is evidence) and
+      marked `interrupted`.
     """
-    closed = 0
+    closed = repaired = 0
     for session_id, run_id in RetainedRuns(scheduler.config.runs_dir).unfinished():
-        if scheduler.store.get_run(run_id) is not None or run_id in scheduler.live:
+        if run_id in scheduler.live:
+            continue
+        stored = scheduler.store.get_run(run_id)
+        if stored is not None:
+            if stored.status in FINAL_RUN_STATUSES:
+                run_dir = scheduler.run_dir(session_id, run_id)
+                _rewrite_manifest(scheduler, run_dir)
+                run_dir.write_summary(msgspec.to_builtins(stored))
+                repaired += 1
             continue
         run_dir = scheduler.run_dir(session_id, run_id)
         request = {}
@@ -224,7 +245,42 @@ def _close_orphan_run_dirs(scheduler: Scheduler) -> int:
         for stale in run_dir.path.glob(".*.tmp"):
             stale.unlink(missing_ok=True)
         closed += 1
-    return closed
+    return closed, repaired
+
+
+def _manifest_lost(run_dir: RunDirectory) -> bool:
+    try:
+        return run_dir.manifest_path.stat().st_size == 0
+    except FileNotFoundError:
+        return True
+
+
+def _rewrite_manifest(scheduler: Scheduler, run_dir: RunDirectory) -> None:
+    """Write a lost `manifest.json` again: the copy the store saved with the final record,
+    else one computed from `artifacts/` (a run stored before schema v6)."""
+    if not _manifest_lost(run_dir):
+        return
+    manifest = scheduler.store.get_run_manifest(run_dir.run_id)
+    if manifest is None:
+        run_dir.write_manifest()
+    else:
+        write_json_atomic(run_dir.manifest_path, manifest)
+
+
+def _repair_manifests(scheduler: Scheduler, finished: list[RunRecord]) -> int:
+    """Finished runs whose `manifest.json` a power loss took (missing or empty) while their
+    summary survived: rewritten from the store. One `stat` per finished run."""
+    repaired = 0
+    for run in finished:
+        run_dir = scheduler.run_dir(run.session_id, run.run_id)
+        if not _manifest_lost(run_dir) or not run_dir.summary_path.exists():
+            continue  # intact, or no directory at all (nothing to repair into)
+        manifest = scheduler.store.get_run_manifest(run.run_id)
+        if manifest is None:
+            continue  # stored before schema v6 (fsynced then): an older layout, left as it is
+        write_json_atomic(run_dir.manifest_path, manifest)
+        repaired += 1
+    return repaired
 
 
 def _complete_run_dir(live: LiveRun, request: dict[str, object]) -> None:

@@ -205,10 +205,12 @@ class DurableIO:
         summaries: list[tuple[RunDirectory, RunRecord]],
         manifests: dict[str, dict[str, Any]] | None = None,
     ) -> None:
-        """Write run summaries (and the manifests given, by run id), then save runs and
-        sessions in one transaction."""
+        """Write run summaries (and the manifests given, by run id), then save runs (with
+        those manifests) and sessions in one transaction."""
         # Summaries first: a crash between the two leaves the store saying `running`, which the
         # next start turns into `interrupted` (and rewrites the summary); never the reverse.
+        # A run's final files are not fsynced (`write_final_files`): this commit is their
+        # durable copy, and recovery rewrites them from it after a power loss.
         for run_dir, record in summaries:
             manifest = (manifests or {}).get(record.run_id)
             if manifest is not None:
@@ -222,6 +224,6 @@ class DurableIO:
             run_dir.write_summary(msgspec.to_builtins(record))
         with self.store.transaction():
             for record in runs:
-                self.store.save_run(record)
+                self.store.save_run(record, manifest=(manifests or {}).get(record.run_id))
             for session, text in sessions:
                 self.store.save_session(session, text)

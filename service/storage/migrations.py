@@ -129,12 +129,24 @@ def _v5_run_sources(conn: sqlite3.Connection) -> None:
     )
 
 
+def _v6_run_manifests(conn: sqlite3.Connection) -> None:
+    """Finished runs keep their artifact manifest (`manifest`: the JSON of `manifest.json`).
+
+    `manifest.json` and `summary.json` are written without an fsync of their own; the store's
+    commit that follows is the durable copy, and restart recovery rewrites either file from it
+    if a power loss took it (`service.runtime.recovery`). Older runs have none (NULL): their
+    files were fsynced when written.
+    """
+    conn.execute("ALTER TABLE runs ADD COLUMN manifest TEXT")
+
+
 MIGRATIONS: list[Migration] = [
     _v1_initial,
     _v2_sources_and_sinks,
     _v3_run_queue_order,
     _v4_idempotency_keys,
     _v5_run_sources,
+    _v6_run_manifests,
 ]
 CURRENT_VERSION = len(MIGRATIONS)
 

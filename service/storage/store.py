@@ -342,20 +342,24 @@ class SessionStore:
         record: RunRecord,
         request: Any = None,
         sources: dict[str, RunSource] | None = None,
+        manifest: dict[str, Any] | None = None,
     ) -> None:
         """Insert or update a run. Its queue position is fixed by the first save; `request`
-        (the submitted body, any JSON value) and `sources` (the inputs fixed at acceptance) are
-        kept from the last save that gives them (a coalescing merge replaces both)."""
+        (the submitted body, any JSON value), `sources` (the inputs fixed at acceptance) and
+        `manifest` (its `manifest.json`, saved with the final record) are kept from the last
+        save that gives them (a coalescing merge replaces the first two)."""
         request_text = None if request is None else _encode(request).decode()
         sources_text = None if sources is None else _encode(sources).decode()
+        manifest_text = None if manifest is None else _encode(manifest).decode()
         with self.transaction() as conn:
             conn.execute(
                 "INSERT INTO runs (run_id, session_id, status, queued_utc, record, request,"
-                " sources) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                " sources, manifest) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT(run_id) DO UPDATE SET session_id = excluded.session_id,"
                 " status = excluded.status, record = excluded.record,"
                 " request = COALESCE(excluded.request, runs.request),"
-                " sources = COALESCE(excluded.sources, runs.sources)",
+                " sources = COALESCE(excluded.sources, runs.sources),"
+                " manifest = COALESCE(excluded.manifest, runs.manifest)",
                 (
                     record.run_id,
                     record.session_id,
@@ -364,6 +368,7 @@ class SessionStore:
                     _encode(record).decode(),
                     request_text,
                     sources_text,
+                    manifest_text,
                 ),
             )
 
@@ -380,6 +385,15 @@ class SessionStore:
         """The sources the run was accepted with, or None (a run stored before schema v5)."""
         rows = self._query("SELECT sources FROM runs WHERE run_id = ?", (run_id,))
         return _decode_run_sources(rows[0][0]) if rows and rows[0][0] is not None else None
+
+    def get_run_manifest(self, run_id: str) -> dict[str, Any] | None:
+        """The manifest saved with the run's final record, or None (none saved: a run that
+        never reached the end of execution, or one stored before schema v6)."""
+        rows = self._query("SELECT manifest FROM runs WHERE run_id = ?", (run_id,))
+        if not rows or rows[0][0] is None:
+            return None
+        manifest = _decode_any(rows[0][0])
+        return manifest if isinstance(manifest, dict) else None
 
     def page_runs(self, session_id: str, limit: int, before: str | None) -> list[RunRecord] | None:
         """Up to `limit` of the session's runs, newest first, older than run `before` when it

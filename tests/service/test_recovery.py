@@ -9,12 +9,23 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 import msgspec
 import pytest
-from runtime_harness import create_request, noop_step, pipeline_text, process, running
+from runtime_harness import (
+    create_request,
+    noop_step,
+    pipeline_text,
+    process,
+    running,
+    wait_finished,
+)
 
+from pipeline.demodata import write_demo_data
+from pipeline.examples import example_text
 from pipeline.rundir import read_ndjson
+from service.contract.models import SampleRequest
 from service.contract.records import RunRecord, RunStatus, SessionState
 from service.runtime.config import Config
 from service.storage.store import SessionStore
@@ -222,3 +233,40 @@ async def test_start_prunes_idempotency_keys_older_than_their_lifetime(
         assert again.run_id == fresh.run_id  # still within its lifetime
         reused = await h.runtime.submit("a", process(), idempotency_key="old")
         assert reused.run_id != old.run_id  # expired: a new run
+
+
+@pytest.mark.anyio
+async def test_restart_rewrites_final_files_a_power_loss_took_from_the_store(
+    make_config: Callable[..., Config], tmp_path: Path
+) -> None:
+    # A run's manifest.json and summary.json are not fsynced (the store's final commit is their
+    # durable copy): after a power loss either may be missing or empty. The next start writes
+    # them again, equal to what the run wrote.
+    frames = write_demo_data(tmp_path / "frames", count=2, shape=(48, 48))
+    config = make_config(workers=1)
+    async with running(config) as h:
+        await h.runtime.create_session(create_request("a", example_text("saxs")))
+        run_ids = []
+        for frame in frames[:2]:
+            body = SampleRequest(location=str(frame), process=True)
+            _, submitted = await h.runtime.set_sample("a", body)
+            assert submitted is not None
+            run_ids.append(submitted.run_id)
+        for run_id in run_ids:
+            assert (await wait_finished(h, run_id)).status == "succeeded"
+    dirs = [config.runs_dir / "a" / run_id for run_id in run_ids]
+    written = [
+        ((d / "summary.json").read_bytes(), (d / "manifest.json").read_bytes()) for d in dirs
+    ]
+    assert json.loads(written[0][1])["artifacts"], "the saxs run writes its reduced curve"
+    # first run: both files lost (the summary gone, the manifest empty); second: the manifest
+    (dirs[0] / "summary.json").unlink()
+    (dirs[0] / "manifest.json").write_bytes(b"")
+    (dirs[1] / "manifest.json").unlink()
+
+    async with running(config) as h:
+        for run_id in run_ids:
+            assert (await h.runtime.get_run(run_id)).status == "succeeded"
+    for d, (summary, manifest) in zip(dirs, written, strict=True):
+        assert json.loads((d / "manifest.json").read_bytes()) == json.loads(manifest)
+        assert json.loads((d / "summary.json").read_bytes()) == json.loads(summary)
