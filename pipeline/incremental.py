@@ -54,6 +54,9 @@ class CacheEntry:
     # is rerun for a run with another artifacts directory.
     wrote_artifacts: bool = False
     artifacts_dir: str | None = None
+    # `outputs`' array buffers, {id of the base array: bytes}: counted once per entry, on the
+    # first `nbytes()` after the entry is made (an entry is never changed, only replaced).
+    buffers: dict[int, int] | None = field(default=None, repr=False, compare=False)
 
 
 class IncrementalCache:
@@ -70,12 +73,16 @@ class IncrementalCache:
         """Bytes of the arrays the cache holds: each buffer counted once (a view counts as
         its base array; a value held by two entries counts once). Other values are small
         (dicts of scalars, paths) and not counted."""
-        seen: set[int] = set()
-        total = 0
+        buffers: dict[int, int] = {}
         for entry in list(self.entries.values()):
-            for value in list(entry.outputs.values()):
-                total += _array_bytes(value, seen, depth=0)
-        return total
+            if entry.buffers is None:
+                found: dict[int, int] = {}
+                seen: set[int] = set()
+                for value in list(entry.outputs.values()):
+                    _array_buffers(value, seen, found, depth=0)
+                entry.buffers = found
+            buffers.update(entry.buffers)
+        return sum(buffers.values())
 
     def clear(self) -> None:
         """Forget everything: the next `auto` run is full."""
@@ -108,17 +115,16 @@ class IncrementalCache:
             del self.entries[step_id]
 
 
-def _array_bytes(value: Any, seen: set[int], depth: int) -> int:
+def _array_buffers(value: Any, seen: set[int], found: dict[int, int], depth: int) -> None:
+    """Add the base arrays reachable from `value` to `found` ({id: nbytes})."""
     if isinstance(value, np.ndarray):
         root = value
         while isinstance(root.base, np.ndarray):
             root = root.base
-        if id(root) in seen:
-            return 0
-        seen.add(id(root))
-        return int(root.nbytes)
+        found[id(root)] = int(root.nbytes)
+        return
     if depth >= 4 or value is None or isinstance(value, str | bytes | int | float | bool):
-        return 0
+        return
     if isinstance(value, Mapping):
         children: Iterable[Any] = list(value.values())
     elif isinstance(value, list | tuple):
@@ -127,10 +133,11 @@ def _array_bytes(value: Any, seen: set[int], depth: int) -> int:
         # Step values wrap their arrays in small objects (a curve, a masked array, binning):
         # dataclasses, msgspec Structs or plain objects, reached through their attributes.
         if id(value) in seen:
-            return 0
+            return
         seen.add(id(value))
         children = [getattr(value, name, None) for name in _attribute_names(type(value), value)]
-    return sum(_array_bytes(child, seen, depth + 1) for child in children)
+    for child in children:
+        _array_buffers(child, seen, found, depth + 1)
 
 
 def _attribute_names(cls: type, value: Any) -> list[str]:
