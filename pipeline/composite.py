@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from .errors import PipelineFileError, Problem
 from .step import PipelineStep
@@ -111,6 +112,8 @@ class PipelineSpec:
 
     `sources` maps each declared source ref to whether it is required. `text` is the file as
     given (the service stores it with the session).
+
+    A spec is not changed once made: runners compile its steps once (`compiled`, their memo).
     """
 
     name: str
@@ -118,6 +121,8 @@ class PipelineSpec:
     pipeline: Pipeline
     sources: dict[str, bool] = field(default_factory=dict)
     text: str = ""
+    # `pipeline.runner`'s compiled leaf plans of this spec, made by the first runner of it.
+    compiled: Any = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def from_pipeline(

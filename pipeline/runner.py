@@ -16,7 +16,7 @@ outputs: a step that needs one of them then fails with `MISSING_REQUIREMENT`, na
 A step that reads an optional source (`sources: {dark: {required: false}}`) which was not given
 is `skipped` and its outputs are None, so optional inputs downstream receive None.
 
-The hot path (one leaf step) is precompiled per runner (`compile_leaves`): no deep copies, no
+The hot path (one leaf step) is precompiled once per pipeline spec (`compile_leaves`): no deep copies, no
 datetime (timestamps are one wall-clock anchor plus `perf_counter_ns` offsets, formatted lazily),
 no log formatting unless DEBUG is enabled, no signatures unless a cache is used.
 """
@@ -115,7 +115,9 @@ class ProcessingRunner:
         ):
             run_id = self.artifacts_dir.parent.name  # a run directory is named by its run id
         self.label = RunLabel(run_id, spec.name, spec.version)
-        self.leaves = compile_leaves(spec.pipeline, spec.version)
+        if spec.compiled is None:  # once per spec: ~0.25 ms of every run of a 30-step pipeline
+            spec.compiled = compile_leaves(spec.pipeline, spec.version)
+        self.leaves: list[LeafPlan] = spec.compiled
         optional_refs = {ref for ref, required in spec.sources.items() if not required}
         by_id = {leaf.full_id: leaf for leaf in self.leaves}
         self._tree = self._build(spec.pipeline, "", by_id, optional_refs)
