@@ -10,6 +10,7 @@ with their chunks decompressed in parallel (`pipeline.chunkread`).
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import zlib
@@ -268,16 +269,19 @@ def _small_scalar(
     numeric dataset, odd attribute): the caller then takes the checked path and its messages."""
     try:
         dsid = h5d.open(handle.id, dataset.encode())
-        if dsid.dtype.kind not in "biuf" or int(np.prod(dsid.shape)) != 1:
+        dtype, shape = dsid.dtype, dsid.shape
+        if dtype.kind not in "biuf" or math.prod(shape) != 1:
             return None
-        out = np.empty(dsid.shape, dsid.dtype)
+        out = np.empty(shape, dtype)
         dsid.read(h5s.ALL, h5s.ALL, out)
         text: str | None = None
         if units and h5a.exists(dsid, b"units"):
             attr = h5a.open(dsid, b"units")
-            if attr.shape != () or h5py.check_string_dtype(attr.dtype) is None:
+            kind = attr.dtype
+            # Fixed-length bytes are text; an object dtype only when h5py says it is a string.
+            if attr.shape != () or (kind.kind != "S" and h5py.check_string_dtype(kind) is None):
                 return None
-            raw = np.empty((), dtype=attr.dtype)
+            raw = np.empty((), dtype=kind)
             attr.read(raw)
             value = raw[()]
             text = (
@@ -520,23 +524,41 @@ def _take_ahead(handle: h5py.File, dataset: str, sum_frames: bool) -> np.ndarray
 
 
 _STR_DTYPE = h5py.string_dtype()  # variable-length UTF-8, what h5py writes for a str
+# HDF5 copies a datatype and a dataspace into each object it creates, so one transient copy of
+# each serves every file: ~7 us less per attribute or dataset (~35 of them per NXcanSAS file).
+_STR_TYPE = h5t.py_create(_STR_DTYPE, logical=True)
+_SCALAR_SPACE = h5s.create(h5s.SCALAR)
+_NUMERIC_TYPES: dict[str, h5t.TypeID] = {}
+
+
+def _h5_type(array: np.ndarray, is_str: bool) -> h5t.TypeID:
+    if is_str:
+        return _STR_TYPE
+    if array.dtype.kind not in "biuf":
+        return h5t.py_create(array.dtype, logical=True)
+    key = array.dtype.str
+    found = _NUMERIC_TYPES.get(key)
+    if found is None:
+        found = _NUMERIC_TYPES[key] = h5t.py_create(array.dtype, logical=True)
+    return found
 
 
 def put_attr(obj: h5py.HLObject, name: str, value: str | np.generic) -> None:
     """Set a scalar attribute (str as variable-length UTF-8, or a numpy scalar): what
     `obj.attrs[name] = value` stores, through h5py's low-level calls (a third of the cost)."""
-    array = np.array(value, dtype=_STR_DTYPE if isinstance(value, str) else None)
-    attr = h5a.create(obj.id, name.encode(), h5t.py_create(array.dtype, logical=True),
-                      h5s.create(h5s.SCALAR))  # fmt: skip
+    is_str = isinstance(value, str)
+    array = np.array(value, dtype=_STR_DTYPE if is_str else None)
+    attr = h5a.create(obj.id, name.encode(), _h5_type(array, is_str), _SCALAR_SPACE)
     attr.write(array)
 
 
 def put_dataset(group: h5py.Group, name: str, value: str | np.ndarray) -> h5py.Dataset:
     """Create a contiguous dataset holding `value` (a str as a variable-length UTF-8 scalar):
     what `group.create_dataset(name, data=value)` stores, through the low-level calls."""
-    array = np.array(value, dtype=_STR_DTYPE) if isinstance(value, str) else np.asarray(value)
-    space = h5s.create(h5s.SCALAR) if array.ndim == 0 else h5s.create_simple(array.shape)
-    dset = h5d.create(group.id, name.encode(), h5t.py_create(array.dtype, logical=True), space)
+    is_str = isinstance(value, str)
+    array = np.array(value, dtype=_STR_DTYPE) if is_str else np.asarray(value)
+    space = _SCALAR_SPACE if array.ndim == 0 else h5s.create_simple(array.shape)
+    dset = h5d.create(group.id, name.encode(), _h5_type(array, is_str), space)
     dset.write(h5s.ALL, h5s.ALL, np.ascontiguousarray(array))
     return h5py.Dataset(dset)
 
