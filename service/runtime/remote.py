@@ -270,11 +270,17 @@ class RemoteRuns:
                 # until the run's start is announced (the loop stays free to announce it).
                 await anyio.to_thread.run_sync(lambda: [emit() for emit in batch])
 
+        raws: list[bytes] = []
         for _msg_id, fields in entries:
-            if not fields or b"r" not in fields:
+            if not fields:
                 continue
+            if b"rs" in fields:  # a worker's batch: reports in order, one JSON text per line
+                raws.extend(fields[b"rs"].split(b"\n"))
+            elif b"r" in fields:  # one report (sent alone by older workers)
+                raws.append(fields[b"r"])
+        for raw in raws:
             try:
-                report = REPORT_DECODER.decode(fields[b"r"])
+                report = REPORT_DECODER.decode(raw)
             except msgspec.DecodeError:
                 log.error("reports: an unreadable report was dropped")
                 continue

@@ -7,6 +7,7 @@ Both sides import this module only (the API node's `service.runtime.remote`, the
 - `jobs` (stream, consumer group `workers`): runs of sessions no live worker holds;
 - `jobs:<worker>` (stream, group `workers`): runs of the sessions that worker holds a lease on;
 - `reports` (stream, consumer group `api`): what workers report back, read by the API node;
+  an entry's field `rs` holds a batch of reports in order, one JSON text per line (`r`: one);
 - `lease:<session>` (string, PX `--lease-ttl`): the worker holding the session's cache;
 - `worker:<name>` (string, PX `--lease-ttl`): a worker's heartbeat, its `WorkerInfo` as JSON;
 - `workers` (set): names of workers seen, for `GET /v1/workers`;

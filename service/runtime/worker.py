@@ -334,8 +334,8 @@ class Worker:
 
         Step events are batched: held (in order) until the run's next start or outcome report,
         `STEP_BATCH` of them, or `STEP_FLUSH_S` of age (the heartbeat thread flushes those), and
-        then sent in one pipelined round trip: a run emits dozens of them, and one round trip
-        each would cost more than a small frame's whole reduction.
+        then sent as one stream entry: a run emits dozens of them, and one round trip (or even
+        one entry) each would cost more than a small frame's whole reduction.
         """
         raw = ENCODER.encode(report)
         with self._out_lock:
@@ -354,11 +354,12 @@ class Worker:
                     return
                 batch, self._outbox = self._outbox, []
 
+            # One stream entry for the batch, a report per line (compact JSON has no raw
+            # newline): one XADD to pack, store and read back instead of one per report.
+            entry: Any = {b"rs": b"\n".join(batch)}
+
             def send() -> None:
-                pipe = self.redis.pipeline(transaction=False)
-                for raw in batch:
-                    pipe.xadd(REPORTS, {b"r": raw})
-                pipe.execute()
+                self.redis.xadd(REPORTS, entry)
 
             self._retry(send)
 
