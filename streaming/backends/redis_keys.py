@@ -27,8 +27,6 @@ import redis.backoff
 import redis.exceptions
 import redis.retry
 
-from streaming.envelope import Event
-
 __all__ = [
     "CLOSE_WAIT_S",
     "DEFAULT_PREFIX",
@@ -36,7 +34,6 @@ __all__ = [
     "REDIS_FAILED",
     "RedisKeys",
     "async_client",
-    "entry_fields",
     "entry_seq",
     "sync_client",
 ]
@@ -85,10 +82,6 @@ class RedisKeys:
     @property
     def since(self) -> str:
         return f"{self.prefix}since"
-
-
-def entry_fields(event: Event) -> dict[str, bytes | str]:
-    return {"sid": event.session_id, "run": event.run_id or "", "env": event.raw}
 
 
 def entry_seq(entry_id: Any) -> int:

@@ -2,9 +2,10 @@
 
 The API node's `Broker` stays the publisher: it stamps, the service journals, the broker
 releases in seq order and hands each released event to `offer` (its `on_release` hook). The
-writer copies them into Redis in that order, in pipelined batches, from one task: per-session
-stream first, then the server-wide stream (whose last id is the commit point: a batch cut off
-half-way is redone from there, and Redis refuses the entries it already has), then `top`.
+writer copies them into Redis in that order, in batches of one script call each, from one task:
+per event its session's stream first, then the server-wide stream (whose last id is the commit
+point: a batch cut off half-way is redone from there, and entries Redis already has are
+skipped), then `top`.
 
 Redis down. Local subscribers never notice: the broker does not wait for the writer. Released
 events wait in a bounded backlog (`backlog_limit`); past it the backlog is dropped and only
@@ -33,7 +34,6 @@ from streaming.backends.redis_keys import (
     REDIS_DOWN,
     RedisKeys,
     async_client,
-    entry_fields,
     entry_seq,
 )
 from streaming.envelope import Event
@@ -44,8 +44,31 @@ __all__ = ["RedisEventWriter"]
 
 log = logging.getLogger(__name__)
 
-_BATCH = 512  # events per pipelined round trip
-_TOO_OLD = "equal or smaller"  # Redis' refusal of an XADD id it already has (or passed)
+_BATCH = 512  # events per round trip
+
+# A batch in one command: each event into its session's stream, then the server-wide one (its
+# last id is the commit point), then `top`. Packing and parsing ~2 XADDs per event in redis-py
+# was a third of the API node's CPU under a burst of runs; this is one EVALSHA per batch.
+# Entry fields: `sid`, `run` and `env` (the envelope, what `redis_relay` reads).
+# KEYS: server-wide stream, top, then the batch's session streams. ARGV: session maxlen,
+# server-wide maxlen, top, then per event: its stream's KEYS index, id, sid, run, envelope.
+# An id Redis already has ("equal or smaller": a batch written again after a cut) is skipped.
+_WRITE_SCRIPT = """
+local function xadd(key, maxlen, i)
+  local r = redis.pcall('XADD', key, 'MAXLEN', '~', maxlen, ARGV[i + 1],
+                        'sid', ARGV[i + 2], 'run', ARGV[i + 3], 'env', ARGV[i + 4])
+  if type(r) == 'table' and r.err and not string.find(r.err, 'equal or smaller', 1, true) then
+    return r
+  end
+  return nil
+end
+for i = 4, #ARGV, 5 do
+  local err = xadd(KEYS[tonumber(ARGV[i])], ARGV[1], i) or xadd(KEYS[1], ARGV[2], i)
+  if err then return err end
+end
+redis.call('SET', KEYS[2], ARGV[3])
+return 1
+"""
 
 
 class RedisEventWriter:
@@ -85,6 +108,8 @@ class RedisEventWriter:
         self._history = history
         self._on_state = on_state
         self._redis: Any = async_client(url, socket_timeout)
+        # EVALSHA, and EVAL when Redis does not know the script (restarted meanwhile)
+        self._script = self._redis.register_script(_WRITE_SCRIPT)
         self._backlog: deque[Event] = deque()
         # Everything released up to this seq must be in Redis; what the backlog does not hold
         # of it is read back from the history.
@@ -222,30 +247,19 @@ class RedisEventWriter:
         self._idle.set()
 
     async def _write(self, events: list[Event]) -> None:
-        """One pipelined round trip; entries Redis already has are skipped."""
-        keys = self.keys
+        """One round trip (`_WRITE_SCRIPT`); entries Redis already has are skipped."""
         fresh = [e for e in events if e.seq > self._written]
         if not fresh:
             return
-        pipe = self._redis.pipeline(transaction=False)
+        keys = self.keys
+        streams: dict[str, int] = {}  # session stream -> its index in KEYS (1-based, Lua)
+        args: list[Any] = [self.replay_size, self.global_maxlen, fresh[-1].seq]
         for event in fresh:
-            fields: Any = entry_fields(event)
-            entry = f"{event.seq}-0"
-            pipe.xadd(
-                keys.session_stream(event.session_id), fields, id=entry,
-                maxlen=self.replay_size, approximate=True,
-            )  # fmt: skip
-            pipe.xadd(keys.stream, fields, id=entry, maxlen=self.global_maxlen, approximate=True)
+            stream = keys.session_stream(event.session_id)
+            index = streams.setdefault(stream, len(streams) + 3)
+            args += (index, f"{event.seq}-0", event.session_id, event.run_id or "", event.raw)
+        await self._script(keys=[keys.stream, keys.top, *streams], args=args)
         top = fresh[-1].seq
-        pipe.set(keys.top, top)
-        results = await pipe.execute(raise_on_error=False)
-        for result in results:
-            if isinstance(result, redis.exceptions.ResponseError) and _TOO_OLD not in str(result):
-                raise result
-            if isinstance(result, BaseException) and not isinstance(
-                result, redis.exceptions.ResponseError
-            ):
-                raise result
         self._written = top
         if top > self._must_have:
             self._must_have = top
