@@ -65,6 +65,7 @@ from service.runtime.remote_wire import (
     claim_key,
     heartbeat_key,
     lease_key,
+    report_lines,
     text,
     worker_jobs,
 )
@@ -270,15 +271,7 @@ class RemoteRuns:
                 # until the run's start is announced (the loop stays free to announce it).
                 await anyio.to_thread.run_sync(lambda: [emit() for emit in batch])
 
-        raws: list[bytes] = []
-        for _msg_id, fields in entries:
-            if not fields:
-                continue
-            if b"rs" in fields:  # a worker's batch: reports in order, one JSON text per line
-                raws.extend(fields[b"rs"].split(b"\n"))
-            elif b"r" in fields:  # one report (sent alone by older workers)
-                raws.append(fields[b"r"])
-        for raw in raws:
+        for raw in [line for _msg_id, fields in entries for line in report_lines(fields)]:
             try:
                 report = REPORT_DECODER.decode(raw)
             except msgspec.DecodeError:

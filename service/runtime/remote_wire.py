@@ -41,6 +41,8 @@ __all__ = [
     "claim_key",
     "heartbeat_key",
     "lease_key",
+    "report_entry",
+    "report_lines",
     "text",
     "worker_jobs",
 ]
@@ -167,3 +169,21 @@ ENCODER = msgspec.json.Encoder()
 JOB_DECODER = msgspec.json.Decoder(RemoteJob)
 REPORT_DECODER = msgspec.json.Decoder(Report)
 INFO_DECODER = msgspec.json.Decoder(WorkerInfo)
+
+
+def report_entry(reports: list[bytes]) -> dict[bytes, bytes]:
+    """The `reports` stream entry holding encoded reports in order: field `rs`, one per line
+    (compact JSON has no raw newline). One XADD for a batch, not one per report."""
+    return {b"rs": b"\n".join(reports)}
+
+
+def report_lines(fields: dict[bytes, bytes] | None) -> list[bytes]:
+    """The encoded reports of a `reports` entry, in order: a batch (`rs`), or the single
+    report (`r`) that workers of an earlier release send; [] for anything else."""
+    if not fields:
+        return []
+    if b"rs" in fields:
+        return fields[b"rs"].split(b"\n")
+    if b"r" in fields:
+        return [fields[b"r"]]
+    return []

@@ -67,6 +67,7 @@ from service.runtime.remote_wire import (
     claim_key,
     heartbeat_key,
     lease_key,
+    report_entry,
     text,
     worker_jobs,
 )
@@ -354,9 +355,7 @@ class Worker:
                     return
                 batch, self._outbox = self._outbox, []
 
-            # One stream entry for the batch, a report per line (compact JSON has no raw
-            # newline): one XADD to pack, store and read back instead of one per report.
-            entry: Any = {b"rs": b"\n".join(batch)}
+            entry: Any = report_entry(batch)  # one XADD for the batch
 
             def send() -> None:
                 self.redis.xadd(REPORTS, entry)
