@@ -16,9 +16,10 @@ outputs: a step that needs one of them then fails with `MISSING_REQUIREMENT`, na
 A step that reads an optional source (`sources: {dark: {required: false}}`) which was not given
 is `skipped` and its outputs are None, so optional inputs downstream receive None.
 
-The hot path (one leaf step) is precompiled once per pipeline spec (`compile_leaves`): no deep copies, no
-datetime (timestamps are one wall-clock anchor plus `perf_counter_ns` offsets, formatted lazily),
-no log formatting unless DEBUG is enabled, no signatures unless a cache is used.
+The hot path (one leaf step) is precompiled once per pipeline spec (`compile_leaves`): no deep
+copies, no datetime (timestamps are one wall-clock anchor plus `perf_counter_ns` offsets,
+formatted lazily), no log formatting unless DEBUG is enabled, no signatures unless a cache is
+used.
 """
 
 from __future__ import annotations
