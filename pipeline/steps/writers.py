@@ -23,7 +23,7 @@ import h5py
 import msgspec
 import numpy as np
 
-from .. import hdf5io
+from .. import nxcansas
 from ..atomic import replace_atomically
 from ..errors import StepFailure
 from ..provenance import source_sha256
@@ -62,33 +62,33 @@ def _add_provenance(
     f: h5py.File, curve: Curve, ctx: StepContext, sources: Mapping[str, SourceSpec]
 ) -> None:
     """Add `Mask`/`@mask` and `sasprocess01` to a file being written by
-    `hdf5io.write_nxcansas` (its `extra` callback: the file is created and opened once)."""
+    `nxcansas.write_nxcansas` (its `extra` callback: the file is created and opened once)."""
     entry = f["sasentry01"]
     data = entry["sasdata01"]
     # NXcanSAS: the mask has the shape of I; True = this point is not to be used.
     excluded = (np.asarray(curve.n_pixels) == 0) | ~np.isfinite(np.asarray(curve.i))
     # Stored as int8 0/1: pynxtools' validator reads the field as NX_NUMBER.
-    hdf5io.put_dataset(data, "Mask", excluded.astype(np.int8))
-    hdf5io.put_attr(data, "mask", "Mask")
+    nxcansas.put_dataset(data, "Mask", excluded.astype(np.int8))
+    nxcansas.put_attr(data, "mask", "Mask")
     process = entry.create_group("sasprocess01")
-    hdf5io.put_attr(process, "NX_class", "NXprocess")
-    hdf5io.put_attr(process, "canSAS_class", "SASprocess")
-    hdf5io.put_dataset(process, "name", "runwire")
-    hdf5io.put_dataset(process, "date", datetime.now(UTC).isoformat(timespec="seconds"))
+    nxcansas.put_attr(process, "NX_class", "NXprocess")
+    nxcansas.put_attr(process, "canSAS_class", "SASprocess")
+    nxcansas.put_dataset(process, "name", "runwire")
+    nxcansas.put_dataset(process, "date", datetime.now(UTC).isoformat(timespec="seconds"))
     label = ctx.run
-    hdf5io.put_dataset(
+    nxcansas.put_dataset(
         process,
         "description",
         f"runwire {runwire_version()}, pipeline {label.pipeline_name} "
         f"{label.pipeline_version}, run {label.run_id or '(none)'}",
     )
-    hdf5io.put_dataset(process, "runwire_version", runwire_version())
-    hdf5io.put_dataset(process, "pipeline", label.pipeline_name)
-    hdf5io.put_dataset(process, "pipeline_version", label.pipeline_version)
+    nxcansas.put_dataset(process, "runwire_version", runwire_version())
+    nxcansas.put_dataset(process, "pipeline", label.pipeline_name)
+    nxcansas.put_dataset(process, "pipeline_version", label.pipeline_version)
     for ref in sorted(sources):
         location = os.path.abspath(sources[ref].location)
-        hdf5io.put_dataset(process, f"source_{ref}", location)
-        hdf5io.put_dataset(
+        nxcansas.put_dataset(process, f"source_{ref}", location)
+        nxcansas.put_dataset(
             process, f"source_{ref}_sha256", source_sha256(location, ctx.raise_if_cancelled)
         )
 
@@ -123,7 +123,7 @@ class WriteNXcanSAS(Step):
         run_id = ctx.run.run_id or ""
 
         def write(tmp: Path) -> None:
-            hdf5io.write_nxcansas(
+            nxcansas.write_nxcansas(
                 tmp, curve.q, curve.i, curve.idev, title=p.title, run=run_id,
                 extra=lambda f: _add_provenance(f, curve, ctx, ctx.sources),
             )  # fmt: skip

@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline.hdf5io import write_nxcansas
+from pipeline.nxcansas import write_nxcansas
 from pipeline.rundir import new_run_id
 from service.contract.errors import ServiceError
 from service.http.routes.curve import MAX_CURVE_POINTS, read_curve
