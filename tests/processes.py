@@ -1,9 +1,11 @@
-"""What every test that starts a real process needs: a free loopback port and the `runwire`
-command of this environment. (tests/ is on `sys.path` through tests/conftest.py.)"""
+"""What every test that starts a real process needs: a free loopback port, the `runwire`
+command of this environment, and a wait that closes the process's stderr pipe. (tests/ is on
+`sys.path` through tests/conftest.py.)"""
 
 from __future__ import annotations
 
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -22,3 +24,15 @@ def runwire_command() -> list[str]:
     if script.exists():
         return [str(script)]
     return [sys.executable, "-m", "service.cli"]
+
+
+def wait_and_close(proc: subprocess.Popen[bytes] | None, timeout: float) -> int:
+    """Wait for `proc` to exit (its return code; 0 if it was never started), then close its
+    stderr pipe whatever happened."""
+    if proc is None:
+        return 0
+    try:
+        return proc.wait(timeout)
+    finally:
+        if proc.stderr is not None:
+            proc.stderr.close()

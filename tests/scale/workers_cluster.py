@@ -18,6 +18,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "service"))
 
+from processes import wait_and_close
 from sstore_server import (
     ServeProcess,
     SseFollower,
@@ -97,13 +98,7 @@ class WorkerProcess:
         return self.wait()
 
     def wait(self, timeout: float = 60.0) -> int:
-        if self.proc is None:
-            return 0
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            if self.proc.stderr is not None:
-                self.proc.stderr.close()
+        return wait_and_close(self.proc, timeout)
 
 
 def poll(check: Callable[[], Any], timeout: float, what: str) -> Any:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from processes import free_port, runwire_command
+from processes import free_port, runwire_command, wait_and_close
 
 DIAG_PIPELINE = """\
 name: crashy
@@ -99,13 +99,7 @@ class ServeProcess:
         return self.wait(timeout)
 
     def wait(self, timeout: float = 30.0) -> int:
-        if self.proc is None:
-            return 0
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            if self.proc.stderr is not None:
-                self.proc.stderr.close()
+        return wait_and_close(self.proc, timeout)
 
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url + "/v1", timeout=30.0)
