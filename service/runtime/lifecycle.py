@@ -92,6 +92,7 @@ class LifecycleHost(Protocol):
         on_done: Callable[[], None] | None = None,
         manifests: dict[str, dict[str, Any]] | None = None,
         after: Callable[[], None] | None = None,
+        sync_after_events: bool = False,
     ) -> None: ...
 
     async def enqueue(
@@ -159,7 +160,8 @@ class RunLifecycle:
                 # The cache is empty, so the run is full anyway; the reason says why.
                 record.fallback_reason = CACHE_EVICTED
             entry.resting = entry.record.state
-        await live.dir_ready()
+        # The directory exists since the run's acceptance (`Scheduler.enqueue`); its request file
+        # may still be being written and synced: `finish` waits for that, the run need not.
         self._host.publisher.open_run(sid, run_id)
         live.gate = StartGate()
         job = RunJob(
@@ -259,6 +261,7 @@ class RunLifecycle:
     async def finish(self, entry: SessionEntry, live: LiveRun, outcome: RunOutcome) -> None:
         """Record the outcome (commit first), publish the terminal event, rest the session."""
         sid = live.record.session_id
+        await live.dir_ready()  # the request file is on disk before the summary
         if live.start_task is not None:
             try:
                 await live.start_task
@@ -331,6 +334,7 @@ class RunLifecycle:
                     # Swapped in once committed and before the terminal event is out: a client that
                     # reads the run after `run.finished` sees its final record.
                     on_done=partial(setattr, live, "record", record),
+                    sync_after_events=True,
                 )
 
             await commit_outcome(

@@ -233,9 +233,10 @@ class Scheduler:
         self.live[run_id] = live
         entry.record.queued_run_ids.append(run_id)
         entry.record.updated_utc = record.queued_utc
-        # The run directory (with its request file: three fsyncs) is written in the background:
-        # the store commit is what makes the 202 true, and everything that later needs the
-        # directory (the run's start, a cancel's summary) waits for `dir_task` first.
+        # The run directory is made in the acceptance's I/O call (a mkdir, before the commit), so
+        # the run can start as soon as it is committed. Its request file (three fsyncs) is
+        # written in the background: the store commit is what makes the 202 true, and whatever
+        # writes the run's summary (its end, a cancel) waits for `dir_task` first.
         live.dir_task = self.tasks.spawn(
             anyio.to_thread.run_sync(
                 self.durable.write_new_run_dir, live.run_dir, snapshot(record), body, sources
@@ -252,12 +253,10 @@ class Scheduler:
         events: list[PendingEvent] = [(t, sid, d, None) for t, d in announce]
         events.append((ev.RUN_QUEUED, sid, data, run_id))
         try:
-            # One I/O-thread hop: the commit, then the events that announce it.
+            # The commit, not yet synced: the run can start meanwhile (below).
             await self.io(
-                self.durable.then_emit,
-                events,
-                None,
-                self.durable.save_new_run,
+                self.durable.accept_new_run,
+                live.run_dir,
                 snapshot(record),
                 snapshot(entry.record),
                 entry.pipeline_text,
@@ -273,8 +272,12 @@ class Scheduler:
                 await self.durable.discard_new_run_dir(live.dir_task, live.run_dir)
             raise
         position = self.position(run_id)
+        # Startable now. Its `run.started` still comes after `run.queued`: both go through the
+        # one I/O thread, in order, and `sync_then_emit` is queued there before this returns.
         self.queue.release(run_id)
         self.wake()
+        # The sync and `run.queued` while the run starts: the 202 waits for the run to be on disk.
+        await self.io(self.durable.sync_then_emit, events)
         return SubmitResult(
             run_id=run_id,
             status=RunStatus.QUEUED.value,
@@ -293,15 +296,22 @@ class Scheduler:
         on_done: Callable[[], None] | None = None,
         manifests: dict[str, dict[str, Any]] | None = None,
         after: Callable[[], None] | None = None,
+        sync_after_events: bool = False,
     ) -> None:
         """Snapshot and save records (and write run summaries) in one I/O-thread call, then
         journal and publish `events` in that same call (not if the commit fails), then close
-        the journal of run `close_run` (`on_done`: see `DurableIO.then_emit`)."""
+        the journal of run `close_run` (`on_done`: see `DurableIO.then_emit`).
+
+        `sync_after_events` (a run's final commit): the events go out once the commit is made
+        and the store is synced right after them, so a subscriber does not wait for the disk.
+        A process crash loses nothing either way; see docs/durability.md for a power loss."""
         await self.io(
-            partial(self.durable.then_emit, on_done=on_done, after=after),
+            partial(
+                self.durable.then_emit, on_done=on_done, after=after, sync_after=sync_after_events
+            ),
             events or [],
             close_run,
-            self.durable.commit,
+            partial(self.durable.commit, synced=not sync_after_events),
             [snapshot(r) for r in runs],
             [(snapshot(e.record), e.pipeline_text) for e in sessions if not e.deleted],
             [(d, snapshot(r)) for d, r in summaries],

@@ -22,6 +22,7 @@ only, non-blocking open, bounded reads).
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +45,8 @@ __all__ = ["EXAMINE_THREADS", "DurableIO", "PendingEvent", "snapshot"]
 # Threads checking user-named files (`DurableIO.examine`). Few: the checks are short (stat, a
 # non-blocking open, at most 1 MiB read); callers beyond this wait their turn, off the loop.
 EXAMINE_THREADS = 2
+
+log = logging.getLogger("service.storage.io_thread")
 
 T = TypeVar("T")
 S = TypeVar("S", bound=msgspec.Struct)
@@ -136,6 +139,7 @@ class DurableIO:
         *args: Any,
         on_done: Callable[[], None] | None = None,
         after: Callable[[], None] | None = None,
+        sync_after: bool = False,
     ) -> T:
         """`fn(*args)`, then `on_done()`, then journal and publish `events` in order (then close
         run `close_run`'s journal): one I/O-thread hop for a commit and the events that announce
@@ -144,7 +148,10 @@ class DurableIO:
         `on_done` runs in this thread between the commit and the events: it may only swap a
         reference the loop reads (a live run's record), so that a client told of the change by
         an event reads the changed object. `after` runs once the events are out (it opens a
-        run's `StartGate`)."""
+        run's `StartGate`). `sync_after`: `fn` committed without syncing, and the store is
+        synced once the events are out (a run's final commit, see `Scheduler.commit`); a sync
+        that fails is logged, not raised, since the commit and its events stand (the next
+        synced commit meets the same disk)."""
         result = fn(*args)
         if on_done is not None:
             on_done()
@@ -154,7 +161,22 @@ class DurableIO:
             self.publisher.close_run(close_run)
         if after is not None:
             after()
+        if sync_after:
+            try:
+                self.store.sync()
+            except StoreError:
+                log.exception("the store's last commit could not be synced to disk")
         return result
+
+    def sync_then_emit(self, events: list[PendingEvent]) -> None:
+        """Sync the store (commits made with `synced=False`), then journal and publish `events`.
+        The events go out even if the sync fails (what they announce is committed); the
+        failure is raised after them."""
+        try:
+            self.store.sync()
+        finally:
+            for type, session_id, data, run_id in events:
+                self.publisher.emit(type, session_id, data, run_id)
 
     def save_new_run(
         self,
@@ -164,14 +186,34 @@ class DurableIO:
         request: dict[str, Any] | None,
         idempotency_key: str | None,
         sources: dict[str, RunSource] | None = None,
+        *,
+        synced: bool = True,
     ) -> None:
         """Save a new run (with its sources), its session and its idempotency key in one
-        commit."""
-        with self.store.transaction():
+        commit (`synced=False`: see `SessionStore.transaction`)."""
+        with self.store.transaction(synced=synced):
             self.store.save_run(record, request, sources)
             self.store.save_session(session, pipeline_text)
             if idempotency_key is not None:
                 self.store.save_idempotency(session.session_id, idempotency_key, record.run_id)
+
+    def accept_new_run(
+        self,
+        run_dir: RunDirectory,
+        record: RunRecord,
+        session: SessionRecord,
+        pipeline_text: str,
+        request: dict[str, Any] | None,
+        idempotency_key: str | None,
+        sources: dict[str, RunSource] | None = None,
+    ) -> None:
+        """Make the run's directory (not synced: `write_new_run_dir` does that, with the request
+        file, in the background), then `save_new_run` without syncing: once this returns the
+        run can start, while `sync_then_emit` makes it durable and announces it."""
+        run_dir.artifacts_dir.mkdir(parents=True, exist_ok=True)
+        self.save_new_run(
+            record, session, pipeline_text, request, idempotency_key, sources, synced=False
+        )
 
     async def discard_new_run_dir(
         self, writing: asyncio.Task[None] | None, run_dir: RunDirectory
@@ -204,9 +246,11 @@ class DurableIO:
         sessions: list[tuple[SessionRecord, str]],
         summaries: list[tuple[RunDirectory, RunRecord]],
         manifests: dict[str, dict[str, Any]] | None = None,
+        synced: bool = True,
     ) -> None:
         """Write run summaries (and the manifests given, by run id), then save runs (with
-        those manifests) and sessions in one transaction."""
+        those manifests) and sessions in one transaction (`synced`: see
+        `SessionStore.transaction`)."""
         # Summaries first: a crash between the two leaves the store saying `running`, which the
         # next start turns into `interrupted` (and rewrites the summary); never the reverse.
         # A run's final files are not fsynced (`write_final_files`): this commit is their
@@ -222,7 +266,7 @@ class DurableIO:
                 # otherwise call them "no-manifest", the marker reserved for older layouts.
                 run_dir.write_manifest()
             run_dir.write_summary(msgspec.to_builtins(record))
-        with self.store.transaction():
+        with self.store.transaction(synced=synced):
             for record in runs:
                 self.store.save_run(record, manifest=(manifests or {}).get(record.run_id))
             for session, text in sessions:

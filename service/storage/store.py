@@ -2,7 +2,11 @@
 
 One file, `<data_dir>/runwire.sqlite3`, in WAL mode with `synchronous=FULL`: a method that
 saves returns only after its commit is on disk, so an HTTP answer that acknowledges a request
-(201, 202) can be sent right after the save (a 202 means the run is on disk).
+(201, 202) can be sent right after the save (a 202 means the run is on disk). Two hot-path
+commits choose when their sync happens instead: `transaction(synced=False)` commits without it
+(the commit is in the WAL, which the OS holds: a process crash loses nothing) and `sync()` then
+does what `synchronous=FULL` would have done at that commit, an fdatasync of the WAL, once the
+caller has done what should not wait for the disk (see `service.storage.io_thread`).
 
 Threading: the store is synchronous and owns one connection, opened with
 `check_same_thread=False` and guarded by a lock, so it may be called from any worker thread but
@@ -122,6 +126,7 @@ class SessionStore:
         self.path = Path(path)
         self._lock = threading.RLock()
         self._depth = 0  # nesting of transaction(); only the outermost one commits
+        self._wal: tuple[int, int] | None = None  # (fd, inode) of the WAL file, for `sync`
         self._conn = self._open()
         self._epoch = self._init_meta()
 
@@ -189,6 +194,9 @@ class SessionStore:
         """Close the connection (a WAL checkpoint happens on the last close). Idempotent."""
         with self._lock:
             self._conn.close()
+            if self._wal is not None:
+                os.close(self._wal[0])
+                self._wal = None
 
     def __enter__(self) -> SessionStore:
         return self
@@ -199,13 +207,16 @@ class SessionStore:
     # -- transactions ----------------------------------------------------------------------
 
     @contextmanager
-    def transaction(self, *, writing: bool = True) -> Iterator[sqlite3.Connection]:
+    def transaction(
+        self, *, writing: bool = True, synced: bool = True
+    ) -> Iterator[sqlite3.Connection]:
         """Group several saves into one commit; nested uses join the outer transaction.
 
         The lock is held for the whole block, so other threads wait rather than interleave.
         An exception rolls the whole transaction back. sqlite3 errors surface as `StoreError`.
         A `writing` transaction is refused (`StoreError` from ENOSPC) when the disk has less
-        than `MIN_FREE_BYTES` free (see `check_room`).
+        than `MIN_FREE_BYTES` free (see `check_room`). `synced=False` (outermost only): the
+        commit returns before the WAL is synced; the caller calls `sync()` after.
         """
         with self._lock:
             outermost = self._depth == 0
@@ -214,7 +225,10 @@ class SessionStore:
                     check_room(self.path.parent)
                 except OSError as exc:
                     raise StoreError(self.path, str(exc)) from exc
+            deferred = outermost and not synced
             try:
+                if deferred:
+                    self._conn.execute("PRAGMA synchronous=NORMAL")
                 if outermost:
                     self._conn.execute("BEGIN IMMEDIATE")
                 self._depth += 1
@@ -230,6 +244,27 @@ class SessionStore:
             except BaseException:
                 self._rollback(outermost)
                 raise
+            finally:
+                if deferred:
+                    with suppress(sqlite3.Error):  # a broken connection: the next call says so
+                        self._conn.execute("PRAGMA synchronous=FULL")
+
+    def sync(self) -> None:
+        """Make every commit so far durable: fdatasync the WAL, as `synchronous=FULL` does at
+        each commit (for commits made with `transaction(synced=False)`). Raises `StoreError`."""
+        wal = f"{self.path}-wal"
+        try:
+            with self._lock:
+                inode = os.stat(wal).st_ino
+                if self._wal is None or self._wal[1] != inode:
+                    if self._wal is not None:
+                        os.close(self._wal[0])
+                        self._wal = None
+                    self._wal = (os.open(wal, os.O_RDONLY), inode)
+                fd = self._wal[0]
+            os.fdatasync(fd)  # outside the lock: readers need not wait for the disk
+        except OSError as exc:
+            raise StoreError(self.path, f"cannot sync the WAL: {exc}") from exc
 
     def _rollback(self, outermost: bool) -> None:
         # If even this fails the connection is gone; the next call reports it.

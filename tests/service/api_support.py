@@ -6,11 +6,14 @@ Importable from any test in tests/service as `from api_support import ...`.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import httpx
+import msgspec
 import yaml
 from starlette.applications import Starlette
 
@@ -139,3 +142,28 @@ async def sse_events(
                     if until is not None and until(events[-1]):
                         break
     return events
+
+
+@asynccontextmanager
+async def busy_worker(api: Api, *, cancel_on_exit: bool = True) -> AsyncIterator[str]:
+    """Occupy the only worker with a long cancellable run, so runs queued meanwhile wait."""
+    body = session_body("busy", sleep_step("nap", seconds=120.0, ticks=240))
+    assert (await api.client.post("/v1/sessions", json=body)).status_code == 201
+    response = await api.client.post("/v1/sessions/busy/process", json={})
+    assert response.status_code == 202, response.text
+    run_id = response.json()["run_id"]
+    subscription = await service_state(api.app).broker.subscribe(run_id=run_id)
+    try:
+        with anyio.fail_after(30):
+            while not any(
+                msgspec.json.decode(e.raw)["type"] == "run.started"
+                for e in await subscription.get_batch()
+            ):
+                pass
+    finally:
+        subscription.close()
+    try:
+        yield run_id
+    finally:
+        if cancel_on_exit:
+            await api.client.post(f"/v1/runs/{run_id}/cancel", json={})

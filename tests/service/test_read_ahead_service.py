@@ -13,7 +13,7 @@ import anyio.to_thread
 import msgspec
 import pytest
 import yaml
-from api_support import Api, finished_run, sleep_step
+from api_support import Api, busy_worker, finished_run, sleep_step
 
 from pipeline import hdf5io
 from pipeline.demodata import write_demo_data, write_sample_file
@@ -59,10 +59,12 @@ async def test_a_frame_rewritten_after_it_was_read_ahead_fails_its_run(
             sessions=["ra"], queue_size=10_000
         )
         try:
-            # The first run naps (its start comes after the second run was queued, so the
-            # second run's frame is read ahead while the first one computes).
-            running = await submit_sample(api, "ra", first)
-            queued = await submit_sample(api, "ra", second)
+            # Both runs wait behind another session's run on the only worker, so the first
+            # starts with the second queued: the second run's frame is read ahead while the
+            # first one naps.
+            async with busy_worker(api):
+                running = await submit_sample(api, "ra", first)
+                queued = await submit_sample(api, "ra", second)
             events: list[dict[str, Any]] = []
             with anyio.fail_after(60):
                 while not any(

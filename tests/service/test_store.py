@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -187,6 +188,52 @@ def test_store_file_is_wal_with_full_sync_and_passes_integrity_check(
     finally:
         conn.close()
     assert store.writable()
+
+
+def _synchronous(store: SessionStore) -> int:
+    with store.transaction(writing=False) as conn:
+        return int(conn.execute("PRAGMA synchronous").fetchone()[0])
+
+
+def test_an_unsynced_commit_survives_a_crash_and_the_next_commits_are_synced_again(
+    tmp_path: Path,
+) -> None:
+    # A child process commits without syncing, syncs, then commits once more unsynced and dies
+    # without closing anything: both commits are in the WAL the OS holds.
+    script = (
+        "import os, sys\n"
+        "from service.storage.store import SessionStore\n"
+        "from service.contract.records import PipelineInfo, RunRecord, SessionRecord\n"
+        "t = '2026-01-01T00:00:00Z'\n"
+        "store = SessionStore(sys.argv[1])\n"
+        "store.save_session(SessionRecord(session_id='s1', created_utc=t, updated_utc=t,\n"
+        "                                 pipeline=PipelineInfo(name='saxs', version='1')), 't')\n"
+        "for n, sync in ((1, True), (2, False)):\n"
+        "    with store.transaction(synced=False):\n"
+        "        store.save_run(RunRecord(run_id=f'r{n}', session_id='s1', queued_utc=t))\n"
+        "    if sync:\n"
+        "        store.sync()\n"
+        "os._exit(0)\n"
+    )
+    path = tmp_path / "runwire.sqlite3"
+    subprocess.run([sys.executable, "-c", script, str(path)], check=True)
+    with SessionStore(path) as store:
+        assert [r.run_id for r in store.list_runs()] == ["r1", "r2"]
+        # An unsynced transaction does not leave the connection unsynced for the next ones.
+        with store.transaction(synced=False):
+            store.save_run(make_run("r3"))
+        assert _synchronous(store) == 2  # FULL
+        store.save_run(make_run("r4"))
+        assert _synchronous(store) == 2
+        store.sync()
+
+
+def test_a_wal_that_cannot_be_synced_is_a_store_error(store: SessionStore) -> None:
+    with store.transaction(synced=False):
+        store.save_run(make_run("r1"))
+    os.unlink(f"{store.path}-wal")  # what an administrator's mistake or a failing disk does
+    with pytest.raises(StoreError, match="cannot sync the WAL"):
+        store.sync()
 
 
 def test_garbage_file_is_reported_not_replaced(tmp_path: Path) -> None:
