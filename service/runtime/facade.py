@@ -248,11 +248,15 @@ class Runtime:
                     request={"mode": "auto", "changed_sources": ["sample"]},
                     announce=((ev.SOURCES_CHANGED, data),),
                     idempotency_key=idempotency_key,
+                    acknowledge_later=True,
                 )
             except BaseException:
                 entry.record.sources = before
                 raise
-            return snapshot(entry.record), result
+            record = snapshot(entry.record)
+        # Out of the lock, which the run takes to start: it starts while its commit is synced.
+        await self._sched.acknowledged(result.run_id)
+        return record, result
 
     # -- runs ----------------------------------------------------------------------------------
 
@@ -318,7 +322,7 @@ class Runtime:
                 merged = await self._coalesce(entry, req, sources, idempotency_key)
                 if merged is not None:
                     return merged
-            return await self._sched.enqueue(
+            result = await self._sched.enqueue(
                 entry,
                 mode=req.mode,
                 sources=sources,
@@ -326,7 +330,10 @@ class Runtime:
                 run_name=req.run_name,
                 request=msgspec.to_builtins(req),
                 idempotency_key=idempotency_key,
+                acknowledge_later=True,
             )
+        await self._sched.acknowledged(result.run_id)  # out of the lock: see `set_sample`
+        return result
 
     async def _coalesce(
         self,
@@ -511,7 +518,7 @@ class Runtime:
                 entry.record.sources if original is None else original,
                 self.config.read_roots,
             )
-            return await self._sched.enqueue(
+            result = await self._sched.enqueue(
                 entry,
                 mode=record.mode,
                 sources=sources,
@@ -519,7 +526,10 @@ class Runtime:
                 run_name=record.run_name,
                 request={"mode": record.mode, "changed_sources": list(changed), "retry_of": run_id},
                 retry_of=run_id,
+                acknowledge_later=True,
             )
+        await self._sched.acknowledged(result.run_id)  # out of the lock: see `set_sample`
+        return result
 
     # -- descriptions --------------------------------------------------------------------------
 

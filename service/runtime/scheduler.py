@@ -84,6 +84,7 @@ class Scheduler:
         self.queue = RunQueue(config.queue_size)
         self.sessions: dict[str, SessionEntry] = {}
         self.live: dict[str, LiveRun] = {}
+        self._acks: dict[str, asyncio.Future[None]] = {}  # see `enqueue(acknowledge_later=)`
         self.accepting = False
         self.limiter: anyio.CapacityLimiter | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -196,9 +197,15 @@ class Scheduler:
         force: bool = False,
         front: bool = False,
         announce: tuple[tuple[str, dict[str, Any]], ...] = (),
+        acknowledge_later: bool = False,
     ) -> SubmitResult:
         """Create, commit and queue a run of `sources` (frozen by `run_inputs.accept_sources`).
         Call with `entry.lock` held. Raises QUEUE_FULL.
+
+        Returns once the run is on disk and announced (`run.queued`), or, with
+        `acknowledge_later`, as soon as that is under way: the caller then releases
+        `entry.lock` (which the run needs to start) and awaits `acknowledged(run_id)` before
+        answering.
 
         The session record is saved in the same commit, so a change the caller made to it just
         before (a new sample) is durable with the run; `announce` lists session events
@@ -277,13 +284,24 @@ class Scheduler:
         self.queue.release(run_id)
         self.wake()
         # The sync and `run.queued` while the run starts: the 202 waits for the run to be on disk.
-        await self.io(self.durable.sync_then_emit, events)
+        ack = self.durable.io_submitted(self.durable.sync_then_emit, events)
+        if acknowledge_later:
+            self._acks[run_id] = asyncio.ensure_future(ack)
+        else:
+            await ack
         return SubmitResult(
             run_id=run_id,
             status=RunStatus.QUEUED.value,
             position=position,
             sample=snapshot(record.sample) if record.sample is not None else None,
         )
+
+    async def acknowledged(self, run_id: str) -> None:
+        """Wait until the run an `enqueue(acknowledge_later=True)` returned is on disk and
+        announced; raises what syncing it raised. At once for any other run."""
+        ack = self._acks.pop(run_id, None)
+        if ack is not None:
+            await ack
 
     async def commit(
         self,

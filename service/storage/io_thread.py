@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -84,9 +84,18 @@ class DurableIO:
         STORAGE_FULL (507 with `Retry-After`) instead of its raw error: the store rolled its
         transaction back, so nothing was half-written, and the caller's own clean-up runs.
         """
-        loop = asyncio.get_running_loop()
+        return await self.io_submitted(fn, *args)
+
+    def io_submitted(self, fn: Callable[..., T], *args: Any) -> Awaitable[T]:
+        """`io`, with the call queued on the I/O thread now, before this returns: its place
+        among the thread's calls is taken even if the caller awaits the result later (after
+        releasing a lock, say). Await the result exactly once."""
+        future = asyncio.get_running_loop().run_in_executor(self._pool, partial(fn, *args))
+        return self._io_result(future)
+
+    async def _io_result(self, future: asyncio.Future[T]) -> T:
         try:
-            result = await loop.run_in_executor(self._pool, partial(fn, *args))
+            result = await future
         except Exception as exc:
             if is_storage_full(exc):
                 self.store_ok = False
