@@ -84,7 +84,7 @@ class Scheduler:
         self.queue = RunQueue(config.queue_size)
         self.sessions: dict[str, SessionEntry] = {}
         self.live: dict[str, LiveRun] = {}
-        self._acks: dict[str, asyncio.Future[None]] = {}  # see `enqueue(acknowledge_later=)`
+        self._acks: dict[str, asyncio.Task[None]] = {}  # see `enqueue(acknowledge_later=)`
         self.accepting = False
         self.limiter: anyio.CapacityLimiter | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -286,7 +286,8 @@ class Scheduler:
         # The sync and `run.queued` while the run starts: the 202 waits for the run to be on disk.
         ack = self.durable.io_submitted(self.durable.sync_then_emit, events)
         if acknowledge_later:
-            self._acks[run_id] = asyncio.ensure_future(ack)
+            # Awaited by `acknowledged` (the caller's), which raises what it raised.
+            self._acks[run_id] = self.tasks.spawn(ack, name=f"run-ack-{run_id}", handled=True)
         else:
             await ack
         return SubmitResult(

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -86,7 +86,7 @@ class DurableIO:
         """
         return await self.io_submitted(fn, *args)
 
-    def io_submitted(self, fn: Callable[..., T], *args: Any) -> Awaitable[T]:
+    def io_submitted(self, fn: Callable[..., T], *args: Any) -> Coroutine[Any, Any, T]:
         """`io`, with the call queued on the I/O thread now, before this returns: its place
         among the thread's calls is taken even if the caller awaits the result later (after
         releasing a lock, say). Await the result exactly once."""
