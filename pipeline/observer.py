@@ -42,7 +42,10 @@ class RunObserver:
         the failure (`MISSING_REQUIREMENT`). Not called for a dry run."""
 
     def on_step_started(self, step_id: str) -> None:
-        """A step (leaf, nested pipeline or group; full dotted id) starts."""
+        """A step (leaf, nested pipeline or group; full dotted id) starts executing. A step
+        skipped (its cached result reused, or an optional source absent) never starts: it gets
+        `on_step_finished` with status `skipped` only. A nested pipeline or group starts just
+        before its first child that runs; one whose children are all skipped never starts."""
 
     def on_step_progress(self, step_id: str, fraction: float | None, message: str | None) -> None:
         """A running step reported progress (`ctx.progress()`)."""

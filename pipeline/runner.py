@@ -62,10 +62,17 @@ perf_counter_ns = time.perf_counter_ns
 
 
 class _Composite:
-    __slots__ = ("full_id", "max_workers", "nodes", "parallel", "step")
+    __slots__ = ("ancestors", "full_id", "max_workers", "nodes", "parallel", "step")
 
-    def __init__(self, full_id: str, step: PipelineStep, nodes: list[_Leaf | _Composite]) -> None:
+    def __init__(
+        self,
+        full_id: str,
+        step: PipelineStep,
+        nodes: list[_Leaf | _Composite],
+        ancestors: tuple[str, ...],
+    ) -> None:
         self.full_id = full_id
+        self.ancestors = ancestors  # ids of the enclosing composites, outermost first
         self.step = step
         self.nodes = nodes
         self.parallel = isinstance(step, StepGroup) and step.parallel
@@ -73,11 +80,16 @@ class _Composite:
 
 
 class _Leaf:
-    __slots__ = ("full_id", "has_optional", "optional_source_refs", "output_names", "plan")
+    __slots__ = (
+        "ancestors", "full_id", "has_optional", "optional_source_refs", "output_names", "plan",
+    )  # fmt: skip
 
-    def __init__(self, plan: LeafPlan, optional_source_refs: tuple[str, ...]) -> None:
+    def __init__(
+        self, plan: LeafPlan, optional_source_refs: tuple[str, ...], ancestors: tuple[str, ...]
+    ) -> None:
         self.plan = plan
         self.full_id = plan.full_id
+        self.ancestors = ancestors  # ids of the enclosing composites, outermost first
         self.has_optional = bool(plan.optional or plan.unmapped_optional)
         self.output_names = frozenset(type(plan.step).output_names)
         self.optional_source_refs = optional_source_refs
@@ -121,21 +133,26 @@ class ProcessingRunner:
         self.leaves: list[LeafPlan] = spec.compiled
         optional_refs = {ref for ref, required in spec.sources.items() if not required}
         by_id = {leaf.full_id: leaf for leaf in self.leaves}
-        self._tree = self._build(spec.pipeline, "", by_id, optional_refs)
+        self._tree = self._build(spec.pipeline, (), by_id, optional_refs)
 
     def _build(
-        self, node: PipelineStep, prefix: str, by_id: dict[str, LeafPlan], optional: set[str]
+        self,
+        node: PipelineStep,
+        ancestors: tuple[str, ...],
+        by_id: dict[str, LeafPlan],
+        optional: set[str],
     ) -> list[_Leaf | _Composite]:
         out: list[_Leaf | _Composite] = []
+        prefix = ancestors[-1] + "." if ancestors else ""
         for child in children(node):
             full_id = prefix + child.id
             if children(child):
-                out.append(
-                    _Composite(full_id, child, self._build(child, full_id + ".", by_id, optional))
-                )
+                kids = self._build(child, (*ancestors, full_id), by_id, optional)
+                out.append(_Composite(full_id, child, kids, ancestors))
             else:
                 plan = by_id[full_id]
-                out.append(_Leaf(plan, tuple(r for r in plan.source_refs if r in optional)))
+                refs = tuple(r for r in plan.source_refs if r in optional)
+                out.append(_Leaf(plan, refs, ancestors))
         return out
 
     def read_ahead(
@@ -352,8 +369,6 @@ class ProcessingRunner:
             return _CANCELLED, None
         step_id = node.full_id
         observers = self.observers
-        if self._observed:
-            observers.on_step_started(step_id)
         t0 = time.perf_counter_ns()
         if node.parallel and len(node.nodes) > 1:
             outcome, error = self._run_parallel(node, run)
@@ -376,6 +391,7 @@ class ProcessingRunner:
                 started_ns=start_ns, finished_ns=end_ns,
             )  # fmt: skip
             if self._observed:
+                # A composite is announced by its first child that runs; all skipped: not at all.
                 observers.on_step_finished(step_id, status, duration, None)
             return _OK, None
         # Roll back: the context must not keep a failed composite's partial outputs.
@@ -391,10 +407,28 @@ class ProcessingRunner:
             started_ns=start_ns, finished_ns=end_ns,
         )  # fmt: skip
         if self._observed:
+            self._announce(run, node.ancestors, step_id)
             observers.on_step_finished(step_id, "failed", duration, message)
         if not cancelled and node.step.continue_on_error:
             return _TOLERATED, None
         return outcome, error
+
+    def _announce(self, run: RunContext, ancestors: tuple[str, ...], step_id: str) -> None:
+        """`on_step_started` for a step that runs (or fails), after its enclosing composites'
+        not yet announced, outermost first. A skipped step is never announced: its
+        `on_step_finished(status="skipped")` says it all. A composite is announced under the
+        run's lock, so that children of a parallel group announce their parent once and before
+        either of them; the step itself outside it (an observer that blocks holds up no one)."""
+        with run.announce_lock:
+            announced = run.announced
+            if step_id in announced:
+                return
+            announced.add(step_id)
+            for composite in ancestors:
+                if composite not in announced:
+                    announced.add(composite)
+                    self.observers.on_step_started(composite)
+        self.observers.on_step_started(step_id)
 
     def _run_parallel(self, node: _Composite, run: RunContext) -> tuple[int, RunErrorInfo | None]:
         stop = threading.Event()  # set on a failure that stops the group: unstarted children skip
@@ -432,8 +466,6 @@ class ProcessingRunner:
         leaf = node.plan
         step_id = leaf.full_id
         observers = self.observers if self._observed else None
-        if observers is not None:
-            observers.on_step_started(step_id)
         t0 = perf_counter_ns()
         values = run.values
         cache = self.cache
@@ -484,6 +516,7 @@ class ProcessingRunner:
                 run.reused.append(step_id)
                 return self._finish(node, run, t0, "skipped", entry.outputs, signature)
         if observers is not None:
+            self._announce(run, node.ancestors, step_id)  # it runs: `step.started`
 
             def report(fraction: float | None, message: str | None) -> None:
                 observers.on_step_progress(step_id, fraction, message)
@@ -582,6 +615,7 @@ class ProcessingRunner:
         if not cancelled:
             log.warning("step %s failed (%s): %s", step_id, code, message)
         if self._observed:
+            self._announce(run, node.ancestors, step_id)  # failed before computing: started too
             self.observers.on_step_finished(step_id, "failed", duration, message)
         if cancelled:
             return _CANCELLED, None

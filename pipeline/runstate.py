@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,6 +77,9 @@ class RunContext:
     anchor_perf_ns: int = 0
     wall_offset_ns: int = 0  # add to a perf_counter_ns reading to get ns since the epoch
     result: RunResult | None = None
+    # Steps whose start was announced to the observers (`ProcessingRunner._announce`).
+    announced: set[str] = field(default_factory=set)
+    announce_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self.is_cancelled = self.cancel.is_cancelled

@@ -10,6 +10,8 @@ import pytest
 
 from pipeline.composite import Pipeline
 from pipeline.exitcodes import ExitCode
+from pipeline.group import StepGroup
+from pipeline.incremental import IncrementalCache
 from pipeline.observer import RecordingObserver, RunInfo, RunObserver
 from pipeline.runner import ProcessingRunner, RunContext, RunResult
 from pipeline.step import Step, StepContext
@@ -133,6 +135,47 @@ def test_observer_sees_the_run_in_order() -> None:
     assert obs.events[3][3] == "half"
     result = obs.events[-1][1]
     assert isinstance(result, RunResult) and result.status == "succeeded"
+
+
+class Tick(Step):
+    """Made with `idempotent=False`: never reused from the cache, it runs in every run."""
+
+    name = "test.tick"
+    output_names = ("out",)
+
+    def compute(self, inputs: dict[str, Any], ctx: StepContext) -> Mapping[str, Any]:
+        return {"out": 1}
+
+
+def test_a_skipped_step_is_reported_finished_and_never_started() -> None:
+    fixed = Pipeline("fixed", [Emit("a", outputs={"out": "x"})])
+    tick = Tick("c", outputs={"out": "z"}, idempotent=False)
+    live = Pipeline("live", [Emit("b", outputs={"out": "y"}), tick])
+    pipeline, cache = Pipeline("p", [fixed, live]), IncrementalCache()
+    ProcessingRunner(pipeline, cache=cache).run({})  # fills the cache
+    obs = RecordingObserver()
+    result = ProcessingRunner(pipeline, cache=cache, observers=[obs]).run({})
+    assert result.skipped_steps == ["fixed.a", "live.b"]
+    # `fixed` reused everything: finished (skipped), never started. `live` starts with its
+    # first child that runs, after its skipped one.
+    assert [e[:3] for e in obs.events if e[0] in ("step_started", "step_finished")] == [
+        ("step_finished", "fixed.a", "skipped"),
+        ("step_finished", "fixed", "skipped"),
+        ("step_finished", "live.b", "skipped"),
+        ("step_started", "live"),
+        ("step_started", "live.c"),
+        ("step_finished", "live.c", "succeeded"),
+        ("step_finished", "live", "succeeded"),
+    ]
+
+
+def test_a_parallel_group_starts_once_before_its_children() -> None:
+    children = [Tick(f"t{i}", outputs={"out": f"v{i}"}, idempotent=False) for i in range(8)]
+    group = StepGroup("g", children, parallel=True, max_workers=4)
+    obs = RecordingObserver()
+    ProcessingRunner(Pipeline("p", [group]), observers=[obs]).run({})
+    started = [e[1] for e in obs.events if e[0] == "step_started"]
+    assert started[0] == "g" and sorted(started[1:]) == sorted(f"g.t{i}" for i in range(8))
 
 
 def test_failed_step_is_reported_with_its_error() -> None:
