@@ -262,8 +262,7 @@ class Scheduler:
         try:
             # The commit, not yet synced: the run can start meanwhile (below).
             await self.io(
-                self.durable.accept_new_run,
-                live.run_dir,
+                partial(self.durable.save_new_run, synced=False, make_dir=live.run_dir),
                 snapshot(record),
                 snapshot(entry.record),
                 entry.pipeline_text,

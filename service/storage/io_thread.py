@@ -197,32 +197,19 @@ class DurableIO:
         sources: dict[str, RunSource] | None = None,
         *,
         synced: bool = True,
+        make_dir: RunDirectory | None = None,
     ) -> None:
         """Save a new run (with its sources), its session and its idempotency key in one
-        commit (`synced=False`: see `SessionStore.transaction`)."""
+        commit (`synced=False`: see `SessionStore.transaction`). `make_dir`: first make the
+        run's directory (not synced: `write_new_run_dir` does that, with the request file, in
+        the background), so that the run can start as soon as this returns."""
+        if make_dir is not None:
+            make_dir.artifacts_dir.mkdir(parents=True, exist_ok=True)
         with self.store.transaction(synced=synced):
             self.store.save_run(record, request, sources)
             self.store.save_session(session, pipeline_text)
             if idempotency_key is not None:
                 self.store.save_idempotency(session.session_id, idempotency_key, record.run_id)
-
-    def accept_new_run(
-        self,
-        run_dir: RunDirectory,
-        record: RunRecord,
-        session: SessionRecord,
-        pipeline_text: str,
-        request: dict[str, Any] | None,
-        idempotency_key: str | None,
-        sources: dict[str, RunSource] | None = None,
-    ) -> None:
-        """Make the run's directory (not synced: `write_new_run_dir` does that, with the request
-        file, in the background), then `save_new_run` without syncing: once this returns the
-        run can start, while `sync_then_emit` makes it durable and announces it."""
-        run_dir.artifacts_dir.mkdir(parents=True, exist_ok=True)
-        self.save_new_run(
-            record, session, pipeline_text, request, idempotency_key, sources, synced=False
-        )
 
     async def discard_new_run_dir(
         self, writing: asyncio.Task[None] | None, run_dir: RunDirectory
