@@ -34,17 +34,17 @@ from typing import Any
 
 from . import hdf5io, provenance
 from .cancel import CancelToken
-from .composite import Pipeline, PipelineSpec, children
+from .composite import Pipeline, PipelineSpec
 from .errors import CancelledError, StepFailure
 from .exitcodes import ExitCode, exit_code_from
-from .group import StepGroup
 from .incremental import IncrementalCache, execution_signature, remember
 from .observer import ObserverFanout, RunInfo, RunObserver
 from .planning import LeafPlan, compile_leaves, pipeline_key, plan_run
 from .rundir import ARTIFACTS, artifact_paths
 from .runstate import RunContext, RunErrorInfo, RunResult
+from .runtree import Composite, Leaf, build_tree
 from .signatures import ABSENT
-from .step import CompletedState, PipelineStep, RunLabel, SourceSpec, StepContext, StepResult
+from .step import CompletedState, RunLabel, SourceSpec, StepContext, StepResult
 from .steps.sources import HDF5_TYPES
 
 log = logging.getLogger("pipeline")
@@ -59,40 +59,6 @@ _FAILED = 2
 _CANCELLED = 3
 _SUCCESS: tuple[int, None] = (_OK, None)
 perf_counter_ns = time.perf_counter_ns
-
-
-class _Composite:
-    __slots__ = ("ancestors", "full_id", "max_workers", "nodes", "parallel", "step")
-
-    def __init__(
-        self,
-        full_id: str,
-        step: PipelineStep,
-        nodes: list[_Leaf | _Composite],
-        ancestors: tuple[str, ...],
-    ) -> None:
-        self.full_id = full_id
-        self.ancestors = ancestors  # ids of the enclosing composites, outermost first
-        self.step = step
-        self.nodes = nodes
-        self.parallel = isinstance(step, StepGroup) and step.parallel
-        self.max_workers = step.max_workers if isinstance(step, StepGroup) else 1
-
-
-class _Leaf:
-    __slots__ = (
-        "ancestors", "full_id", "has_optional", "optional_source_refs", "output_names", "plan",
-    )  # fmt: skip
-
-    def __init__(
-        self, plan: LeafPlan, optional_source_refs: tuple[str, ...], ancestors: tuple[str, ...]
-    ) -> None:
-        self.plan = plan
-        self.full_id = plan.full_id
-        self.ancestors = ancestors  # ids of the enclosing composites, outermost first
-        self.has_optional = bool(plan.optional or plan.unmapped_optional)
-        self.output_names = frozenset(type(plan.step).output_names)
-        self.optional_source_refs = optional_source_refs
 
 
 def _to_source_spec(value: Any) -> SourceSpec:
@@ -132,28 +98,7 @@ class ProcessingRunner:
             spec.compiled = compile_leaves(spec.pipeline, spec.version)
         self.leaves: list[LeafPlan] = spec.compiled
         optional_refs = {ref for ref, required in spec.sources.items() if not required}
-        by_id = {leaf.full_id: leaf for leaf in self.leaves}
-        self._tree = self._build(spec.pipeline, (), by_id, optional_refs)
-
-    def _build(
-        self,
-        node: PipelineStep,
-        ancestors: tuple[str, ...],
-        by_id: dict[str, LeafPlan],
-        optional: set[str],
-    ) -> list[_Leaf | _Composite]:
-        out: list[_Leaf | _Composite] = []
-        prefix = ancestors[-1] + "." if ancestors else ""
-        for child in children(node):
-            full_id = prefix + child.id
-            if children(child):
-                kids = self._build(child, (*ancestors, full_id), by_id, optional)
-                out.append(_Composite(full_id, child, kids, ancestors))
-            else:
-                plan = by_id[full_id]
-                refs = tuple(r for r in plan.source_refs if r in optional)
-                out.append(_Leaf(plan, refs, ancestors))
-        return out
+        self._tree = build_tree(spec.pipeline, self.leaves, optional_refs)
 
     def read_ahead(
         self,
@@ -353,10 +298,10 @@ class ProcessingRunner:
     # -- execution ---------------------------------------------------------------------------
 
     def _run_nodes(
-        self, nodes: Sequence[_Leaf | _Composite], run: RunContext
+        self, nodes: Sequence[Leaf | Composite], run: RunContext
     ) -> tuple[int, RunErrorInfo | None]:
         for node in nodes:
-            if isinstance(node, _Leaf):
+            if isinstance(node, Leaf):
                 outcome, error = self._run_leaf(node, run)
             else:
                 outcome, error = self._run_composite(node, run)
@@ -364,7 +309,7 @@ class ProcessingRunner:
                 return outcome, error
         return _OK, None
 
-    def _run_composite(self, node: _Composite, run: RunContext) -> tuple[int, RunErrorInfo | None]:
+    def _run_composite(self, node: Composite, run: RunContext) -> tuple[int, RunErrorInfo | None]:
         if run.is_cancelled():
             return _CANCELLED, None
         step_id = node.full_id
@@ -430,10 +375,10 @@ class ProcessingRunner:
                     self.observers.on_step_started(composite)
         self.observers.on_step_started(step_id)
 
-    def _run_parallel(self, node: _Composite, run: RunContext) -> tuple[int, RunErrorInfo | None]:
+    def _run_parallel(self, node: Composite, run: RunContext) -> tuple[int, RunErrorInfo | None]:
         stop = threading.Event()  # set on a failure that stops the group: unstarted children skip
 
-        def one(child: _Leaf | _Composite) -> tuple[int, RunErrorInfo | None]:
+        def one(child: Leaf | Composite) -> tuple[int, RunErrorInfo | None]:
             if stop.is_set():
                 return _FAILED, None
             result = self._run_nodes((child,), run)
@@ -459,7 +404,7 @@ class ProcessingRunner:
                 return outcome, error
         return _OK, None
 
-    def _run_leaf(self, node: _Leaf, run: RunContext) -> tuple[int, RunErrorInfo | None]:
+    def _run_leaf(self, node: Leaf, run: RunContext) -> tuple[int, RunErrorInfo | None]:
         # The hot path: keep attribute lookups and calls to a minimum (see the module docstring).
         if run.is_cancelled():
             return _CANCELLED, None
@@ -581,7 +526,7 @@ class ProcessingRunner:
         return self._finish(node, run, t0, "succeeded", produced, signature)
 
     def _finish(
-        self, node: _Leaf, run: RunContext, t0: int, status: str, produced: Mapping[str, Any],
+        self, node: Leaf, run: RunContext, t0: int, status: str, produced: Mapping[str, Any],
         signature: str | None,
     ) -> tuple[int, RunErrorInfo | None]:  # fmt: skip
         t1 = perf_counter_ns()
@@ -597,7 +542,7 @@ class ProcessingRunner:
         return _SUCCESS
 
     def _fail(
-        self, node: _Leaf, run: RunContext, t0: int, code: str, message: str, exc_type: str | None
+        self, node: Leaf, run: RunContext, t0: int, code: str, message: str, exc_type: str | None
     ) -> tuple[int, RunErrorInfo | None]:
         t1 = perf_counter_ns()
         duration = (t1 - t0) / 1e9
