@@ -12,11 +12,9 @@ and closes every WebSocket with 1001. It runs once; `runwire serve` calls it as 
 signal arrives (the server would otherwise wait for long-lived streams before the lifespan's
 own shutdown), and the lifespan calls it again harmlessly.
 
-Middleware, outermost first: `InternalErrorMiddleware` (500 `INTERNAL`, logged once),
-`HostCheckMiddleware` (421 for unknown `Host` on loopback: DNS rebinding), `AllowedOriginsCors`
-(CORS for the allowed origins, preflights answered before auth), `AuthMiddleware` (bearer
-token), `BodyLimitMiddleware` (413/415/422 on bodies; 415 for any state-changing request that
-is not `application/json`: CSRF).
+Middleware: `service.http.middleware.middleware_stack`, shared with the stream node (errors,
+Host check, CORS, bearer token, body limits; 415 for any state-changing request that is not
+`application/json`: CSRF). Package uploads get their own larger body limit.
 """
 
 from __future__ import annotations
@@ -29,16 +27,13 @@ from typing import Any
 
 import anyio
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Mount
 
-from service.http.auth import AuthMiddleware
 from service.http.backend import start_event_writer  # contract section 12: events on Redis
-from service.http.browser import AllowedOriginsCors, HostCheckMiddleware
-from service.http.limits import BodyLimitMiddleware
 from service.http.metrics import ServiceMetrics
+from service.http.middleware import middleware_stack
 from service.http.openapi import API_PREFIX, Operation, route_paths
-from service.http.problems import InternalErrorMiddleware, exception_handlers
+from service.http.problems import exception_handlers
 from service.http.routes import events as routes_events
 from service.http.routes import retained as routes_retained
 from service.http.routes import runs as routes_runs
@@ -91,17 +86,11 @@ def create_app(config: Config) -> Starlette:
     host_policy = HostPolicy(config.host, config.allowed_hosts)
     app = Starlette(
         routes=[Mount(API_PREFIX, routes=routes), *ui_routes()],
-        middleware=[
-            Middleware(InternalErrorMiddleware),
-            Middleware(HostCheckMiddleware, policy=host_policy),
-            Middleware(AllowedOriginsCors, allowed_origins=config.allowed_origins),
-            Middleware(AuthMiddleware, token=config.token),
-            Middleware(
-                BodyLimitMiddleware,
-                max_body_bytes=config.max_body_bytes,
-                route_limits={f"{API_PREFIX}/packages": config.max_package_upload_bytes},
-            ),
-        ],
+        middleware=middleware_stack(
+            config,
+            host_policy,
+            route_limits={f"{API_PREFIX}/packages": config.max_package_upload_bytes},
+        ),
         exception_handlers=exception_handlers(),
         lifespan=_lifespan,
     )

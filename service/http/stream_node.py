@@ -25,7 +25,6 @@ from typing import Any
 import anyio
 import msgspec
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -33,14 +32,12 @@ from starlette.routing import BaseRoute, Mount, Route
 from service.contract.errors import ServiceError
 from service.contract.models import Readiness
 from service.http.api_node import ApiNode
-from service.http.auth import AuthMiddleware
 from service.http.backend import backend_figures, broker_ok
-from service.http.browser import AllowedOriginsCors, HostCheckMiddleware
 from service.http.codec import json_response
-from service.http.limits import BodyLimitMiddleware
 from service.http.metrics import CONTENT_TYPE, render_gauges
+from service.http.middleware import middleware_stack
 from service.http.openapi import API_PREFIX
-from service.http.problems import InternalErrorMiddleware, exception_handlers
+from service.http.problems import exception_handlers
 from service.http.routes import events as routes_events
 from service.http.routes.status import asyncapi, health
 from service.http.state import ServiceState, install_state, service_state
@@ -107,13 +104,7 @@ def create_stream_app(config: Config) -> Starlette:
     host_policy = HostPolicy(config.host, config.allowed_hosts)
     app = Starlette(
         routes=[Mount(API_PREFIX, routes=v1), Route("/{path:path}", misdirected, methods=_METHODS)],
-        middleware=[
-            Middleware(InternalErrorMiddleware),
-            Middleware(HostCheckMiddleware, policy=host_policy),
-            Middleware(AllowedOriginsCors, allowed_origins=config.allowed_origins),
-            Middleware(AuthMiddleware, token=config.token),
-            Middleware(BodyLimitMiddleware, max_body_bytes=config.max_body_bytes),
-        ],
+        middleware=middleware_stack(config, host_policy),
         exception_handlers=exception_handlers(),
         lifespan=_lifespan,
     )
